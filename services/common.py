@@ -1,0 +1,117 @@
+"""Process and port plumbing shared by the service launchers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Where launchers keep data dirs, logs, pid files and cached jars. Override for parallel runs.
+STATE_DIR = Path(os.environ.get("VECTORAI_SERVICES_DIR", REPO_ROOT / ".services"))
+
+
+class ServiceError(RuntimeError):
+    """A service could not be installed, started or reached."""
+
+
+def free_port() -> int:
+    """A loopback port nothing listens on now (the kernel picks it, so parallel runs cannot clash)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex((host, port)) == 0
+
+
+def wait_until(check: Callable[[], bool], timeout_s: float, what: str, log: Path | None = None) -> None:
+    """Poll ``check`` until it is true; raise ServiceError with the log's tail if it never is."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            if check():
+                return
+        except Exception:  # noqa: BLE001 - a service that is still starting raises all sorts
+            pass
+        time.sleep(0.5)
+    tail = ""
+    if log is not None and log.exists():
+        tail = "\n--- last lines of " + str(log) + " ---\n" + "\n".join(
+            log.read_text(errors="replace").splitlines()[-30:]
+        )
+    raise ServiceError(f"{what} did not become ready within {timeout_s:.0f}s{tail}")
+
+
+@dataclass
+class ManagedProcess:
+    """A background process with a pid file, so ``down`` in another shell can stop it."""
+
+    name: str
+    pid_file: Path
+    log_file: Path
+
+    def start(self, argv: Sequence[str], env: dict[str, str] | None = None,
+              cwd: Path | None = None, user: str | None = None) -> int:
+        self.pid_file.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_file, "ab")
+        if user is not None:
+            argv = ["runuser", "-u", user, "--", *argv]
+        proc = subprocess.Popen(
+            list(argv), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**os.environ, **(env or {})}, cwd=cwd, start_new_session=True,
+        )
+        log.close()
+        self.pid_file.write_text(str(proc.pid))
+        return proc.pid
+
+    def pid(self) -> int | None:
+        try:
+            pid = int(self.pid_file.read_text())
+            os.kill(pid, 0)
+            return pid
+        except (OSError, ValueError):
+            return None
+
+    def stop(self, timeout_s: float = 20.0, sig: int = signal.SIGTERM) -> None:
+        pid = self.pid()
+        if pid is not None:
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:
+                pass
+            deadline = time.monotonic() + timeout_s
+            while time.monotonic() < deadline and _alive(pid):
+                time.sleep(0.2)
+            if _alive(pid):
+                try:
+                    os.killpg(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+        self.pid_file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        waited, _ = os.waitpid(pid, os.WNOHANG)
+        if waited == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie still answers kill(0); treat it as gone.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except OSError:
+        return False

@@ -1,0 +1,125 @@
+"""The one preprocessing step shared by training and prediction, so the two never disagree.
+
+Any image -- greyscale or colour, uint8/uint16 or float, any size -- becomes float32
+(H, W, C) in [0, 1] at the model's ``image_size`` and ``channels``. numpy and Pillow only:
+the prediction path must not import TensorFlow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Sequence
+
+import numpy as np
+
+from vectorai.errors import ImageError
+
+# ITU-R BT.601 luma, what Pillow's convert("L") uses, so colour inputs match greyscale files.
+_LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What the model expects; stored beside the exported model so consumers need nothing else."""
+
+    height: int
+    width: int
+    channels: int
+
+    def __post_init__(self) -> None:
+        if self.height < 1 or self.width < 1:
+            raise ImageError(f"image size must be positive, got {self.height}x{self.width}")
+        if self.channels not in (1, 3):
+            raise ImageError(f"channels must be 1 (greyscale) or 3 (colour), got {self.channels}")
+
+    def to_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "PreprocessSpec":
+        return cls(int(data["height"]), int(data["width"]), int(data["channels"]))
+
+
+def to_unit_range(image: np.ndarray) -> np.ndarray:
+    """Scale pixel values to float32 in [0, 1] from whatever range their dtype implies."""
+    if image.dtype == np.uint8:
+        return image.astype(np.float32) * np.float32(1.0 / 255.0)
+    if image.dtype == np.uint16:
+        return image.astype(np.float32) * np.float32(1.0 / 65535.0)
+    if image.dtype == np.bool_:
+        return image.astype(np.float32)
+    if not np.issubdtype(image.dtype, np.number):
+        raise ImageError(f"unsupported pixel type {image.dtype}")
+    values = image.astype(np.float32, copy=False)
+    if values.size == 0:
+        raise ImageError("image is empty")
+    if not np.isfinite(values).all():
+        raise ImageError("image contains NaN or infinite values")
+    low, high = float(values.min()), float(values.max())
+    if low >= 0.0 and high <= 1.0:
+        return values
+    if low >= 0.0 and high <= 255.0:
+        # Floats holding 0..255 values: common when arrays were cast without scaling.
+        return values * np.float32(1.0 / 255.0)
+    raise ImageError(f"pixel values span [{low:g}, {high:g}]; expected [0, 1] or [0, 255]")
+
+
+def _convert_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """(H, W[, C]) float image to (H, W, channels)."""
+    if image.ndim == 2:
+        image = image[:, :, None]
+    elif image.ndim != 3 or image.shape[2] not in (1, 2, 3, 4):
+        raise ImageError(f"image shape {image.shape} is not (H, W) or (H, W, C) with C in 1-4")
+    have = image.shape[2]
+    if have in (2, 4):  # drop alpha
+        image = image[:, :, : have - 1]
+        have -= 1
+    if have == channels:
+        return image
+    if channels == 1:
+        return (image @ _LUMA)[:, :, None]
+    return np.repeat(image, 3, axis=2)
+
+
+def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    if image.shape[0] == height and image.shape[1] == width:
+        return image
+    from PIL import Image
+
+    planes = [
+        np.asarray(Image.fromarray(image[:, :, c], mode="F").resize((width, height), Image.BILINEAR))
+        for c in range(image.shape[2])
+    ]
+    return np.clip(np.stack(planes, axis=2), 0.0, 1.0)
+
+
+def preprocess_image(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
+    """One image of any shape and dtype to float32 (height, width, channels) in [0, 1]."""
+    image = np.asarray(image)
+    if image.ndim not in (2, 3) or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ImageError(f"image shape {image.shape} is not (H, W) or (H, W, C)")
+    scaled = to_unit_range(image)
+    return _resize(_convert_channels(scaled, spec.channels), spec.height, spec.width)
+
+
+def preprocess_images(images: np.ndarray | Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
+    """A batch (an (N, H, W[, C]) array or a list of differently sized images) to (N, h, w, c).
+
+    A uniform batch already at the target size takes a vectorised path with no per-image loop.
+    """
+    if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.shape[1:3] == (
+        spec.height, spec.width
+    ):
+        batch = images if images.ndim == 4 else images[:, :, :, None]
+        # uint8 only: float images are scaled by their own range, which must stay per image.
+        if batch.dtype == np.uint8 and batch.shape[3] in (1, 3):
+            scaled = to_unit_range(batch)
+            if batch.shape[3] == spec.channels:
+                return np.ascontiguousarray(scaled, dtype=np.float32)
+            if spec.channels == 1:
+                return np.ascontiguousarray((scaled @ _LUMA)[..., None])
+            return np.repeat(scaled, 3, axis=3)
+    out = np.empty((len(images), spec.height, spec.width, spec.channels), dtype=np.float32)
+    for i, image in enumerate(images):
+        out[i] = preprocess_image(image, spec)
+    return out
