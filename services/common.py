@@ -115,3 +115,31 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except OSError:
         return False
+
+
+def log_tail(log: Path, lines: int = 30) -> str:
+    """The last lines of a log file, formatted to append to an error message ('' if absent)."""
+    if not log.exists():
+        return ""
+    text = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+    return f"\n--- last lines of {log} ---\n{text}"
+
+
+def wait_ready(process: ManagedProcess, check: Callable[[], bool], timeout_s: float, what: str,
+               log: Path | None = None) -> None:
+    """``wait_until`` that gives up at once, with the log's tail, if ``process`` exits while starting."""
+    exited = False
+
+    def ready_or_exited() -> bool:
+        nonlocal exited
+        pid = process.pid()
+        if pid is None or not _alive(pid):
+            exited = True
+            return True
+        return check()
+
+    log = log or process.log_file
+    wait_until(ready_or_exited, timeout_s, what, log)
+    if exited:
+        process.pid_file.unlink(missing_ok=True)
+        raise ServiceError(f"{what} exited while starting{log_tail(log)}")

@@ -24,7 +24,7 @@ class OutgoingMessage:
 @dataclass(frozen=True)
 class ReceivedMessage:
     """A message as consumed. ``position`` says where it came from (``topic/partition@offset`` for
-    Kafka, the ack id for Pub/Sub, the row offset for the local queue); ``handle`` is whatever the
+    Kafka, Pub/Sub's own message id, ``topic@offset`` for the local queue); ``handle`` is whatever the
     transport needs to acknowledge it and is opaque to callers."""
 
     source: str

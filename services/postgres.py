@@ -1,0 +1,232 @@
+"""A throwaway PostgreSQL 15 cluster on a free loopback port, run as the unprivileged ``postgres`` user.
+
+``start()`` runs ``initdb`` (trust auth, loopback only, fsync off: the data is disposable),
+starts ``postgres`` and creates the ``vectorai`` database; ``stop()`` / ``restart()`` keep the
+data dir and port, so tests can take the database away mid-run and bring it back.
+
+The module-level functions drive one default cluster recorded in ``STATE_DIR/postgres.json``,
+so ``python -m services down`` in another shell can stop it. Tests that want a cluster of
+their own use :class:`PostgresCluster` with their own work dir.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from services.common import STATE_DIR, ManagedProcess, ServiceError, free_port, port_open, wait_ready
+
+VERSION = "15"
+BIN_DIR = Path(f"/usr/lib/postgresql/{VERSION}/bin")
+DATABASE = "vectorai"
+SUPERUSER = "postgres"
+INSTANCE_FILE = STATE_DIR / "postgres.json"
+START_TIMEOUT_S = 60.0
+
+_SETTINGS = """
+# Written by services/postgres.py: a disposable test cluster, so durability is traded for speed.
+fsync = off
+synchronous_commit = off
+full_page_writes = off
+shared_buffers = 32MB
+max_connections = 100
+"""
+
+_HBA = """\
+# Trust, but only over the Unix socket in the cluster's own dir and loopback TCP.
+local all all trust
+host  all all 127.0.0.1/32 trust
+"""
+
+
+def install() -> Path:
+    """Install the PostgreSQL server binaries with apt-get if they are missing."""
+    if (BIN_DIR / "postgres").exists():
+        return BIN_DIR
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        raise ServiceError(f"PostgreSQL {VERSION} is not installed ({BIN_DIR} missing); "
+                           f"install the postgresql-{VERSION} package")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for argv in (["apt-get", "update", "-q"],
+                 ["apt-get", "install", "-y", "-q", "--no-install-recommends", f"postgresql-{VERSION}"]):
+        result = subprocess.run(argv, capture_output=True, text=True, env=env)
+        if result.returncode != 0:
+            output = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise ServiceError(f"PostgreSQL: {' '.join(argv)} failed:\n{output}")
+    return BIN_DIR
+
+
+def _run_as_user() -> str | None:
+    """The server refuses to run as root, so root runs it as the ``postgres`` system user."""
+    if os.geteuid() != 0:
+        return None
+    try:
+        pwd.getpwnam(SUPERUSER)
+    except KeyError:
+        raise ServiceError(f"PostgreSQL: running as root but there is no {SUPERUSER!r} system user "
+                           f"to run the server as") from None
+    return SUPERUSER
+
+
+@dataclass
+class PostgresCluster:
+    """One cluster: a work dir holding data, socket and log, and the loopback port it listens on."""
+
+    workdir: Path
+    port: int
+
+    @classmethod
+    def create(cls, workdir: Path, port: int | None = None) -> "PostgresCluster":
+        """``initdb`` a new cluster in ``workdir`` (does not start it)."""
+        install()
+        workdir.mkdir(parents=True, exist_ok=True)
+        user = _run_as_user()
+        if user is not None:
+            shutil.chown(workdir, user)
+        cluster = cls(workdir=workdir, port=port or free_port())
+        cluster._run(["initdb", "-D", str(cluster.data_dir), "-U", SUPERUSER, "--auth=trust",
+                      "--no-sync", "--encoding=UTF8", "--locale=C"])
+        with open(cluster.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(_SETTINGS)
+        (cluster.data_dir / "pg_hba.conf").write_text(_HBA)
+        cluster.save()
+        return cluster
+
+    @classmethod
+    def load(cls, workdir: Path) -> "PostgresCluster":
+        data = json.loads((workdir / "cluster.json").read_text())
+        return cls(workdir=Path(data["workdir"]), port=data["port"])
+
+    def save(self) -> None:
+        (self.workdir / "cluster.json").write_text(
+            json.dumps({"workdir": str(self.workdir), "port": self.port}, indent=2))
+
+    @property
+    def data_dir(self) -> Path:
+        return self.workdir / "data"
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
+
+    @property
+    def process(self) -> ManagedProcess:
+        return ManagedProcess("postgres", self.workdir / "postgres.pid", self.workdir / "postgres.log")
+
+    def running(self) -> bool:
+        return self.process.pid() is not None
+
+    def start(self, timeout_s: float = START_TIMEOUT_S) -> str:
+        """Run the server, wait until it accepts connections, create the database; return its URL."""
+        if self.running():
+            return self.url
+        if port_open(self.port):
+            raise ServiceError(f"PostgreSQL: port {self.port} is already taken by another process")
+        self.process.start(
+            [str(BIN_DIR / "postgres"), "-D", str(self.data_dir), "-k", str(self.workdir),
+             "-h", "127.0.0.1", "-p", str(self.port)],
+            user=_run_as_user(),
+        )
+        wait_ready(self.process, self._accepts_connections, timeout_s,
+                   f"PostgreSQL on 127.0.0.1:{self.port}")
+        if not (self.workdir / "database-created").exists():
+            self._run(["createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, DATABASE])
+            (self.workdir / "database-created").touch()
+        return self.url
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop the server, keeping its data. ``graceful`` is a fast shutdown (clients are
+        disconnected, no crash recovery on restart); otherwise it is killed like a crash."""
+        self.process.stop(timeout_s=30.0, sig=signal.SIGINT if graceful else signal.SIGKILL)
+
+    def restart(self, timeout_s: float = START_TIMEOUT_S) -> str:
+        """Stop (if running) and start again on the same data dir and port."""
+        self.stop()
+        return self.start(timeout_s)
+
+    def remove(self) -> None:
+        """Stop the server and delete its work dir."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _accepts_connections(self) -> bool:
+        result = subprocess.run(
+            [str(BIN_DIR / "pg_isready"), "-q", "-h", "127.0.0.1", "-p", str(self.port),
+             "-U", SUPERUSER, "-d", "postgres", "-t", "2"],
+            capture_output=True,
+        )
+        return result.returncode == 0
+
+    def _run(self, argv: list[str]) -> None:
+        user = _run_as_user()
+        full = [str(BIN_DIR / argv[0]), *argv[1:]]
+        if user is not None:
+            full = ["runuser", "-u", user, "--", *full]
+        result = subprocess.run(full, capture_output=True, text=True, cwd=self.workdir)
+        if result.returncode != 0:
+            output = "\n".join((result.stdout + result.stderr).splitlines()[-15:])
+            raise ServiceError(f"PostgreSQL: {argv[0]} failed:\n{output}")
+
+
+# --- the default cluster, shared by `python -m services` commands in any shell ----------------
+
+
+def _default() -> PostgresCluster | None:
+    try:
+        return PostgresCluster.load(Path(json.loads(INSTANCE_FILE.read_text())["workdir"]))
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def start(port: int | None = None) -> str:
+    """Start the default cluster on a fresh data dir; return ``postgresql://postgres@127.0.0.1:P/vectorai``.
+
+    If it is already running, return its URL unchanged."""
+    current = _default()
+    if current is not None and current.running():
+        return current.url
+    if current is not None:
+        current.remove()
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="postgres-", dir=STATE_DIR))
+    try:
+        cluster = PostgresCluster.create(workdir, port)
+        INSTANCE_FILE.write_text(json.dumps({"workdir": str(workdir)}))
+        return cluster.start()
+    except BaseException:
+        PostgresCluster(workdir, 0).remove()  # the pid file lives in workdir, so this stops it too
+        INSTANCE_FILE.unlink(missing_ok=True)
+        raise
+
+
+def stop(remove_data: bool = False) -> None:
+    """Stop the default cluster; keep its data for ``restart()`` unless ``remove_data``."""
+    current = _default()
+    if current is None:
+        return
+    if remove_data:
+        current.remove()
+        INSTANCE_FILE.unlink(missing_ok=True)
+    else:
+        current.stop()
+
+
+def restart() -> str:
+    """Start the default cluster again on the same data dir and port."""
+    current = _default()
+    if current is None:
+        raise ServiceError("PostgreSQL: no cluster to restart; run start() first")
+    return current.restart()
+
+
+def status() -> str | None:
+    """The default cluster's URL if it is running, else None."""
+    current = _default()
+    return current.url if current is not None and current.running() else None

@@ -1,0 +1,106 @@
+"""Google's Pub/Sub emulator (Java, from the Cloud SDK) on a loopback port, for tests and demos.
+
+Clients reach it by setting ``PUBSUB_EMULATOR_HOST`` to the ``host:port`` that ``start`` returns
+(or by passing it as the transport's ``emulator_host``); no credentials are needed.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+from services.common import STATE_DIR, ManagedProcess, ServiceError, free_port, port_open, wait_until
+
+#: Where the Cloud SDK's apt package (and ``gcloud components install``) puts the launcher script.
+EMULATOR = Path(os.environ.get(
+    "PUBSUB_EMULATOR_BIN",
+    "/usr/lib/google-cloud-sdk/platform/pubsub-emulator/bin/cloud-pubsub-emulator",
+))
+STATE = STATE_DIR / "pubsub"
+PROCESS = ManagedProcess("pubsub-emulator", STATE / "emulator.pid", STATE / "emulator.log")
+_PORT_FILE = STATE / "port"
+_DATA_DIR = STATE / "data"
+HOST = "127.0.0.1"
+START_TIMEOUT_S = 90.0
+
+
+def start(port: int | None = None, timeout_s: float = START_TIMEOUT_S) -> str:
+    """Start the emulator (or reuse the one this state dir already runs); return ``host:port``
+    once it accepts connections."""
+    running = host()
+    if running is not None:
+        return running
+    _check_installed()
+    port = port or free_port()
+    # A fresh data dir and log per start, so old topics and an old "Server started" line
+    # cannot make a new emulator look ready.
+    shutil.rmtree(_DATA_DIR, ignore_errors=True)
+    _DATA_DIR.mkdir(parents=True, exist_ok=True)
+    PROCESS.log_file.unlink(missing_ok=True)
+    pid = PROCESS.start([str(EMULATOR), f"--host={HOST}", f"--port={port}", f"--data-dir={_DATA_DIR}"])
+    banner = f"Server started, listening on {port}"
+
+    def ready() -> bool:
+        # Stop polling early if the JVM died (port taken, bad Java); the log tail then says why.
+        if not _running(pid):
+            return True
+        return banner in PROCESS.log_file.read_text(errors="replace") and port_open(port, HOST)
+
+    try:
+        wait_until(ready, timeout_s, f"Pub/Sub emulator on {HOST}:{port}", PROCESS.log_file)
+        if not _running(pid):
+            raise ServiceError(f"Pub/Sub emulator exited during start-up{_log_tail()}")
+    except ServiceError:
+        stop()
+        raise
+    _PORT_FILE.write_text(str(port))
+    return f"{HOST}:{port}"
+
+
+def host() -> str | None:
+    """``host:port`` of the emulator started from this state dir, or None when none runs."""
+    if PROCESS.pid() is None or not _PORT_FILE.exists():
+        return None
+    port = int(_PORT_FILE.read_text())
+    return f"{HOST}:{port}" if port_open(port, HOST) else None
+
+
+def stop() -> None:
+    """Stop the emulator and drop its data (topics and messages live only as long as it does)."""
+    PROCESS.stop()
+    _PORT_FILE.unlink(missing_ok=True)
+    shutil.rmtree(_DATA_DIR, ignore_errors=True)
+
+
+def _check_installed() -> None:
+    if not EMULATOR.is_file():
+        raise ServiceError(
+            f"the Pub/Sub emulator is not installed: looked for {EMULATOR} (set PUBSUB_EMULATOR_BIN "
+            "to use another path). Install it with `apt-get install google-cloud-cli-pubsub-emulator` "
+            "from Google's Cloud SDK apt repository, or `gcloud components install pubsub-emulator`; "
+            "or point PUBSUB_EMULATOR_HOST at an emulator that is already running."
+        )
+    if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
+        raise ServiceError("the Pub/Sub emulator needs Java 8 or later: no `java` on PATH and no JAVA_HOME")
+
+
+def _running(pid: int) -> bool:
+    """True while the process lives (a child that exited but was not reaped counts as gone)."""
+    try:
+        if os.waitpid(pid, os.WNOHANG)[0] == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _log_tail(lines: int = 30) -> str:
+    if not PROCESS.log_file.exists():
+        return ""
+    tail = PROCESS.log_file.read_text(errors="replace").splitlines()[-lines:]
+    return f"\n--- last lines of {PROCESS.log_file} ---\n" + "\n".join(tail)

@@ -1,0 +1,37 @@
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+TRAIN = ["tensorflow-cpu>=2.16,<2.22", "tf2onnx>=1.16", "onnx>=1.16", "mlflow>=3.0,<4",
+         "matplotlib>=3.7", "scikit-learn>=1.3", "mlxtend>=0.23"]
+KAFKA = ["kafka-python>=3.0,<4"]
+PUBSUB = ["google-cloud-pubsub>=2.20,<3"]
+POSTGRES = ["psycopg2-binary>=2.9"]
+DEV = ["pytest>=8", "pytest-timeout>=2.3", "pyyaml>=6"]
+
+setup(
+    name="vectorai",
+    version="0.1.0",
+    description="Train an image classifier, stream images through a broker, classify them in batches, keep every result",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["vectorai", "vectorai.*", "tasks", "tasks.*"]),
+    # The prediction path needs only these: no TensorFlow.
+    install_requires=["numpy>=1.24", "pillow>=10", "luigi>=3.5,<4", "peewee>=3.17", "onnxruntime>=1.17",
+                      "requests>=2.31", "tqdm>=4.66"],
+    extras_require={
+        "train": TRAIN,
+        "kafka": KAFKA,
+        "pubsub": PUBSUB,
+        "postgres": POSTGRES,
+        "all": TRAIN + KAFKA + PUBSUB + POSTGRES,
+        "dev": TRAIN + KAFKA + PUBSUB + POSTGRES + DEV,
+    },
+    entry_points={
+        "console_scripts": [
+            "vectorai-download=vectorai.download:main",
+            "vectorai-results=tasks.cli:main",
+        ]
+    },
+)

@@ -1,0 +1,10 @@
+"""Luigi tasks: ``luigi --module tasks PredictTask``. Thin wiring around ``vectorai``."""
+
+from tasks.common import install_error_reporting
+from tasks.data import DownloadData, SplitData
+from tasks.model import ExportOnnx, TrainModel
+from tasks.stream import PredictTask, StreamData
+
+install_error_reporting()
+
+__all__ = ["DownloadData", "SplitData", "TrainModel", "ExportOnnx", "StreamData", "PredictTask"]

@@ -1,0 +1,48 @@
+"""``vectorai-results``: the latest predictions and a summary, from the configured database."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="vectorai-results", description=__doc__)
+    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite file")
+    parser.add_argument("--limit", type=int, default=10, help="how many recent predictions to list")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    args = parser.parse_args(argv)
+
+    from tasks.config import database
+    from vectorai import db as results_db
+    from vectorai.errors import VectoraiError
+
+    url = args.database_url or database().resolved_url()
+    try:
+        results_db.connect(url, database().connect_timeout_s)
+    except VectoraiError as err:
+        print(f"vectorai-results: {err}", file=sys.stderr)
+        return 1
+    summary = results_db.summary()
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+        return 0
+    print(f"database: {results_db.mask_url(url)}")
+    print(f"predictions: {summary['predictions']}   dead letters: {summary['dead_letters']}   "
+          f"labelled accuracy: {_percent(summary['accuracy'])}")
+    print("per class: " + ", ".join(f"{name}={count}" for name, count in sorted(summary["per_class"].items())))
+    print(f"\n{'predicted at (UTC)':26} {'source':8} {'message id':28} {'class':12} {'conf':>6} {'label':>5}")
+    for row in results_db.latest_predictions(args.limit):
+        label = "" if row.true_label is None else str(row.true_label)
+        print(f"{str(row.predicted_at):26} {row.source:8} {row.message_id[:28]:28} {row.predicted_name[:12]:12} "
+              f"{row.confidence:6.3f} {label:>5}")
+    return 0
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f}%"
+
+
+if __name__ == "__main__":
+    sys.exit(main())

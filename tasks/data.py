@@ -1,0 +1,56 @@
+"""DownloadData and SplitData."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+
+from tasks.common import params_hash
+from tasks.config import paths
+
+
+class DownloadData(luigi.Task):
+    """Download a public dataset (mnist, fashion-mnist, cifar10) into data/external/<name>/."""
+
+    dataset = luigi.Parameter(default="mnist", description="mnist, fashion-mnist or cifar10")
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(paths().data / "external" / self.dataset)
+
+    def run(self) -> None:
+        from vectorai.download import download_dataset
+
+        download_dataset(self.dataset, paths().data / "external")
+
+
+class SplitData(luigi.Task):
+    """Stratified, seeded train/val/test split of a dataset, plus the stream sample."""
+
+    dataset = luigi.Parameter(default="mnist-sample", description="Built-in (mnist-sample, digits), a folder "
+                              "under data/external, or a path")
+    seed = luigi.IntParameter(default=42, description="Seed of the split and of training")
+    val_fraction = luigi.FloatParameter(default=0.15, description="Share of each class for validation")
+    test_fraction = luigi.FloatParameter(default=0.15, description="Share of each class for the test split")
+    stream_size = luigi.IntParameter(default=200, description="Images held out of the test split as the stream "
+                                     "sample, when the dataset has no stream_sample.npz")
+    allow_legacy_pickle = luigi.BoolParameter(default=False, significant=False,
+                                              description="Trust and load the old project's pickled .p datasets")
+
+    @property
+    def dataset_label(self) -> str:
+        return Path(self.dataset).name.removesuffix(".npz") or "dataset"
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(paths().data / "processed" / self.dataset_label / params_hash(self))
+
+    def run(self) -> None:
+        from vectorai.split import make_splits
+
+        external = paths().data / "external"
+        with self.output().temporary_path() as tmp:
+            make_splits(
+                self.dataset, external, Path(tmp), val_fraction=self.val_fraction,
+                test_fraction=self.test_fraction, seed=self.seed, stream_size=self.stream_size,
+                allow_legacy_pickle=self.allow_legacy_pickle,
+            )

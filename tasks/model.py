@@ -1,0 +1,85 @@
+"""TrainModel and ExportOnnx."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+from luigi.util import requires
+
+from tasks.common import params_hash, read_json, write_json
+from tasks.config import mlflow, paths
+from tasks.data import SplitData
+
+
+@requires(SplitData)
+class TrainModel(luigi.Task):
+    """Train the CNN on the split; log params, per-epoch metrics and artifacts to MLflow."""
+
+    epochs = luigi.IntParameter(default=10, description="Training epochs")
+    batch_size = luigi.IntParameter(default=64, description="Training batch size")
+    image_size = luigi.IntParameter(default=28, description="Images are resized to image_size x image_size")
+    channels = luigi.IntParameter(default=1, description="1 (greyscale) or 3 (colour) model input")
+    learning_rate = luigi.FloatParameter(default=1e-3, description="Adam learning rate")
+
+    @property
+    def model_name(self) -> str:
+        return f"{self.requires().dataset_label}-{params_hash(self)}"
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(paths().models / self.model_name / "keras")
+
+    def run(self) -> None:
+        from vectorai.split import load_splits
+        from vectorai.training import TrainConfig, train_model
+
+        splits = load_splits(Path(self.input().path))
+        config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
+                             seed=self.seed, image_height=self.image_size, image_width=self.image_size,
+                             channels=self.channels)
+        with self.output().temporary_path() as tmp:
+            train_model(
+                splits.train, splits.val, splits.test, config, Path(tmp),
+                tracking_uri=mlflow().resolved_uri(), experiment=mlflow().experiment,
+                artifact_dir=mlflow().artifact_dir, run_name=self.model_name,
+                extra_params={"dataset": self.dataset, "val_fraction": self.val_fraction,
+                              "test_fraction": self.test_fraction, "model_name": self.model_name},
+            )
+
+
+@requires(TrainModel)
+class ExportOnnx(luigi.Task):
+    """Export to ONNX with tf2onnx, check it against Keras, store class names and preprocessing."""
+
+    parity_tolerance = luigi.FloatParameter(default=1e-4, significant=False,
+                                            description="Largest allowed probability difference ONNX vs Keras")
+
+    def output(self) -> luigi.LocalTarget:
+        return luigi.LocalTarget(Path(self.input().path).parent / "onnx")
+
+    def run(self) -> None:
+        from vectorai.export import export_onnx, log_onnx_to_mlflow
+        from vectorai.preprocess import PreprocessSpec, preprocess_images
+        from vectorai.split import load_splits
+
+        train_dir = Path(self.input().path)
+        summary = read_json(train_dir / "metrics.json")
+        spec = PreprocessSpec.from_dict(summary["preprocess"])
+        test = load_splits(Path(self.requires().input().path)).test
+        model_name = train_dir.parent.name
+        with self.output().temporary_path() as tmp:
+            out = Path(tmp)
+            parity = export_onnx(
+                train_dir / "model.keras", out / "model.onnx", class_names=summary["class_names"], spec=spec,
+                model_version=model_name, check_images=preprocess_images(test.images, spec),
+                tolerance=self.parity_tolerance,
+            )
+            write_json(luigi.LocalTarget(out / "model.json"), {
+                "model_version": model_name, "class_names": summary["class_names"],
+                "preprocess": spec.to_dict(), "input": "image", "output": "probabilities",
+                "parity": {"images": parity.images, "max_abs_diff": parity.max_abs_diff,
+                           "argmax_mismatches": parity.argmax_mismatches},
+                "test_accuracy": summary["metrics"]["test_accuracy"], "mlflow_run_id": summary["mlflow_run_id"],
+            })
+            log_onnx_to_mlflow(mlflow().resolved_uri(), summary["mlflow_run_id"],
+                               [out / "model.onnx", out / "model.json"])

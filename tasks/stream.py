@@ -1,0 +1,102 @@
+"""StreamData and PredictTask."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import luigi
+from luigi.util import requires
+
+from tasks.common import params_hash, write_json
+from tasks.config import database, paths, stream, transport_settings
+from tasks.data import SplitData
+from tasks.model import ExportOnnx
+
+
+@requires(ExportOnnx)
+class StreamData(luigi.Task):
+    """Publish the stream sample; the manifest is written only after every message is confirmed."""
+
+    transport = luigi.Parameter(default="", description="local, kafka or pubsub; empty: [stream] transport")
+    count = luigi.IntParameter(default=0, description="How many images to send; 0: the whole sample")
+    sample_file = luigi.Parameter(default="", description="An .npz (x, optional y) to send instead of the "
+                                  "split's stream sample")
+
+    @property
+    def transport_name(self) -> str:
+        return self.transport or stream().transport
+
+    def output(self) -> luigi.LocalTarget:
+        name = f"{self.transport_name}-{stream().topic}-{params_hash(self)}.json"
+        return luigi.LocalTarget(paths().data / "stream" / "manifests" / name)
+
+    def run(self) -> None:
+        from vectorai.split import load_stream_sample
+        from vectorai.streaming import publish_images
+        from vectorai.transports import open_transport
+
+        sample_path = Path(self.sample_file) if self.sample_file else Path(self.clone(SplitData).output().path) / "stream.npz"
+        sample = load_stream_sample(sample_path, limit=self.count or None)
+        cfg = stream()
+        with open_transport(self.transport_name, **transport_settings(self.transport_name)) as transport:
+            ids = publish_images(transport, sample.images, sample.labels, dataset=self.clone(SplitData).dataset_label,
+                                 encoding=cfg.encoding, timeout_s=cfg.publish_timeout_s)
+        write_json(self.output(), {"transport": self.transport_name, "topic": cfg.topic, "count": len(ids),
+                                   "sample": str(sample_path), "encoding": cfg.encoding, "ids": ids})
+
+
+@requires(StreamData)
+class PredictTask(luigi.Task):
+    """Consume the stream in batches, classify with onnxruntime, store every result."""
+
+    sources = luigi.Parameter(default="", description="Comma-separated transports to read (e.g. kafka,pubsub); "
+                              "empty: [stream] transport")
+    run_at = luigi.Parameter(default="adhoc", description="Label of this run; cron passes the time "
+                             "(--run-at $(date -u +%Y-%m-%dT%H)) so each scheduled run is its own task")
+    require_stream = luigi.BoolParameter(default=True, significant=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                         description="Also run StreamData first (the demo chain); false when "
+                                         "other producers feed the topic")
+    predict_batch_size = luigi.IntParameter(default=256, significant=False, description="Messages per batch")
+    stream_timeout_ms = luigi.IntParameter(default=2000, significant=False,
+                                           description="Finish after waiting this long for new messages")
+    max_messages = luigi.IntParameter(default=0, significant=False, description="Stop after this many; 0: no limit")
+
+    def requires(self):
+        model = self.clone(ExportOnnx)
+        return {"model": model, "stream": self.clone(StreamData)} if self.require_stream else {"model": model}
+
+    @property
+    def source_names(self) -> list[str]:
+        from vectorai.transports import parse_sources
+
+        return parse_sources(self.sources or stream().transport)
+
+    def output(self) -> luigi.LocalTarget:
+        label = "+".join(self.source_names)
+        return luigi.LocalTarget(paths().data / "reports" / f"predict-{label}-{self.run_at}-{params_hash(self)}.json")
+
+    def run(self) -> None:
+        from vectorai.db import connect, mask_url
+        from vectorai.inference import OnnxClassifier
+        from vectorai.messages import DecodeLimits
+        from vectorai.predict import run_predictions
+        from vectorai.transports import open_transport
+
+        cfg, db_cfg = stream(), database()
+        classifier = OnnxClassifier(Path(self.input()["model"].path) / "model.onnx")
+        url = db_cfg.resolved_url()
+        db = connect(url, db_cfg.connect_timeout_s)
+        transports = []
+        try:
+            for name in self.source_names:
+                transports.append(open_transport(name, **transport_settings(name)))
+            report = run_predictions(
+                transports, classifier, db, batch_size=self.predict_batch_size, timeout_ms=self.stream_timeout_ms,
+                limits=DecodeLimits(cfg.max_message_bytes, cfg.max_pixels), max_messages=self.max_messages or None,
+            )
+        finally:
+            for transport in transports:
+                transport.close()
+            db.close()
+        write_json(self.output(), {**report.to_dict(), "sources": self.source_names, "database": mask_url(url),
+                                   "run_at": self.run_at})

@@ -1,0 +1,109 @@
+"""Shared fixtures. Service fixtures (Kafka, PostgreSQL, Pub/Sub emulator) live in the plugin
+modules below; each starts its service once per session unless the environment points at one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+pytest_plugins = ["tests.fixtures_services", "tests.fixtures_pubsub"]
+
+REPO = Path(__file__).resolve().parent.parent
+IN_CI = os.environ.get("CI") == "true"
+
+
+@dataclass
+class Project:
+    """A throwaway pipeline home: its own luigi.cfg, data/ and models/, run through the real
+    ``luigi`` command in a subprocess, exactly as a user would from a shell."""
+
+    root: Path
+    config: dict[str, dict[str, str]] = field(default_factory=dict)
+    env: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    @property
+    def cfg_path(self) -> Path:
+        return self.root / "luigi.cfg"
+
+    def write_config(self) -> None:
+        lines = []
+        for section, values in self.config.items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {value}" for key, value in values.items())
+            lines.append("")
+        self.cfg_path.write_text("\n".join(lines))
+
+    def set(self, section: str, **values: object) -> "Project":
+        self.config.setdefault(section, {}).update({k: str(v) for k, v in values.items()})
+        self.write_config()
+        return self
+
+    def command_env(self, extra: dict[str, str] | None = None) -> dict[str, str]:
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("DATABASE_URL", "KAFKA_BOOTSTRAP_SERVERS", "PUBSUB_EMULATOR_HOST", "MLFLOW_TRACKING_URI")}
+        env.update({"LUIGI_CONFIG_PATH": str(self.cfg_path), "PYTHONPATH": str(REPO),
+                    "TF_CPP_MIN_LOG_LEVEL": "2", **self.env, **(extra or {})})
+        return env
+
+    def luigi(self, *args: str, local: bool = True, timeout: float = 900, check: bool = True,
+              extra_env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        argv = [sys.executable, "-m", "luigi", "--module", "tasks", *args]
+        if local:
+            argv.append("--local-scheduler")
+        proc = subprocess.run(argv, cwd=self.root, env=self.command_env(extra_env), capture_output=True,
+                              text=True, timeout=timeout)
+        if check and (proc.returncode != 0 or ":)" not in proc.stdout + proc.stderr):
+            raise AssertionError(f"luigi {' '.join(args)} failed ({proc.returncode}):\n"
+                                 f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
+        return proc
+
+    def spawn(self, *args: str, local: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        argv = [sys.executable, "-m", "luigi", "--module", "tasks", *args]
+        if local:
+            argv.append("--local-scheduler")
+        return subprocess.Popen(argv, cwd=self.root, env=self.command_env(extra_env),
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def new_project(root: Path, base: Path | None = None) -> Project:
+    """A project dir; with ``base``, reuse its split data and trained models (copied, so tests
+    never share state) instead of training again."""
+    root.mkdir(parents=True, exist_ok=True)
+    if base is not None:
+        for part in ("data/processed", "models"):
+            if (base / part).exists():
+                shutil.copytree(base / part, root / part, dirs_exist_ok=True)
+        if (base / "data" / "mlflow").exists():
+            shutil.copytree(base / "data" / "mlflow", root / "data" / "mlflow", dirs_exist_ok=True)
+    project = Project(root)
+    project.set("paths", data_dir=root / "data", models_dir=root / "models")
+    project.set("core", no_lock="true")
+    project.set("retcode", already_running=10, missing_data=20, not_run=25, task_failed=30,
+                scheduling_error=35, unhandled_exception=40)
+    return project
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory) -> Path:
+    """One project with the default mnist-sample model trained and exported, shared (by copy)
+    across the integration tests so the 2-core CI trains once."""
+    project = new_project(tmp_path_factory.mktemp("trained"))
+    project.luigi("ExportOnnx")
+    return project.root
+
+
+@pytest.fixture
+def project(tmp_path, trained_home) -> Project:
+    """A fresh project that already has the trained model."""
+    return new_project(tmp_path / "home", base=trained_home)

@@ -1,0 +1,171 @@
+"""KafkaTransport against a real broker: round trip, at-least-once, group split, wire format, faults."""
+
+from __future__ import annotations
+
+import time
+import uuid
+
+import numpy as np
+import pytest
+
+from services.common import free_port
+from vectorai.errors import TransportError
+from vectorai.messages import decode_message, encode_image
+from vectorai.transports import open_transport
+from vectorai.transports.base import ReceivedMessage
+from vectorai.transports.kafka import KafkaTransport
+
+pytestmark = pytest.mark.kafka
+
+
+@pytest.fixture
+def topic() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}"
+
+
+def _transport(bootstrap: str, topic: str, **settings) -> KafkaTransport:
+    return KafkaTransport(bootstrap_servers=bootstrap, topic=topic, **settings)
+
+
+def _images(count: int, seed: int = 0) -> list[np.ndarray]:
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8) for _ in range(count)]
+
+
+def _publish(bootstrap: str, topic: str, count: int, **settings) -> list[np.ndarray]:
+    images = _images(count)
+    with _transport(bootstrap, topic, **settings) as producer:
+        producer.publish(encode_image(image, f"img-{i}", label=i % 10) for i, image in enumerate(images))
+        producer.flush(30)
+    return images
+
+
+def _drain(transport: KafkaTransport, count: int, timeout_s: float = 30) -> list[ReceivedMessage]:
+    received: list[ReceivedMessage] = []
+    deadline = time.monotonic() + timeout_s
+    while len(received) < count and time.monotonic() < deadline:
+        received += transport.consume_batch(count - len(received), timeout_ms=1000)
+    return received
+
+
+def test_published_images_come_back_decodable(kafka_bootstrap, topic):
+    images = _publish(kafka_bootstrap, topic, 20)
+    with open_transport("kafka", bootstrap_servers=kafka_bootstrap, topic=topic,
+                        group="round-trip") as consumer:
+        received = _drain(consumer, 20)
+        consumer.acknowledge(received)
+
+    assert len(received) == 20
+    assert len({m.position for m in received}) == 20
+    assert all(m.source == "kafka" and m.position.startswith(f"{topic}/0@") for m in received)
+    for message in received:
+        decoded = decode_message(message, num_classes=10)
+        index = int(decoded.key.removeprefix("img-"))
+        np.testing.assert_array_equal(decoded.image, images[index])
+        assert decoded.label == index % 10
+        assert decoded.produced_at is not None
+
+
+def test_nothing_is_committed_until_acknowledged(kafka_bootstrap, topic):
+    _publish(kafka_bootstrap, topic, 5)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+
+    with _transport(kafka_bootstrap, topic, group=group) as first:
+        unacknowledged = _drain(first, 5)
+    assert len(unacknowledged) == 5
+
+    with _transport(kafka_bootstrap, topic, group=group) as second:
+        again = _drain(second, 5)
+        assert sorted(m.key for m in again) == sorted(m.key for m in unacknowledged)
+        # release() hands them back to this same member too.
+        second.release(again)
+        assert sorted(m.key for m in _drain(second, 5)) == sorted(m.key for m in again)
+        second.acknowledge(again)
+
+    with _transport(kafka_bootstrap, topic, group=group) as third:
+        assert third.consume_batch(10, timeout_ms=3000) == []
+
+
+def test_two_members_of_a_group_split_partitions_without_duplicates(kafka_bootstrap, topic):
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    members = [_transport(kafka_bootstrap, topic, group=group, partitions=2) for _ in range(2)]
+    try:
+        # Let the group settle before anything is published, so no rebalance hands a
+        # partition over while a member holds records from it.
+        deadline = time.monotonic() + 60
+        while not all(len(m.assigned_partitions) == 1 for m in members):
+            assert time.monotonic() < deadline, "the group never gave each member one partition"
+            for member in members:
+                assert member.consume_batch(10, timeout_ms=300) == []
+        assert set(members[0].assigned_partitions) != set(members[1].assigned_partitions)
+
+        _publish(kafka_bootstrap, topic, 40, create_topic=False)
+        received: dict[int, list[str]] = {0: [], 1: []}
+        deadline = time.monotonic() + 30
+        while sum(map(len, received.values())) < 40 and time.monotonic() < deadline:
+            for index, member in enumerate(members):
+                batch = member.consume_batch(40, timeout_ms=300)
+                member.acknowledge(batch)
+                received[index] += [m.key for m in batch]
+    finally:
+        for member in members:
+            member.close()
+
+    everything = received[0] + received[1]
+    assert len(everything) == len(set(everything)) == 40
+    assert received[0] and received[1], "one member got every message"
+
+
+def test_message_from_a_plain_kafka_producer_decodes(kafka_bootstrap, topic):
+    from kafka import KafkaProducer
+
+    image = np.arange(48, dtype=np.uint8).reshape(4, 4, 3)
+    with _transport(kafka_bootstrap, topic, group="plain") as consumer:
+        consumer.consume_batch(1, timeout_ms=0)  # creates the topic
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        try:
+            producer.send(topic, key=b"plain-1", value=image.tobytes(), headers=[
+                ("id", b"plain-1"), ("content-type", b"application/x-ndarray"),
+                ("dtype", b"uint8"), ("shape", b"4,4,3"), ("label", b"7"),
+                ("produced-at", b"2024-05-01T12:00:00Z"),
+            ]).get(timeout=30)
+        finally:
+            producer.close()
+        [message] = _drain(consumer, 1)
+        consumer.acknowledge([message])
+
+    decoded = decode_message(message, num_classes=10)
+    assert decoded.key == "plain-1"
+    assert decoded.label == 7
+    assert decoded.produced_at.year == 2024
+    np.testing.assert_array_equal(decoded.image, image)
+
+
+def test_unreachable_broker_raises_transport_error_quickly():
+    address = f"127.0.0.1:{free_port()}"  # nothing listens there
+    message = encode_image(np.zeros((4, 4), dtype=np.uint8), "lost")
+    for use in (lambda t: t.publish([message]), lambda t: t.consume_batch(1, timeout_ms=100)):
+        started = time.monotonic()
+        with _transport(address, "nowhere", connect_timeout_ms=2000) as transport:
+            with pytest.raises(TransportError, match=address):
+                use(transport)
+        assert time.monotonic() - started < 10
+
+
+def test_unacknowledged_messages_survive_a_broker_restart(kafka_broker, topic):
+    _publish(kafka_broker.address, topic, 3)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    with _transport(kafka_broker.address, topic, group=group, connect_timeout_ms=3000) as consumer:
+        batch = _drain(consumer, 3)
+        assert len(batch) == 3
+        kafka_broker.stop()
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=kafka_broker.address):
+            consumer.acknowledge(batch)
+        assert time.monotonic() - started < 15
+
+    kafka_broker.restart()
+    with _transport(kafka_broker.address, topic, group=group) as consumer:
+        again = _drain(consumer, 3, timeout_s=60)
+        consumer.acknowledge(again)
+    assert sorted(m.key for m in again) == sorted(m.key for m in batch)

@@ -1,0 +1,102 @@
+import numpy as np
+import pytest
+
+from tests.unit.helpers import expected_classes, tiny_onnx_model
+from vectorai import db as results_db
+from vectorai.errors import DatabaseError, ModelError
+from vectorai.inference import OnnxClassifier
+from vectorai.messages import encode_image
+from vectorai.predict import run_predictions
+from vectorai.preprocess import PreprocessSpec, preprocess_images
+from vectorai.transports import open_transport
+from vectorai.transports.base import OutgoingMessage
+
+
+@pytest.fixture
+def classifier(tmp_path):
+    weights = tiny_onnx_model(tmp_path / "tiny.onnx")
+    return OnnxClassifier(tmp_path / "tiny.onnx"), weights
+
+
+def test_stream_to_database_with_poison_messages(tmp_path, classifier):
+    model, weights = classifier
+    rng = np.random.default_rng(3)
+    images = rng.integers(0, 256, (40, 8, 8), dtype=np.uint8)
+    labels = expected_classes(weights, preprocess_images(images, model.spec))
+    outgoing = [encode_image(im, f"img-{i}", label=int(lb), encoding="png" if i % 2 else "raw")
+                for i, (im, lb) in enumerate(zip(images, labels))]
+    poison = [
+        OutgoingMessage(b"garbage", {"id": "bad-png", "content-type": "image/png"}),
+        OutgoingMessage(b"\x00" * 4, {"content-type": "application/x-ndarray", "dtype": "uint8", "shape": "2,2"}),
+        OutgoingMessage(b"\x00" * 64, {"id": "bad-label", "content-type": "application/x-ndarray",
+                                        "dtype": "uint8", "shape": "8,8", "label": "99"}),
+        OutgoingMessage(np.full(64, 1e6, "<f4").tobytes(), {"id": "bad-range", "content-type": "application/x-ndarray",
+                                                            "dtype": "float32", "shape": "8,8"}),
+    ]
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish(outgoing[:20] + poison + outgoing[20:])
+        producer.flush(5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], model, database, batch_size=16, timeout_ms=100)
+        assert source.lag() == 0  # everything, poison included, acknowledged
+
+    rows = list(results_db.Prediction.select().order_by(results_db.Prediction.message_id))
+    assert sorted(r.message_id for r in rows) == sorted(f"img-{i}" for i in range(40))
+    assert all(r.predicted_class == r.true_label for r in rows)
+    assert all(r.predicted_name == f"class{r.predicted_class}" and 0 < r.confidence <= 1 for r in rows)
+    assert all(r.model_version == "tiny-v1" and r.produced_at is not None for r in rows)
+    stored = {r.message_id: bytes(r.image) for r in rows}
+    assert stored["img-1"] == outgoing[1].payload
+    dead = {d.message_id: d.reason for d in results_db.DeadLetter.select()}
+    assert set(dead) == {"bad-png", None, "bad-label", "bad-range"}
+    assert "cannot decode image" in dead["bad-png"] and "missing 'id'" in dead[None]
+    assert "outside the model's 3 classes" in dead["bad-label"] and "[0, 1] or [0, 255]" in dead["bad-range"]
+    summary = report.to_dict()
+    assert summary["consumed"] == 44 and summary["predicted"] == 40 and summary["dead_letters"] == 4
+    assert summary["accuracy"] == 1.0 and sum(summary["per_class"].values()) == 40
+
+
+def test_redelivered_messages_are_not_stored_twice(tmp_path, classifier):
+    model, _ = classifier
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    messages = [encode_image(np.zeros((8, 8), np.uint8), f"x{i}") for i in range(10)]
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish(messages + messages)  # the same sample sent twice
+        producer.flush(5)
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], model, database, batch_size=7, timeout_ms=50)
+    assert results_db.Prediction.select().count() == 10
+    assert report.predicted == 10
+
+
+def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
+    model, _ = classifier
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([encode_image(np.zeros((8, 8), np.uint8), f"x{i}") for i in range(5)])
+        producer.flush(5)
+    results_db.Prediction.drop_table()  # the database breaks under the running task
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        with pytest.raises(DatabaseError, match="r.sqlite"):
+            run_predictions([source], model, database, batch_size=10, timeout_ms=50)
+        assert source.lag() == 5
+
+
+def test_model_errors_name_the_file(tmp_path):
+    with pytest.raises(ModelError, match="missing.onnx: file not found"):
+        OnnxClassifier(tmp_path / "missing.onnx")
+    (tmp_path / "corrupt.onnx").write_bytes(b"\x08\x01garbage")
+    with pytest.raises(ModelError, match="corrupt.onnx: cannot load"):
+        OnnxClassifier(tmp_path / "corrupt.onnx")
+    tiny_onnx_model(tmp_path / "ok.onnx")
+    with pytest.raises(ModelError, match="expects 8x8x1 images but the configuration says 28x28x1"):
+        OnnxClassifier(tmp_path / "ok.onnx").expect_spec(PreprocessSpec(28, 28, 1))
+
+
+def test_bad_database_urls(tmp_path):
+    with pytest.raises(DatabaseError, match="unsupported URL"):
+        results_db.connect("mysql://u:secret@h/db")
+    with pytest.raises(DatabaseError) as err:
+        results_db.connect("postgresql://u:secret@127.0.0.1:1/db", connect_timeout_s=2)
+    assert "secret" not in str(err.value) and "***" in str(err.value)

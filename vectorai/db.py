@@ -1,0 +1,184 @@
+"""The results database: Peewee models over SQLite (embedded default) or PostgreSQL.
+
+All SQL goes through Peewee's parameterised queries. Every prediction row is unique on
+(source, message_id), and inserts ignore rows already there, so a redelivered message can never
+produce a second row.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import peewee as pw
+
+from vectorai.errors import DatabaseError
+
+database_proxy = pw.DatabaseProxy()
+
+#: Dead letters keep at most this many bytes of the raw payload: enough to inspect, never a
+#: way for a hostile stream to fill the database.
+DEAD_LETTER_PAYLOAD_CAP = 64 * 1024
+
+
+class _Base(pw.Model):
+    class Meta:
+        database = database_proxy
+        legacy_table_names = False
+
+
+class Prediction(_Base):
+    """One classified message."""
+
+    source = pw.CharField(max_length=32)
+    message_id = pw.CharField(max_length=255)
+    position = pw.CharField(max_length=255)
+    image = pw.BlobField()
+    content_type = pw.CharField(max_length=64)
+    predicted_class = pw.IntegerField()
+    predicted_name = pw.CharField(max_length=255)
+    confidence = pw.FloatField()
+    true_label = pw.IntegerField(null=True)
+    model_version = pw.CharField(max_length=255)
+    produced_at = pw.DateTimeField(null=True)
+    predicted_at = pw.DateTimeField(index=True)
+
+    class Meta:
+        indexes = ((("source", "message_id"), True),)
+
+
+class DeadLetter(_Base):
+    """A message that could not be classified, with why, where it came from and its bytes."""
+
+    source = pw.CharField(max_length=32)
+    message_id = pw.CharField(max_length=255, null=True)
+    position = pw.CharField(max_length=255)
+    reason = pw.TextField()
+    attributes = pw.TextField()
+    payload = pw.BlobField()
+    payload_size = pw.IntegerField()
+    received_at = pw.DateTimeField()
+
+    class Meta:
+        indexes = ((("source", "position"), True),)
+
+
+MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter)
+
+
+def mask_url(url: str) -> str:
+    """The URL with any password replaced, safe for logs and error messages."""
+    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
+
+
+def sqlite_url(path: Path) -> str:
+    return f"sqlite:///{path.resolve()}"
+
+
+def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
+    """Open the database at ``url``, bind the models to it and create missing tables."""
+    from playhouse.db_url import connect as url_connect
+
+    safe = mask_url(url)
+    kwargs: dict[str, object] = {}
+    if url.startswith(("postgres://", "postgresql://")):
+        kwargs["connect_timeout"] = connect_timeout_s
+    elif url.startswith("sqlite:///"):
+        path = Path(url[len("sqlite:///"):])
+        if str(path) not in ("", ":memory:"):
+            path.parent.mkdir(parents=True, exist_ok=True)
+        # WAL lets the report command read while a run writes; NORMAL is durable at commit in WAL.
+        kwargs["pragmas"] = {"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 30000}
+    else:
+        raise DatabaseError(safe, "unsupported URL; use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
+    try:
+        db = url_connect(url, **kwargs)
+        db.connect(reuse_if_open=True)
+        database_proxy.initialize(db)
+        db.create_tables(MODELS, safe=True)
+    except (pw.PeeweeException, RuntimeError, ValueError, OSError) as err:
+        raise DatabaseError(safe, _first_line(err)) from None
+    return db
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip() or type(err).__name__
+    return text.splitlines()[0]
+
+
+def write_results(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict]) -> int:
+    """Insert one batch's rows in one transaction; rows already present are ignored.
+
+    Returns how many prediction rows were new. Raises DatabaseError, with nothing committed,
+    when the database fails, so the caller must not acknowledge the batch.
+    """
+    try:
+        with db.atomic():
+            before = _count_existing(predictions)
+            for chunk in _chunks(predictions, 500):
+                Prediction.insert_many(chunk).on_conflict_ignore().execute()
+            for chunk in _chunks(dead_letters, 500):
+                DeadLetter.insert_many(chunk).on_conflict_ignore().execute()
+    except pw.PeeweeException as err:
+        raise DatabaseError(mask_url(_url_of(db)), _first_line(err)) from None
+    return len(predictions) - before
+
+
+def _count_existing(predictions: Sequence[dict]) -> int:
+    """How many of these (source, message_id) pairs already have a row (redeliveries)."""
+    by_source: dict[str, list[str]] = {}
+    for row in predictions:
+        by_source.setdefault(row["source"], []).append(row["message_id"])
+    total = 0
+    for source, ids in by_source.items():
+        total += (Prediction.select()
+                  .where((Prediction.source == source) & (Prediction.message_id.in_(ids))).count())
+    return total
+
+
+def _chunks(rows: Sequence[dict], size: int) -> Iterable[Sequence[dict]]:
+    for start in range(0, len(rows), size):
+        yield rows[start:start + size]
+
+
+def _url_of(db: pw.Database) -> str:
+    if isinstance(db, pw.PostgresqlDatabase):
+        params = db.connect_params
+        return f"postgresql://{params.get('user', '')}@{params.get('host', '')}:{params.get('port', '')}/{db.database}"
+    return f"sqlite:///{db.database}"
+
+
+def latest_predictions(limit: int = 20) -> list[Prediction]:
+    return list(Prediction.select().order_by(Prediction.predicted_at.desc(), Prediction.id.desc()).limit(limit))
+
+
+def summary() -> dict[str, object]:
+    """Counts per class, labelled accuracy and dead letters, for the results command."""
+    per_class = {
+        name: count
+        for name, count in Prediction.select(Prediction.predicted_name, pw.fn.COUNT(Prediction.id))
+        .group_by(Prediction.predicted_name).tuples()
+    }
+    labelled = Prediction.select().where(Prediction.true_label.is_null(False))
+    correct = labelled.where(Prediction.true_label == Prediction.predicted_class).count()
+    total_labelled = labelled.count()
+    reasons = {
+        reason: count
+        for reason, count in DeadLetter.select(DeadLetter.reason, pw.fn.COUNT(DeadLetter.id))
+        .group_by(DeadLetter.reason).tuples()
+    }
+    return {
+        "predictions": Prediction.select().count(),
+        "per_class": per_class,
+        "labelled": total_labelled,
+        "accuracy": (correct / total_labelled) if total_labelled else None,
+        "dead_letters": DeadLetter.select().count(),
+        "dead_letter_reasons": reasons,
+        "last_predicted_at": (Prediction.select(pw.fn.MAX(Prediction.predicted_at)).scalar()),
+    }
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.timezone.utc).replace(tzinfo=None)

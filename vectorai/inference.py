@@ -1,0 +1,97 @@
+"""Classify preprocessed batches with onnxruntime. Never imports TensorFlow."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vectorai.errors import ModelError
+from vectorai.preprocess import PreprocessSpec
+
+#: Keys of the ONNX metadata_props that make the model self-describing.
+META_CLASS_NAMES = "vectorai.class_names"
+META_PREPROCESS = "vectorai.preprocess"
+META_VERSION = "vectorai.model_version"
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    class_names: list[str]
+    spec: PreprocessSpec
+    version: str
+
+
+def _session_options(threads: int | None):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # One intra-op pool sized to the cores; inter-op parallelism only adds contention for a
+    # sequential CNN graph.
+    options.intra_op_num_threads = threads or (os.cpu_count() or 1)
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return options
+
+
+class OnnxClassifier:
+    """An exported model plus what it needs to be used: class names and preprocessing."""
+
+    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ModelError(self.path, "file not found; run ExportOnnx first")
+        try:
+            self._session = ort.InferenceSession(
+                str(self.path), sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
+            )
+        except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types
+            raise ModelError(self.path, f"cannot load ONNX model: {str(err).splitlines()[0]}") from None
+        self.info = _read_info(self.path, self._session)
+        inputs = self._session.get_inputs()
+        self._input_name = inputs[0].name
+        shape = inputs[0].shape
+        want = (self.info.spec.height, self.info.spec.width, self.info.spec.channels)
+        if len(shape) != 4 or tuple(shape[1:]) != want:
+            raise ModelError(self.path, f"model input shape {shape} does not fit the stored "
+                             f"preprocessing {want}")
+
+    @property
+    def class_names(self) -> list[str]:
+        return self.info.class_names
+
+    @property
+    def spec(self) -> PreprocessSpec:
+        return self.info.spec
+
+    def expect_spec(self, spec: PreprocessSpec) -> None:
+        """Fail clearly when a configured image size/channels does not match this model."""
+        if spec != self.info.spec:
+            raise ModelError(self.path, f"model expects {self.info.spec.height}x{self.info.spec.width}"
+                             f"x{self.info.spec.channels} images but the configuration says "
+                             f"{spec.height}x{spec.width}x{spec.channels}")
+
+    def predict_proba(self, batch: np.ndarray) -> np.ndarray:
+        """Class probabilities for a preprocessed float32 (N, H, W, C) batch; one session call."""
+        if len(batch) == 0:
+            return np.zeros((0, len(self.class_names)), dtype=np.float32)
+        return self._session.run(None, {self._input_name: batch})[0]
+
+
+def _read_info(path: Path, session) -> ModelInfo:
+    meta = session.get_modelmeta().custom_metadata_map
+    try:
+        return ModelInfo(
+            class_names=list(json.loads(meta[META_CLASS_NAMES])),
+            spec=PreprocessSpec.from_dict(json.loads(meta[META_PREPROCESS])),
+            version=meta.get(META_VERSION, "unknown"),
+        )
+    except (KeyError, ValueError, TypeError) as err:
+        raise ModelError(path, f"missing or malformed vectorai metadata ({err}); re-export it with "
+                         "ExportOnnx") from None

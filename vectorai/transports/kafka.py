@@ -1,0 +1,258 @@
+"""Apache Kafka transport (kafka-python): idempotent producer, manual-commit consumer group.
+
+Offsets are committed only in ``acknowledge``, which callers invoke after their results are
+durably stored, so a crash between consuming and storing redelivers the batch (at-least-once).
+Every network wait is bounded by ``connect_timeout_ms``: an unreachable broker raises
+TransportError naming the bootstrap servers instead of hanging.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Any, Iterable, Sequence
+
+from vectorai.errors import TransportError
+from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
+
+SOURCE = "kafka"
+
+
+class KafkaTransport(Transport):
+    """Publish to and consume from one Kafka topic as one consumer-group member."""
+
+    name = SOURCE
+
+    def __init__(
+        self,
+        *,
+        bootstrap_servers: str,
+        topic: str,
+        group: str = "vectorai-predict",
+        partitions: int = 1,
+        create_topic: bool = True,
+        security_protocol: str = "PLAINTEXT",
+        sasl_mechanism: str | None = None,
+        sasl_username: str | None = None,
+        sasl_password: str | None = None,
+        ssl_cafile: str | None = None,
+        connect_timeout_ms: int = 10000,
+        **_ignored: Any,
+    ) -> None:
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.group = group
+        self.partitions = partitions
+        self.create_topic = create_topic
+        self.connect_timeout_ms = connect_timeout_ms
+        self._client_config: dict[str, Any] = {
+            "bootstrap_servers": [s.strip() for s in bootstrap_servers.split(",") if s.strip()],
+            "security_protocol": security_protocol,
+            "bootstrap_timeout_ms": connect_timeout_ms,
+            "request_timeout_ms": max(connect_timeout_ms, 5000),
+            "reconnect_backoff_max_ms": 2000,
+        }
+        if sasl_mechanism:
+            self._client_config.update(sasl_mechanism=sasl_mechanism,
+                                       sasl_plain_username=sasl_username,
+                                       sasl_plain_password=sasl_password)
+        if ssl_cafile:
+            self._client_config["ssl_cafile"] = ssl_cafile
+        self._producer = None
+        self._consumer = None
+        self._topic_checked = not create_topic
+        self._pending: list[Any] = []
+        # Offsets handed out by consume_batch and not yet acknowledged, per partition.
+        self._unacked: dict[Any, set[int]] = defaultdict(set)
+
+    # --- producing -------------------------------------------------------------------------
+
+    def publish(self, messages: Iterable[OutgoingMessage]) -> None:
+        producer = self._get_producer()
+        from kafka.errors import KafkaError
+
+        for message in messages:
+            key = message.key.encode("utf-8") if message.key is not None else None
+            headers = [(name, value.encode("utf-8")) for name, value in message.attributes.items()]
+            try:
+                self._pending.append(
+                    producer.send(self.topic, value=message.payload, key=key, headers=headers))
+            except KafkaError as err:
+                raise self._error(f"cannot send to topic {self.topic}", err) from None
+
+    def flush(self, timeout_s: float) -> None:
+        if self._producer is None:
+            return
+        from kafka.errors import KafkaError
+
+        pending, self._pending = self._pending, []
+        try:
+            self._producer.flush(timeout=timeout_s)
+        except KafkaError as err:
+            raise self._error(f"{len(pending)} messages to topic {self.topic} not confirmed "
+                              f"within {timeout_s:g}s", err) from None
+        failed = [future for future in pending if not future.succeeded()]
+        if failed:
+            raise self._error(f"{len(failed)} of {len(pending)} messages to topic {self.topic} "
+                              f"failed", failed[0].exception)
+
+    def _get_producer(self):
+        if self._producer is None:
+            from kafka import KafkaProducer
+
+            self._ensure_topic()
+            self._producer = self._connect(
+                KafkaProducer,
+                acks="all",
+                enable_idempotence=True,
+                linger_ms=20,
+                batch_size=256 * 1024,
+                max_block_ms=self.connect_timeout_ms,
+            )
+        return self._producer
+
+    # --- consuming -------------------------------------------------------------------------
+
+    def consume_batch(self, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
+        consumer = self._get_consumer()
+        from kafka.errors import KafkaError
+
+        deadline = time.monotonic() + timeout_ms / 1000
+        while True:
+            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            try:
+                records = consumer.poll(timeout_ms=remaining_ms, max_records=max_messages)
+            except KafkaError as err:
+                raise self._error(f"cannot consume from topic {self.topic}", err) from None
+            batch = [self._received(record) for partition_records in records.values()
+                     for record in partition_records]
+            # poll can return early with nothing (a rebalance, a metadata refresh): keep waiting.
+            if batch or remaining_ms == 0:
+                return batch
+
+    def acknowledge(self, messages: Sequence[ReceivedMessage]) -> None:
+        """Commit, per partition, the offset after the highest acknowledged one (synchronously).
+
+        Kafka offsets are a watermark: this also marks lower offsets of the same partition as done,
+        so acknowledge every message of a batch (poison ones included) once it is dealt with."""
+        if not messages:
+            return
+        from kafka import OffsetAndMetadata
+        from kafka.errors import KafkaError
+
+        highest: dict[Any, int] = {}
+        for message in messages:
+            partition, offset = message.handle
+            highest[partition] = max(offset, highest.get(partition, -1))
+        try:
+            self._get_consumer().commit(
+                {partition: OffsetAndMetadata(offset + 1, "", -1)
+                 for partition, offset in highest.items()},
+                timeout_ms=max(self.connect_timeout_ms, 5000),
+            )
+        except KafkaError as err:
+            raise self._error(f"cannot commit offsets of group {self.group}", err) from None
+        for partition, offset in highest.items():
+            self._unacked[partition] = {o for o in self._unacked[partition] if o > offset}
+
+    def release(self, messages: Sequence[ReceivedMessage]) -> None:
+        """Seek back to the lowest unacknowledged offset of each partition, to redeliver from there."""
+        if self._consumer is None:
+            return
+        lowest: dict[Any, int] = {}
+        for message in messages:
+            partition, offset = message.handle
+            lowest[partition] = min(offset, lowest.get(partition, offset))
+        assigned = self._consumer.assignment()
+        for partition, offset in lowest.items():
+            if partition not in assigned:
+                continue  # now owned by another member, which starts from the committed offset
+            self._consumer.seek(partition, min([offset, *self._unacked[partition]]))
+            self._unacked[partition].clear()
+
+    @property
+    def assigned_partitions(self) -> list[str]:
+        """``topic/partition`` of the partitions this member holds now (empty before the first poll)."""
+        if self._consumer is None:
+            return []
+        return sorted(f"{tp.topic}/{tp.partition}" for tp in self._consumer.assignment())
+
+    def _get_consumer(self):
+        if self._consumer is None:
+            from kafka import KafkaConsumer
+
+            self._ensure_topic()
+            self._consumer = self._connect(
+                KafkaConsumer,
+                group_id=self.group,
+                enable_auto_commit=False,
+                auto_offset_reset="earliest",
+            )
+            self._consumer.subscribe([self.topic])
+        return self._consumer
+
+    def _received(self, record) -> ReceivedMessage:
+        from kafka import TopicPartition
+
+        partition = TopicPartition(record.topic, record.partition)
+        self._unacked[partition].add(record.offset)
+        attributes = {name: (value or b"").decode("utf-8", errors="replace")
+                      for name, value in (record.headers or [])}
+        return ReceivedMessage(
+            source=SOURCE,
+            payload=record.value or b"",
+            attributes=attributes,
+            position=f"{record.topic}/{record.partition}@{record.offset}",
+            handle=(partition, record.offset),
+        )
+
+    # --- shared ----------------------------------------------------------------------------
+
+    def _ensure_topic(self) -> None:
+        if self._topic_checked:
+            return
+        from kafka import KafkaAdminClient
+        from kafka.errors import KafkaError, TopicAlreadyExistsError
+
+        admin = self._connect(KafkaAdminClient)
+        try:
+            if self.topic not in admin.list_topics():
+                try:
+                    replication = min(3, len(admin.describe_cluster()["brokers"]) or 1)
+                except (KafkaError, KeyError):
+                    replication = -1  # not allowed to describe the cluster: the broker's default
+                try:
+                    admin.create_topics(
+                        {self.topic: {"num_partitions": self.partitions,
+                                      "replication_factor": replication}},
+                        timeout_ms=self.connect_timeout_ms, wait_for_metadata=True,
+                    )
+                except TopicAlreadyExistsError:
+                    pass  # another producer or consumer created it first
+        except KafkaError as err:
+            raise self._error(f"cannot create topic {self.topic}", err) from None
+        finally:
+            admin.close()
+        self._topic_checked = True
+
+    def _connect(self, client_class, **config: Any):
+        from kafka.errors import KafkaError
+
+        try:
+            return client_class(**self._client_config, **config)
+        except KafkaError as err:
+            raise self._error("cannot connect", err) from None
+
+    def _error(self, what: str, err: BaseException | None) -> TransportError:
+        reason = f"{type(err).__name__}: {err}" if err is not None else "unknown error"
+        return TransportError(SOURCE, f"{what} (bootstrap servers {self.bootstrap_servers}): {reason}")
+
+    def close(self) -> None:
+        producer, consumer = self._producer, self._consumer
+        self._producer = self._consumer = None
+        self._pending = []
+        self._unacked.clear()
+        if producer is not None:
+            producer.close(timeout=self.connect_timeout_ms / 1000)
+        if consumer is not None:
+            consumer.close(autocommit=False, timeout_ms=self.connect_timeout_ms)

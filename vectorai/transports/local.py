@@ -1,0 +1,137 @@
+"""The embedded transport: a durable queue in a SQLite file, needing no server.
+
+One file per topic under ``root``. Producers append rows; each consumer group has a committed
+position that moves only when ``acknowledge`` is called, i.e. after the caller's results are
+committed, so a crash between consuming and acknowledging redelivers the batch. Separate
+processes may produce and consume at the same time (SQLite WAL).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sqlite3
+import time
+from pathlib import Path
+from typing import Iterable, Sequence
+
+from vectorai.errors import ConfigError, TransportError
+from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
+_POLL_INTERVAL_S = 0.05
+
+
+class LocalTransport(Transport):
+    name = "local"
+
+    def __init__(self, root: str | Path, topic: str, group: str = "vectorai-predict", **_ignored: object) -> None:
+        for setting, value in (("local.topic", topic), ("local.group", group)):
+            if not _NAME.match(value or ""):
+                raise ConfigError(setting, f"{value!r} is not a valid name (letters, digits, . _ -)")
+        self.path = Path(root) / f"{topic}.sqlite"
+        self.topic = topic
+        self.group = group
+        self._pending: list[OutgoingMessage] = []
+        self._delivered_up_to: int | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # isolation_level=None: transactions are explicit (BEGIN IMMEDIATE) below.
+            self._db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS messages (offset INTEGER PRIMARY KEY AUTOINCREMENT,"
+                " key TEXT, attributes TEXT NOT NULL, payload BLOB NOT NULL, published_at REAL NOT NULL)"
+            )
+            self._db.execute(
+                "CREATE TABLE IF NOT EXISTS cursors (group_name TEXT PRIMARY KEY, committed INTEGER NOT NULL)"
+            )
+        except sqlite3.Error as err:
+            raise TransportError("local", f"cannot open queue {self.path}: {err}") from None
+
+    def publish(self, messages: Iterable[OutgoingMessage]) -> None:
+        self._pending.extend(messages)
+
+    def flush(self, timeout_s: float = 30.0) -> None:
+        """Append every pending message in one transaction; durable once this returns."""
+        if not self._pending:
+            return
+        now = time.time()
+        rows = [(m.key, json.dumps(dict(m.attributes)), m.payload, now) for m in self._pending]
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany(
+                "INSERT INTO messages (key, attributes, payload, published_at) VALUES (?, ?, ?, ?)", rows
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise TransportError("local", f"cannot append to {self.path}: {err}") from None
+        self._pending.clear()
+
+    def _committed(self) -> int:
+        row = self._db.execute("SELECT committed FROM cursors WHERE group_name = ?", (self.group,)).fetchone()
+        return row[0] if row else 0
+
+    def consume_batch(self, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
+        deadline = time.monotonic() + timeout_ms / 1000.0
+        while True:
+            start = self._delivered_up_to if self._delivered_up_to is not None else self._committed()
+            try:
+                rows = self._db.execute(
+                    "SELECT offset, attributes, payload FROM messages WHERE offset > ? ORDER BY offset LIMIT ?",
+                    (start, max_messages),
+                ).fetchall()
+            except sqlite3.Error as err:
+                raise TransportError("local", f"cannot read {self.path}: {err}") from None
+            if rows:
+                self._delivered_up_to = rows[-1][0]
+                return [self._received(offset, attributes, payload) for offset, attributes, payload in rows]
+            if time.monotonic() >= deadline:
+                return []
+            time.sleep(_POLL_INTERVAL_S)
+
+    def _received(self, offset: int, attributes: str, payload: bytes) -> ReceivedMessage:
+        try:
+            attrs = json.loads(attributes)
+            if not isinstance(attrs, dict):
+                raise ValueError("not an object")
+            attrs = {str(k): str(v) for k, v in attrs.items()}
+        except ValueError:
+            attrs = {}  # decoded later as a poison message (no id), never dropped silently
+        return ReceivedMessage(source=self.name, payload=payload, attributes=attrs,
+                               position=f"{self.topic}@{offset}", handle=offset)
+
+    def acknowledge(self, messages: Sequence[ReceivedMessage]) -> None:
+        if not messages:
+            return
+        newest = max(int(m.handle) for m in messages)
+        try:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(
+                "INSERT INTO cursors (group_name, committed) VALUES (?, ?) ON CONFLICT(group_name)"
+                " DO UPDATE SET committed = MAX(committed, excluded.committed)",
+                (self.group, newest),
+            )
+            self._db.execute("COMMIT")
+        except sqlite3.Error as err:
+            self._rollback()
+            raise TransportError("local", f"cannot commit position in {self.path}: {err}") from None
+
+    def release(self, messages: Sequence[ReceivedMessage]) -> None:
+        # Deliver again from the committed position on the next consume.
+        self._delivered_up_to = None
+
+    def lag(self) -> int:
+        """Messages not yet acknowledged by this group."""
+        return self._db.execute("SELECT COUNT(*) FROM messages WHERE offset > ?", (self._committed(),)).fetchone()[0]
+
+    def _rollback(self) -> None:
+        try:
+            self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            pass
+
+    def close(self) -> None:
+        self._db.close()
