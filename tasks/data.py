@@ -45,7 +45,7 @@ class SplitData(luigi.Task):
         return luigi.LocalTarget(paths().data / "processed" / self.dataset_label / params_hash(self))
 
     def run(self) -> None:
-        from vectorai.split import make_splits
+        from vectorai.prepare import make_splits
 
         external = paths().data / "external"
         with self.output().temporary_path() as tmp:

@@ -30,7 +30,7 @@ class TrainModel(luigi.Task):
         return luigi.LocalTarget(paths().models / self.model_name / "keras")
 
     def run(self) -> None:
-        from vectorai.split import load_splits
+        from vectorai.prepare import load_splits
         from vectorai.training import TrainConfig, train_model
 
         splits = load_splits(Path(self.input().path))
@@ -60,7 +60,7 @@ class ExportOnnx(luigi.Task):
     def run(self) -> None:
         from vectorai.export import export_onnx, log_onnx_to_mlflow
         from vectorai.preprocess import PreprocessSpec, preprocess_images
-        from vectorai.split import load_splits
+        from vectorai.prepare import load_splits
 
         train_dir = Path(self.input().path)
         summary = read_json(train_dir / "metrics.json")

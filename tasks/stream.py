@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import luigi
-from luigi.util import requires
+from luigi.util import inherits, requires
 
 from tasks.common import params_hash, write_json
 from tasks.config import database, paths, stream, transport_settings
@@ -31,7 +31,7 @@ class StreamData(luigi.Task):
         return luigi.LocalTarget(paths().data / "stream" / "manifests" / name)
 
     def run(self) -> None:
-        from vectorai.split import load_stream_sample
+        from vectorai.prepare import load_stream_sample
         from vectorai.streaming import publish_images
         from vectorai.transports import open_transport
 
@@ -45,7 +45,7 @@ class StreamData(luigi.Task):
                                    "sample": str(sample_path), "encoding": cfg.encoding, "ids": ids})
 
 
-@requires(StreamData)
+@inherits(StreamData)
 class PredictTask(luigi.Task):
     """Consume the stream in batches, classify with onnxruntime, store every result."""
 

@@ -9,6 +9,7 @@ pickles. Every problem is a :class:`DatasetError` naming the file and what is wr
 from __future__ import annotations
 
 import gzip
+import hashlib
 import io
 import logging
 import pickle
@@ -23,7 +24,7 @@ from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
 
-from vectorai.download import CIFAR10_SHA256, read_checksum_sidecar, sha256_of
+from vectorai.download import CIFAR10_SHA256, read_checksum_sidecar
 from vectorai.errors import DatasetError
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ def _pick_loader(target: Path, allow_legacy_pickle: bool) -> Callable[[], Labell
             return lambda: load_legacy_pickle([target], allow_legacy_pickle)
         if target.name == CIFAR10_ARCHIVE:
             return lambda: load_cifar10(target)
-        raise DatasetError(target, "unrecognised file type; expected .npz, .p or " + CIFAR10_ARCHIVE)
+        raise DatasetError(target, f"unrecognised file; expected .npz, .p or {CIFAR10_ARCHIVE}")
     if not target.is_dir():
         raise DatasetError(target, "neither a file nor a folder")
 
@@ -368,19 +369,25 @@ def _unpickle_numpy_only(data: bytes) -> Any:
     return _NumpyOnlyUnpickler(io.BytesIO(data), encoding="bytes").load()
 
 
-def _verify_cifar_archive(archive: Path) -> None:
-    """Refuse the archive unless the downloader verified it and it has not changed since.
+def _read_verified_cifar_archive(archive: Path) -> bytes:
+    """The archive's bytes, only if the downloader verified them and they have not changed since.
 
     The CIFAR format is pickle, and a pickle can run code; so we only open bytes whose SHA-256
     the downloader checked against the official checksum (or the one it was explicitly given)
-    and recorded in ``<archive>.sha256``. The restricted unpickler is a second line of defence.
+    and recorded in ``<archive>.sha256``. The bytes are hashed and parsed from one in-memory
+    copy, so the file cannot be swapped between the check and the use. The restricted
+    unpickler is a second line of defence.
     """
     recorded = read_checksum_sidecar(archive)
     if recorded is None:
         raise DatasetError(archive, f"no verified checksum beside it ({archive.name}.sha256); "
                                     "CIFAR-10 batches are pickles, so only an archive fetched "
                                     "by `vectorai-download cifar10` is opened")
-    actual = sha256_of(archive)
+    try:
+        raw = archive.read_bytes()
+    except OSError as err:
+        raise DatasetError(archive, f"cannot read: {err}") from err
+    actual = hashlib.sha256(raw).hexdigest()
     if actual != recorded:
         raise DatasetError(archive, f"SHA-256 is {actual} but {recorded} was verified at "
                                     "download; the file changed, run `vectorai-download "
@@ -388,6 +395,7 @@ def _verify_cifar_archive(archive: Path) -> None:
     if actual != CIFAR10_SHA256:
         log.info("%s: not the official CIFAR-10 archive, but verified by the downloader "
                  "against the checksum it was given", archive)
+    return raw
 
 
 def _read_member(tar: tarfile.TarFile, archive: Path, name: str) -> Any:
@@ -408,12 +416,12 @@ def _read_member(tar: tarfile.TarFile, archive: Path, name: str) -> Any:
 
 def load_cifar10(archive: Path) -> LabelledImages:
     """The official ``cifar-10-python.tar.gz`` (all five training batches plus the test batch)."""
-    _verify_cifar_archive(archive)
+    raw = _read_verified_cifar_archive(archive)
     images, labels = [], []
     try:
         # Members are read in memory (extractfile), never extracted, so paths in the tar
         # cannot write anywhere.
-        with tarfile.open(archive, "r:gz") as tar:
+        with tarfile.open(fileobj=io.BytesIO(raw), mode="r:gz") as tar:
             meta = _read_member(tar, archive, "batches.meta")
             for name in _CIFAR10_BATCHES:
                 batch = _read_member(tar, archive, name)
@@ -533,26 +541,35 @@ def _images_array(source: Path, x: Any) -> np.ndarray:
     return x
 
 
-def load_npz(path: Path) -> LabelledImages:
-    """``x`` (N, H, W[, C]), ``y`` (N,), optional ``class_names``; never unpickles."""
+def read_npz(path: Path, required: Sequence[str],
+             optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+    """The named arrays of an .npz, never unpickling; every failure names ``path``."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            missing = {"x", "y"} - set(archive.files)
+        # Opened here, not by np.load, so a corrupt file's handle is closed on every path.
+        with path.open("rb") as handle, np.load(handle, allow_pickle=False) as archive:
+            if not hasattr(archive, "files"):
+                raise DatasetError(path, "holds a single .npy array, not an .npz archive")
+            missing = set(required) - set(archive.files)
             if missing:
                 raise DatasetError(path, f"missing array(s) {sorted(missing)}; has "
                                          f"{sorted(archive.files)}")
-            x = archive["x"]
-            y = archive["y"]
-            names = archive["class_names"] if "class_names" in archive.files else None
+            return {key: archive[key] for key in [*required, *optional] if key in archive.files}
     except DatasetError:
         raise
+    except FileNotFoundError as err:
+        raise DatasetError(path, "not found") from err
     except ValueError as err:
         # allow_pickle=False turns object arrays into ValueError; so does a non-npz file.
         raise DatasetError(path, f"not a valid .npz of plain arrays: {err}") from err
     except (OSError, EOFError, zlib.error, KeyError, zipfile.BadZipFile) as err:
         raise DatasetError(path, f"corrupt or truncated .npz: {err}") from err
-    labels, class_names = _labels_and_names(path, y, names)
-    return LabelledImages(_images_array(path, x), labels, class_names)
+
+
+def load_npz(path: Path) -> LabelledImages:
+    """``x`` (N, H, W[, C]), ``y`` (N,), optional ``class_names``; never unpickles."""
+    arrays = read_npz(path, ["x", "y"], ["class_names"])
+    labels, class_names = _labels_and_names(path, arrays["y"], arrays.get("class_names"))
+    return LabelledImages(_images_array(path, arrays["x"]), labels, class_names)
 
 
 def load_legacy_pickle(paths: Sequence[Path], allow_legacy_pickle: bool) -> LabelledImages:

@@ -187,10 +187,11 @@ def _download_to_part(url: str, part: Path, *, progress: bool, timeout_s: float)
         length = response.headers.get("Content-Length")
         remaining = int(length) if length is not None else None
         if offset and response.status == 206:
-            match = _CONTENT_RANGE.fullmatch(response.headers.get("Content-Range", ""))
+            content_range = response.headers.get("Content-Range", "")
+            match = _CONTENT_RANGE.fullmatch(content_range)
             if match is None or int(match.group(1)) != offset:
-                raise DownloadError(url, "server answered the resume request with an "
-                                         f"unexpected range {response.headers.get('Content-Range')}")
+                raise DownloadError(url, f"asked to resume at byte {offset}, the server sent "
+                                         f"range {content_range!r}")
             mode = "ab"
         else:
             # 200 to a Range request: the server ignores ranges, so start from the beginning.

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import os
 import tempfile
-import zipfile
-import zlib
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 
-from vectorai.datasets import LabelledImages
+from vectorai.datasets import LabelledImages, read_npz
 from vectorai.errors import ConfigError, DatasetError
 
 _FORMAT_VERSION = 1
@@ -103,18 +101,14 @@ def save_images(path: Path, data: LabelledImages) -> None:
 def load_images(path: Path) -> LabelledImages:
     """Read what :func:`save_images` wrote; any inconsistency is a DatasetError naming ``path``."""
     path = Path(path)
-    try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {key: archive[key] for key in archive.files}
-    except FileNotFoundError as err:
-        raise DatasetError(path, "not found") from err
-    except ValueError as err:
-        raise DatasetError(path, f"not a valid .npz of plain arrays: {err}") from err
-    except (OSError, EOFError, zlib.error, zipfile.BadZipFile) as err:
-        raise DatasetError(path, f"corrupt or truncated: {err}") from err
-    missing = {"labels", "class_names"} - arrays.keys()
-    if missing or not ({"images"} <= arrays.keys() or {"pixels", "shapes", "dtypes"} <= arrays.keys()):
+    arrays = read_npz(path, ["labels", "class_names"],
+                      ["format_version", "images", "pixels", "shapes", "dtypes"])
+    if not ("images" in arrays or {"pixels", "shapes", "dtypes"} <= arrays.keys()):
         raise DatasetError(path, f"not written by save_images: has {sorted(arrays)}")
+    version = int(arrays.get("format_version", np.array(_FORMAT_VERSION)))
+    if version > _FORMAT_VERSION:
+        raise DatasetError(path, f"written in format {version} by a newer vectorai; this one "
+                                 f"reads up to {_FORMAT_VERSION}")
     labels = arrays["labels"].astype(np.int64)
     class_names = [str(n) for n in arrays["class_names"].tolist()]
     if "images" in arrays:

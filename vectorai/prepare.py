@@ -1,0 +1,109 @@
+"""Turn a dataset into the files the pipeline uses: train/val/test splits and a stream sample.
+
+The stream sample is ``<dataset folder>/stream_sample.npz`` when the user supplies one (``x``,
+optional ``y``), otherwise images held out of the test split -- never from train, so the model
+is never scored on images it learnt from.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from vectorai.datasets import LabelledImages, load_dataset
+from vectorai.errors import ConfigError, DatasetError
+from vectorai.split import load_images, save_images, split_indices
+
+STREAM_SAMPLE = "stream_sample.npz"
+UNLABELLED = -1
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: LabelledImages
+    val: LabelledImages
+    test: LabelledImages
+
+
+def make_splits(
+    dataset: str,
+    external_root: Path,
+    out_dir: Path,
+    *,
+    val_fraction: float,
+    test_fraction: float,
+    seed: int,
+    stream_size: int,
+    allow_legacy_pickle: bool = False,
+) -> dict[str, object]:
+    """Write train.npz, val.npz, test.npz, stream.npz and split.json into ``out_dir``."""
+    data = load_dataset(dataset, external_root, allow_legacy_pickle=allow_legacy_pickle)
+    train_idx, val_idx, test_idx = split_indices(data.labels, val_fraction, test_fraction, seed,
+                                                 class_names=data.class_names)
+    supplied = _supplied_stream_sample(dataset, external_root)
+    if supplied is not None:
+        stream = load_stream_sample(supplied)
+        stream_source = str(supplied)
+    else:
+        if stream_size < 0 or stream_size >= len(test_idx):
+            raise ConfigError("SplitData.stream_size", f"{stream_size} must be at least 0 and below the "
+                              f"{len(test_idx)} images of the test split; lower it or raise test_fraction")
+        # Held out of test, never train: the stream measures the model on unseen images.
+        order = np.random.default_rng(seed + 1).permutation(len(test_idx))
+        stream = data.subset(test_idx[order[:stream_size]])
+        test_idx = test_idx[np.sort(order[stream_size:])]
+        stream_source = "held out of the test split"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for name, indices in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
+        save_images(out_dir / f"{name}.npz", data.subset(indices))
+    save_images(out_dir / "stream.npz", stream)
+    summary = {
+        "dataset": dataset, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
+        "class_names": list(data.class_names), "sizes": {"train": len(train_idx), "val": len(val_idx),
+                                                         "test": len(test_idx), "stream": len(stream)},
+        "stream_source": stream_source,
+    }
+    (out_dir / "split.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _supplied_stream_sample(dataset: str, external_root: Path) -> Path | None:
+    for folder in (external_root / dataset, Path(dataset)):
+        if folder.is_dir() and (folder / STREAM_SAMPLE).is_file():
+            return folder / STREAM_SAMPLE
+    return None
+
+
+def load_splits(split_dir: Path) -> Splits:
+    return Splits(*(load_images(split_dir / f"{name}.npz") for name in ("train", "val", "test")))
+
+
+def load_stream_sample(path: Path, limit: int | None = None) -> LabelledImages:
+    """The images to stream: a split's ``stream.npz`` or a user's ``.npz`` with ``x`` and an
+    optional ``y`` (missing labels become -1: the messages then carry no label)."""
+    path = Path(path)
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            keys = set(archive.files)
+            if "x" in keys:
+                images = archive["x"]
+                labels = archive["y"].astype(np.int64) if "y" in keys else np.full(len(images), UNLABELLED)
+                data = LabelledImages(images, labels, [])
+            else:
+                data = None
+    except FileNotFoundError:
+        raise DatasetError(path, "stream sample not found") from None
+    except (ValueError, OSError, EOFError) as err:
+        raise DatasetError(path, f"not a readable .npz of plain arrays: {err}") from None
+    if data is None:
+        data = load_images(path)
+    if isinstance(data.images, np.ndarray) and data.images.ndim not in (3, 4):
+        raise DatasetError(path, f"x has shape {data.images.shape}; expected (N, H, W[, C])")
+    if len(data.images) != len(data.labels):
+        raise DatasetError(path, f"{len(data.images)} images but {len(data.labels)} labels")
+    if limit is not None:
+        data = data.subset(np.arange(min(limit, len(data))))
+    return data
