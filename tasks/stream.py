@@ -52,7 +52,7 @@ class PredictTask(luigi.Task):
     sources = luigi.Parameter(default="", description="Comma-separated transports to read (e.g. kafka,pubsub); "
                               "empty: [stream] transport")
     run_at = luigi.Parameter(default="adhoc", description="Label of this run; cron passes the time "
-                             "(--run-at $(date -u +%Y-%m-%dT%H)) so each scheduled run is its own task")
+                             "(--run-at $(date -u +%%Y-%%m-%%dT%%H)) so each scheduled run is its own task")
     require_stream = luigi.BoolParameter(default=True, significant=False, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                          description="Also run StreamData first (the demo chain); false when "
                                          "other producers feed the topic")

@@ -68,6 +68,14 @@ class Project:
                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
         return proc
 
+    def command(self, program: str, *args: str, timeout: float = 120) -> str:
+        """Run one of the package's console scripts (e.g. vectorai-results) in this project."""
+        exe = Path(sys.executable).parent / program
+        proc = subprocess.run([str(exe), *args], cwd=self.root, env=self.command_env(), capture_output=True,
+                              text=True, timeout=timeout)
+        assert proc.returncode == 0, f"{program} failed:\n{proc.stdout}\n{proc.stderr}"
+        return proc.stdout
+
     def spawn(self, *args: str, local: bool = True, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
         argv = [sys.executable, "-m", "luigi", "--module", "tasks", *args]
         if local:
