@@ -27,14 +27,20 @@ class DownloadData(luigi.Task):
 class SplitData(luigi.Task):
     """Stratified, seeded train/val/test split of a dataset, plus the stream sample."""
 
-    dataset = luigi.Parameter(default="mnist-sample", description="Built-in (mnist-sample, digits), a folder "
+    dataset = luigi.Parameter(config_path=dict(section="SplitData", name="dataset"),
+        default="mnist-sample", description="Built-in (mnist-sample, digits), a folder "
                               "under data/external, or a path")
-    seed = luigi.IntParameter(default=42, description="Seed of the split and of training")
-    val_fraction = luigi.FloatParameter(default=0.15, description="Share of each class for validation")
-    test_fraction = luigi.FloatParameter(default=0.15, description="Share of each class for the test split")
-    stream_size = luigi.IntParameter(default=200, description="Images held out of the test split as the stream "
+    seed = luigi.IntParameter(config_path=dict(section="SplitData", name="seed"),
+        default=42, description="Seed of the split and of training")
+    val_fraction = luigi.FloatParameter(config_path=dict(section="SplitData", name="val_fraction"),
+        default=0.15, description="Share of each class for validation")
+    test_fraction = luigi.FloatParameter(config_path=dict(section="SplitData", name="test_fraction"),
+        default=0.15, description="Share of each class for the test split")
+    stream_size = luigi.IntParameter(config_path=dict(section="SplitData", name="stream_size"),
+        default=200, description="Images held out of the test split as the stream "
                                      "sample, when the dataset has no stream_sample.npz")
-    allow_legacy_pickle = luigi.BoolParameter(default=False, significant=False,
+    allow_legacy_pickle = luigi.BoolParameter(config_path=dict(section="SplitData", name="allow_legacy_pickle"),
+        default=False, significant=False,
                                               description="Trust and load the old project's pickled .p datasets")
 
     @property

@@ -16,11 +16,16 @@ from tasks.data import SplitData
 class TrainModel(luigi.Task):
     """Train the CNN on the split; log params, per-epoch metrics and artifacts to MLflow."""
 
-    epochs = luigi.IntParameter(default=10, description="Training epochs")
-    batch_size = luigi.IntParameter(default=64, description="Training batch size")
-    image_size = luigi.IntParameter(default=28, description="Images are resized to image_size x image_size")
-    channels = luigi.IntParameter(default=1, description="1 (greyscale) or 3 (colour) model input")
-    learning_rate = luigi.FloatParameter(default=1e-3, description="Adam learning rate")
+    epochs = luigi.IntParameter(config_path=dict(section="TrainModel", name="epochs"),
+        default=10, description="Training epochs")
+    batch_size = luigi.IntParameter(config_path=dict(section="TrainModel", name="batch_size"),
+        default=64, description="Training batch size")
+    image_size = luigi.IntParameter(config_path=dict(section="TrainModel", name="image_size"),
+        default=28, description="Images are resized to image_size x image_size")
+    channels = luigi.IntParameter(config_path=dict(section="TrainModel", name="channels"),
+        default=1, description="1 (greyscale) or 3 (colour) model input")
+    learning_rate = luigi.FloatParameter(config_path=dict(section="TrainModel", name="learning_rate"),
+        default=1e-3, description="Adam learning rate")
 
     @property
     def model_name(self) -> str:
@@ -51,7 +56,8 @@ class TrainModel(luigi.Task):
 class ExportOnnx(luigi.Task):
     """Export to ONNX with tf2onnx, check it against Keras, store class names and preprocessing."""
 
-    parity_tolerance = luigi.FloatParameter(default=1e-4, significant=False,
+    parity_tolerance = luigi.FloatParameter(config_path=dict(section="ExportOnnx", name="parity_tolerance"),
+        default=1e-4, significant=False,
                                             description="Largest allowed probability difference ONNX vs Keras")
 
     def output(self) -> luigi.LocalTarget:

@@ -17,9 +17,12 @@ from tasks.model import ExportOnnx
 class StreamData(luigi.Task):
     """Publish the stream sample; the manifest is written only after every message is confirmed."""
 
-    transport = luigi.Parameter(default="", description="local, kafka or pubsub; empty: [stream] transport")
-    count = luigi.IntParameter(default=0, description="How many images to send; 0: the whole sample")
-    sample_file = luigi.Parameter(default="", description="An .npz (x, optional y) to send instead of the "
+    transport = luigi.Parameter(config_path=dict(section="StreamData", name="transport"),
+        default="", description="local, kafka or pubsub; empty: [stream] transport")
+    count = luigi.IntParameter(config_path=dict(section="StreamData", name="count"),
+        default=0, description="How many images to send; 0: the whole sample")
+    sample_file = luigi.Parameter(config_path=dict(section="StreamData", name="sample_file"),
+        default="", description="An .npz (x, optional y) to send instead of the "
                                   "split's stream sample")
 
     @property

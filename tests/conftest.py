@@ -7,13 +7,12 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_services", "tests.fixtures_pubsub"]
+pytest_plugins = ["tests.fixtures_services", "tests.fixtures_pubsub", "tests.http_files"]
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"

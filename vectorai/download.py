@@ -174,6 +174,7 @@ def _download_to_part(url: str, part: Path, *, progress: bool, timeout_s: float)
     try:
         response = urllib.request.urlopen(request, timeout=timeout_s)  # noqa: S310
     except urllib.error.HTTPError as err:
+        err.close()  # an HTTPError holds the open connection
         if err.code == 416 and offset:
             # Nothing left to send from that offset: the part is complete (or too long, which
             # the checksum will catch).

@@ -11,10 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import new_project
 
-# The chain's default parameters, as luigi.cfg gives them to a user.
-DEFAULTS = ["--SplitData-dataset", "mnist-sample"]
 
 
 def only(paths) -> Path:

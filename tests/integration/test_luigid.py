@@ -46,7 +46,7 @@ def api(port: int, method: str, payload: dict) -> dict:
 def test_chain_through_luigid_shows_every_task_and_dependency(tmp_path, luigid):
     # A fresh project (a quick 1-epoch model), so the worker schedules every task of the chain.
     project = new_project(tmp_path / "fresh")
-    project.luigi("PredictTask", "--epochs", "1", "--SplitData-stream-size", "20",
+    project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20",
                   "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid), local=False)
     done = api(luigid, "task_list", {"status": "DONE", "upstream_status": "", "search": ""})
     families = {task["name"]: task_id for task_id, task in done.items()}

@@ -3,82 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import http.server
-import io
-import pickle
-import tarfile
-import threading
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 
 from vectorai.datasets import load_dataset
+from tests.http_files import FileServer, cifar_archive_bytes
 from vectorai.download import RemoteFile, download_dataset, main, read_checksum_sidecar
 from vectorai.errors import ConfigError, DownloadError
-
-
-class FileServer:
-    """Serves ``files`` by path; ``mode`` picks a misbehaviour per test."""
-
-    def __init__(self) -> None:
-        self.files: dict[str, bytes] = {}
-        self.mode = "normal"  # "normal" | "ignore-range" | "truncate"
-        self.range_headers: list[str | None] = []
-        outer = self
-
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 -- http.server's naming
-                body = outer.files.get(self.path)
-                outer.range_headers.append(self.headers.get("Range"))
-                if body is None:
-                    self.send_error(404)
-                    return
-                start = 0
-                range_header = self.headers.get("Range")
-                if range_header and outer.mode != "ignore-range":
-                    start = int(range_header.removeprefix("bytes=").rstrip("-"))
-                    if start >= len(body):
-                        self.send_response(416)
-                        self.send_header("Content-Range", f"bytes */{len(body)}")
-                        self.send_header("Content-Length", "0")
-                        self.end_headers()
-                        return
-                    self.send_response(206)
-                    self.send_header("Content-Range",
-                                     f"bytes {start}-{len(body) - 1}/{len(body)}")
-                else:
-                    self.send_response(200)
-                self.send_header("Content-Length", str(len(body) - start))
-                self.end_headers()
-                if outer.mode == "truncate":
-                    # Promise the whole body, send half, hang up.
-                    self.wfile.write(body[start:start + (len(body) - start) // 2])
-                    self.wfile.flush()
-                    self.close_connection = True
-                    return
-                self.wfile.write(body[start:])
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def add(self, name: str, body: bytes) -> RemoteFile:
-        self.files[f"/{name}"] = body
-        return RemoteFile(f"{self.url}/{name}", name, hashlib.sha256(body).hexdigest())
-
-
-@pytest.fixture
-def server() -> Iterator[FileServer]:
-    srv = FileServer()
-    srv.thread.start()
-    yield srv
-    srv.httpd.shutdown()
-    srv.httpd.server_close()
 
 
 BODY = bytes(range(256)) * 400  # 100 KiB: several read chunks
@@ -164,23 +97,6 @@ def test_http_error_and_unknown_name(server: FileServer, tmp_path: Path) -> None
     assert "missing.bin" in str(err.value)
     with pytest.raises(ConfigError, match="mnist"):
         download_dataset("imagenet", tmp_path, progress=False)
-
-
-def cifar_archive_bytes(per_batch: int = 4) -> bytes:
-    """A small cifar-10-python.tar.gz in the official layout."""
-    rng = np.random.default_rng(0)
-    members = {"batches.meta": {b"label_names": [f"c{i}".encode() for i in range(10)]}}
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        members[name] = {b"data": rng.integers(0, 256, (per_batch, 3072), dtype=np.uint8),
-                         b"labels": [i % 10 for i in range(per_batch)]}
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name, obj in members.items():
-            data = pickle.dumps(obj, protocol=3)
-            info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
 
 
 def test_downloaded_cifar_archive_loads(server: FileServer, tmp_path: Path) -> None:

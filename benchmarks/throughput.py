@@ -1,0 +1,572 @@
+"""Throughput of the prediction path, measured in one run on one machine on the same images.
+
+    python benchmarks/throughput.py                       # 30,000 images, every transport and database
+    python benchmarks/throughput.py --transports local --databases sqlite --images 5000
+    python benchmarks/throughput.py --tiny --json out.json
+
+What it measures (each as images/s and as a ratio to the raw onnxruntime figure):
+
+1. raw onnxruntime on preprocessed in-memory batches: the ceiling;
+2. the whole PredictTask path (consume -> decode -> preprocess -> infer -> insert -> commit ->
+   acknowledge) per transport and database, through the same library calls PredictTask makes;
+3. StreamData's publishing rate per transport (``vectorai.streaming.publish_images``);
+4. Keras ``model.predict`` per image and per batch (when the model's ``keras/model.keras`` exists);
+5. PredictTask's peak memory (ru_maxrss of a fresh process) for one batch of messages and for ten.
+
+The images are real MNIST digits (the ``mnist-sample`` built-in) repeated to ``--images`` with
+unique ids. Services it needs are taken from KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL /
+PUBSUB_EMULATOR_HOST, else from ``python -m services`` if they already run, else started here and
+stopped at the end. This is a measurement, not a test: nothing here asserts a speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))  # run as a script from anywhere: `python benchmarks/throughput.py`
+
+TRANSPORTS = ("local", "kafka", "pubsub")
+DATABASES = ("sqlite", "postgres")
+#: service name (services package) -> environment variable that points at an existing one
+SERVICE_ENV = {"kafka": "KAFKA_BOOTSTRAP_SERVERS", "postgres": "DATABASE_URL", "pubsub": "PUBSUB_EMULATOR_HOST"}
+PUBSUB_PROJECT = "vectorai-bench"
+RAW = "raw onnxruntime"
+
+
+@dataclass
+class Case:
+    """One measured line of the table."""
+
+    case: str
+    kind: str
+    images: int
+    seconds: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def rate(self) -> float:
+        return self.images / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self, raw_rate: float) -> dict[str, Any]:
+        return {"case": self.case, "kind": self.kind, "images": self.images,
+                "seconds": round(self.seconds, 4), "images_per_second": round(self.rate, 1),
+                "ratio_to_raw_onnxruntime": round(self.rate / raw_rate, 4) if raw_rate else None,
+                **self.extra}
+
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+def load_images(count: int) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` real MNIST digits (uint8, N x 28 x 28) and labels, the 5,000 repeated as needed."""
+    from vectorai.datasets import load_dataset
+
+    with tempfile.TemporaryDirectory() as empty:  # an empty root: always the built-in
+        data = load_dataset("mnist-sample", Path(empty))
+    index = np.arange(count) % len(data)
+    return np.ascontiguousarray(data.images[index]), data.labels[index]
+
+
+def find_model(given: str | None, workdir: Path, log: Callable[[str], None]) -> Path:
+    """The exported model dir (holding model.onnx): given, else the newest under models/, else a
+    quick one trained here (1 epoch on mnist-sample, in a subprocess so TensorFlow stays out)."""
+    if given:
+        path = Path(given)
+        path = path.parent if path.suffix == ".onnx" else path
+        if not (path / "model.onnx").is_file():
+            raise SystemExit(f"--model {given}: no model.onnx there")
+        return path
+    exported = sorted((REPO / "models").glob("*/onnx/model.onnx"), key=lambda p: p.stat().st_mtime)
+    if exported:
+        return exported[-1].parent
+    out = workdir / "quick-model"
+    log(f"no exported model under {REPO / 'models'}: training a quick one (1 epoch) in {out}")
+    _run_worker(["train", "--out", str(out)])
+    return out / "onnx"
+
+
+# --- services -------------------------------------------------------------------------------
+
+
+class Services:
+    """Addresses of Kafka / PostgreSQL / the Pub/Sub emulator; stops only what it started."""
+
+    def __init__(self, log: Callable[[str], None]) -> None:
+        self.log = log
+        self.addresses: dict[str, str] = {}
+        self.started: list[str] = []
+        self.failed: dict[str, str] = {}
+
+    def get(self, name: str) -> str | None:
+        if name in self.addresses or name in self.failed:
+            return self.addresses.get(name)
+        value = os.environ.get(SERVICE_ENV[name], "")
+        if name == "postgres" and not value.startswith(("postgres://", "postgresql://")):
+            value = ""
+        if not value:
+            import importlib
+
+            from services.common import ServiceError
+
+            launcher = importlib.import_module(f"services.{name}")
+            running = launcher.status() if hasattr(launcher, "status") else launcher.host()
+            if running:
+                value = running
+            else:
+                self.log(f"starting {name} ...")
+                try:
+                    value = launcher.start()
+                except (ServiceError, OSError) as err:
+                    self.failed[name] = str(err).splitlines()[0]
+                    self.log(f"{name} unavailable: {self.failed[name]}")
+                    return None
+                self.started.append(name)
+        self.addresses[name] = value
+        return value
+
+    def stop_started(self) -> None:
+        import importlib
+
+        for name in reversed(self.started):
+            launcher = importlib.import_module(f"services.{name}")
+            if name == "pubsub":
+                launcher.stop()
+            else:
+                launcher.stop(remove_data=True)
+            self.log(f"stopped {name}")
+        self.started.clear()
+
+
+# --- transports and databases ---------------------------------------------------------------
+
+
+def transport_settings(name: str, services: Services, workdir: Path, topic: str, group: str) -> dict[str, Any]:
+    """Keyword settings for open_transport; ``group`` is the consumer group / subscription."""
+    if name == "local":
+        return {"root": workdir / "queues", "topic": topic, "group": group}
+    if name == "kafka":
+        return {"bootstrap_servers": services.get("kafka"), "topic": topic, "group": group}
+    return {"project": PUBSUB_PROJECT, "topic": topic, "subscription": group,
+            "emulator_host": services.get("pubsub")}
+
+
+class Databases:
+    """A fresh, empty results database per case: a new SQLite file, or a new PostgreSQL database
+    created (and dropped at the end) on the server."""
+
+    def __init__(self, services: Services, workdir: Path) -> None:
+        self.services = services
+        self.workdir = workdir
+        self.created: list[tuple[str, str]] = []
+
+    def fresh_url(self, kind: str, label: str) -> str:
+        from vectorai.db import sqlite_url
+
+        if kind == "sqlite":
+            return sqlite_url(self.workdir / f"{label}.sqlite")
+        base = self.services.get("postgres")
+        name = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_").replace("+", "_")
+        self._admin(base, f'CREATE DATABASE "{name}"')
+        self.created.append((base, name))
+        return base.rsplit("/", 1)[0] + "/" + name
+
+    def drop_created(self) -> None:
+        for base, name in self.created:
+            try:
+                self._admin(base, f'DROP DATABASE IF EXISTS "{name}"')
+            except Exception as err:  # noqa: BLE001 - cleanup must not hide the results
+                print(f"could not drop database {name}: {err}", file=sys.stderr)
+        self.created.clear()
+
+    @staticmethod
+    def _admin(url: str, statement: str) -> None:
+        import psycopg2
+
+        connection = psycopg2.connect(url, connect_timeout=10)
+        try:
+            connection.autocommit = True
+            with connection.cursor() as cursor:
+                cursor.execute(statement)
+        finally:
+            connection.close()
+
+
+def available(transport: str, database: str, services: Services) -> str | None:
+    """None when the case can run, else why not."""
+    for name in ((transport,) if transport != "local" else ()) + (("postgres",) if database == "postgres" else ()):
+        if services.get(name) is None:
+            return f"{name} unavailable: {services.failed.get(name, '?')}"
+    return None
+
+
+# --- measurements ---------------------------------------------------------------------------
+
+
+def measure_raw_onnxruntime(classifier, batch: np.ndarray, batch_size: int, repeats: int = 3) -> Case:
+    """The ceiling: one session call per batch on already preprocessed in-memory images."""
+    classifier.predict_proba(batch[:batch_size])  # warm-up: first call allocates arenas
+    best = float("inf")
+    for _ in range(repeats):
+        started = time.perf_counter()
+        for start in range(0, len(batch), batch_size):
+            classifier.predict_proba(batch[start:start + batch_size])
+        best = min(best, time.perf_counter() - started)
+    return Case(RAW, "ceiling", len(batch), best, {"repeats": repeats, "best_of": repeats})
+
+
+def publish(transport_name: str, settings: dict[str, Any], images: np.ndarray, labels: np.ndarray,
+            encoding: str) -> float:
+    """Publish every image through StreamData's function; seconds until all are confirmed."""
+    from vectorai.streaming import publish_images
+    from vectorai.transports import open_transport
+
+    with open_transport(transport_name, **settings) as transport:
+        started = time.perf_counter()
+        publish_images(transport, images, labels, dataset="bench", encoding=encoding, timeout_s=600)
+        return time.perf_counter() - started
+
+
+def predict_end_to_end(transport_name: str, settings: dict[str, Any], database_url: str, model_path: Path,
+                       batch_size: int, threads: int | None, timeout_ms: int):
+    """PredictTask's run(): open the model, the database and the source, drain the stream."""
+    from vectorai.db import connect
+    from vectorai.inference import OnnxClassifier
+    from vectorai.predict import run_predictions
+    from vectorai.transports import open_transport
+
+    classifier = OnnxClassifier(model_path, threads=threads)
+    database = connect(database_url)
+    try:
+        with open_transport(transport_name, **settings) as source:
+            return run_predictions([source], classifier, database, batch_size=batch_size, timeout_ms=timeout_ms)
+    finally:
+        database.close()
+
+
+def open_consumers(transport_name: str, services: Services, workdir: Path, topic: str, groups: list[str]) -> None:
+    """Create each consumer's group/subscription before publishing: Pub/Sub drops messages sent to
+    a topic that has no subscription yet."""
+    if transport_name != "pubsub":
+        return
+    from vectorai.transports import open_transport
+
+    for group in groups:
+        open_transport(transport_name, **transport_settings(transport_name, services, workdir, topic, group)).close()
+
+
+def measure_memory(model_path: Path, workdir: Path, images: np.ndarray, labels: np.ndarray, batch_size: int,
+                   encoding: str, multiples: tuple[int, ...], threads: int | None) -> dict[str, Any]:
+    """Peak RSS of the predict path (local queue + SQLite) in a fresh process per stream size."""
+    from vectorai.transports import open_transport
+
+    result: dict[str, Any] = {"transport": "local", "database": "sqlite", "batch_size": batch_size, "runs": []}
+    for multiple in multiples:
+        count = batch_size * multiple
+        topic = f"memory-{multiple}x"
+        chosen = np.arange(count) % len(images)
+        settings = {"root": workdir / "queues", "topic": topic}
+        publish("local", settings, images[chosen], labels[chosen], encoding)
+        with open_transport("local", **settings):
+            pass
+        out = _run_worker(["memory", "--model", str(model_path / "model.onnx"), "--queue-root",
+                           str(workdir / "queues"), "--topic", topic, "--database",
+                           str(workdir / f"{topic}.sqlite"), "--batch-size", str(batch_size)]
+                          + (["--threads", str(threads)] if threads else []))
+        result["runs"].append({"multiple": multiple, "messages": count, "consumed": out["consumed"],
+                               "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1)})
+    first, last = result["runs"][0], result["runs"][-1]
+    result["growth"] = round(last["peak_rss_mib"] / first["peak_rss_mib"] - 1, 4)
+    return result
+
+
+# --- subprocess workers (TensorFlow and memory measurements stay out of this process) ---------
+
+
+def _run_worker(args: list[str]) -> dict[str, Any]:
+    proc = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--worker", *args],
+                          capture_output=True, text=True, cwd=REPO)
+    if proc.returncode != 0:
+        raise RuntimeError(f"worker {args[0]} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _worker(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="throughput.py --worker")
+    parser.add_argument("job", choices=["train", "keras", "memory"])
+    parser.add_argument("--out")
+    parser.add_argument("--model")
+    parser.add_argument("--queue-root")
+    parser.add_argument("--topic")
+    parser.add_argument("--database")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--images", type=int, default=1000)
+    parser.add_argument("--per-image", type=int, default=200)
+    parser.add_argument("--threads", type=int, default=None)
+    args = parser.parse_args(argv)
+    if args.job == "train":
+        result = _train_quick_model(Path(args.out))
+    elif args.job == "keras":
+        result = _keras_baselines(Path(args.model), args.images, args.per_image, args.batch_size)
+    else:
+        from vectorai.db import connect, sqlite_url
+        from vectorai.inference import OnnxClassifier
+        from vectorai.predict import run_predictions
+        from vectorai.transports import open_transport
+
+        classifier = OnnxClassifier(Path(args.model), threads=args.threads)
+        database = connect(sqlite_url(Path(args.database)))
+        with open_transport("local", root=args.queue_root, topic=args.topic) as source:
+            report = run_predictions([source], classifier, database, batch_size=args.batch_size, timeout_ms=200)
+        database.close()
+        result = {"consumed": report.consumed, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+    print(json.dumps(result))
+    return 0
+
+
+def _train_quick_model(out: Path) -> dict[str, Any]:
+    """1 epoch of the project's CNN on mnist-sample, exported like ExportOnnx does."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from vectorai.export import export_onnx
+    from vectorai.preprocess import PreprocessSpec, preprocess_images
+    from vectorai.training import build_model
+
+    images, labels = load_images(5000)
+    spec = PreprocessSpec(28, 28, 1)
+    x = preprocess_images(images, spec)
+    keras.utils.set_random_seed(0)
+    model = build_model(spec, 10, 1e-3)
+    model.fit(x, labels, epochs=1, batch_size=64, verbose=0)
+    (out / "keras").mkdir(parents=True, exist_ok=True)
+    model.save(out / "keras" / "model.keras")
+    export_onnx(out / "keras" / "model.keras", out / "onnx" / "model.onnx", class_names=[str(d) for d in range(10)],
+                spec=spec, model_version="benchmark-quick", check_images=x[:500], tolerance=1e-4)
+    return {"model": str(out / "onnx")}
+
+
+def _keras_baselines(keras_path: Path, count: int, per_image: int, batch_size: int) -> dict[str, Any]:
+    """The old code path: Keras predict per image, and per batch, on preprocessed images."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    from vectorai.preprocess import PreprocessSpec, preprocess_images
+
+    model = keras.models.load_model(keras_path)
+    shape = model.inputs[0].shape
+    x = preprocess_images(load_images(count)[0], PreprocessSpec(int(shape[1]), int(shape[2]), int(shape[3])))
+    model.predict(x[:batch_size], batch_size=batch_size, verbose=0)  # warm-up (graph tracing)
+    model.predict(x[:1], verbose=0)
+    started = time.perf_counter()
+    for i in range(min(per_image, count)):
+        model.predict(x[i:i + 1], verbose=0)
+    per_image_s = time.perf_counter() - started
+    started = time.perf_counter()
+    model.predict(x, batch_size=batch_size, verbose=0)
+    batch_s = time.perf_counter() - started
+    return {"per_image": {"images": min(per_image, count), "seconds": per_image_s},
+            "per_batch": {"images": count, "seconds": batch_s}}
+
+
+# --- the run --------------------------------------------------------------------------------
+
+
+def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    from vectorai.inference import OnnxClassifier
+    from vectorai.preprocess import preprocess_images
+
+    transports = [t.strip() for t in args.transports.split(",") if t.strip()]
+    databases = [d.strip() for d in args.databases.split(",") if d.strip()]
+    for name in transports:
+        if name not in TRANSPORTS:
+            raise SystemExit(f"--transports: unknown {name!r}; choose from {', '.join(TRANSPORTS)}")
+    for name in databases:
+        if name not in DATABASES:
+            raise SystemExit(f"--databases: unknown {name!r}; choose from {', '.join(DATABASES)}")
+
+    with ExitStack() as stack:
+        workdir = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="vectorai-bench-")))
+        services = Services(log)
+        stack.callback(services.stop_started)
+        dbs = Databases(services, workdir)
+        stack.callback(dbs.drop_created)
+
+        images, labels = load_images(args.images)
+        model_dir = find_model(args.model, workdir, log)
+        classifier = OnnxClassifier(model_dir / "model.onnx", threads=args.threads)
+        log(f"{len(images)} images, batch size {args.batch_size}, model {model_dir}, "
+            f"encoding {args.encoding}, {os.cpu_count()} CPUs")
+        cases: list[Case] = []
+        skipped: dict[str, str] = {}
+
+        # 1. the ceiling
+        batch = preprocess_images(images, classifier.spec)
+        raw = measure_raw_onnxruntime(classifier, batch, args.batch_size)
+        cases.append(raw)
+        log(f"{RAW}: {raw.rate:,.0f} images/s")
+        del batch
+
+        # 2 + 3. publish once per transport, then drain it once per database (own group each)
+        for transport in transports:
+            wanted = [db for db in databases]
+            reason = available(transport, "sqlite", services)
+            if reason:
+                skipped[f"publish {transport}"] = reason
+                for db in wanted:
+                    skipped[f"predict {transport}+{db}"] = reason
+                continue
+            topic = f"bench-{transport}-{uuid.uuid4().hex[:8]}"
+            groups = {db: f"bench-{db}-{uuid.uuid4().hex[:8]}" for db in wanted}
+            open_consumers(transport, services, workdir, topic, list(groups.values()))
+            seconds = publish(transport, transport_settings(transport, services, workdir, topic, "publisher"),
+                              images, labels, args.encoding)
+            cases.append(Case(f"publish {transport}", "publish", len(images), seconds, {"encoding": args.encoding}))
+            log(f"publish {transport}: {cases[-1].rate:,.0f} images/s")
+            for db in wanted:
+                name = f"predict {transport}+{db}"
+                reason = available(transport, db, services)
+                if reason:
+                    skipped[name] = reason
+                    continue
+                url = dbs.fresh_url(db, f"{transport}-{db}")
+                report = predict_end_to_end(
+                    transport, transport_settings(transport, services, workdir, topic, groups[db]), url,
+                    model_dir / "model.onnx", args.batch_size, args.threads, args.timeout_ms)
+                cases.append(Case(name, "end to end", report.consumed, report.seconds, {
+                    "transport": transport, "database": db, "encoding": args.encoding,
+                    "predicted": report.predicted, "dead_letters": report.dead_letters,
+                    "batches": report.batches,
+                    "accuracy": round(report.correct / report.labelled, 4) if report.labelled else None}))
+                log(f"{name}: {cases[-1].rate:,.0f} images/s ({report.predicted} rows)")
+
+        # 4. the Keras baseline, in a subprocess so TensorFlow never shares this process
+        keras_path = model_dir.parent / "keras" / "model.keras"
+        if args.keras and keras_path.is_file():
+            out = _run_worker(["keras", "--model", str(keras_path), "--images", str(min(args.images, 10000)),
+                               "--per-image", str(args.keras_per_image), "--batch-size", str(args.batch_size)])
+            cases.append(Case("keras predict per image", "baseline", out["per_image"]["images"],
+                              out["per_image"]["seconds"]))
+            cases.append(Case("keras predict per batch", "baseline", out["per_batch"]["images"],
+                              out["per_batch"]["seconds"], {"batch_size": args.batch_size}))
+            log(f"keras per image: {cases[-2].rate:,.1f} images/s, per batch: {cases[-1].rate:,.0f} images/s")
+        else:
+            skipped["keras predict"] = "disabled" if not args.keras else f"no Keras model at {keras_path}"
+
+        # 5. memory for 1x and 10x one batch of messages
+        memory = measure_memory(model_dir, workdir, images, labels, args.batch_size, args.encoding, (1, 10),
+                                args.threads)
+        log(f"peak memory: " + ", ".join(f"{r['messages']} messages {r['peak_rss_mib']} MiB" for r in memory["runs"]))
+
+    import onnxruntime
+
+    raw_rate = raw.rate
+    results = [case.to_dict(raw_rate) for case in cases]
+    by_name = {r["case"]: r for r in results}
+    return {
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "onnxruntime": onnxruntime.__version__},
+        "images": len(images),
+        "batch_size": args.batch_size,
+        "encoding": args.encoding,
+        "model": str(model_dir),
+        "raw_onnxruntime_images_per_second": round(raw_rate, 1),
+        "results": results,
+        "skipped": skipped,
+        "memory": memory,
+        "targets": {
+            "kafka+postgres >= 40% of raw": _target(by_name.get("predict kafka+postgres"), 0.40),
+            "local+sqlite >= 50% of raw": _target(by_name.get("predict local+sqlite"), 0.50),
+            "peak memory 10x within 10% of 1x": abs(memory["growth"]) <= 0.10,
+        },
+    }
+
+
+def _target(result: dict[str, Any] | None, ratio: float) -> bool | None:
+    return None if result is None else result["ratio_to_raw_onnxruntime"] >= ratio
+
+
+def format_table(summary: dict[str, Any]) -> str:
+    rows = [("case", "images", "images/s", "x raw ORT")]
+    for r in summary["results"]:
+        rows.append((r["case"], f"{r['images']:,}", f"{r['images_per_second']:,.1f}",
+                     f"{r['ratio_to_raw_onnxruntime']:.3f}"))
+    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+    lines = [" | ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
+             for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    memory = summary["memory"]
+    lines.append("")
+    lines.append("peak memory (local+sqlite): " + ", ".join(
+        f"{r['messages']:,} messages {r['peak_rss_mib']:.1f} MiB" for r in memory["runs"])
+        + f" (growth {memory['growth']:+.1%})")
+    for name, reason in summary["skipped"].items():
+        lines.append(f"skipped {name}: {reason}")
+    for name, met in summary["targets"].items():
+        lines.append(f"target {name}: {'met' if met else 'not measured' if met is None else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["--worker"]:
+        return _worker(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=30000, help="How many images (default 30000)")
+    parser.add_argument("--batch-size", type=int, default=256, help="Messages per batch, as PredictTask's "
+                        "predict_batch_size (default 256)")
+    parser.add_argument("--tiny", action="store_true", help="A few hundred images and a short Keras "
+                        "baseline: checks that the script runs, measures nothing meaningful")
+    parser.add_argument("--transports", default=",".join(TRANSPORTS), help="Comma-separated: local,kafka,pubsub")
+    parser.add_argument("--databases", default=",".join(DATABASES), help="Comma-separated: sqlite,postgres")
+    parser.add_argument("--encoding", default="png", choices=["png", "jpeg", "raw"],
+                        help="Message encoding, as [stream] encoding (default png)")
+    parser.add_argument("--model", help="Exported model dir (with model.onnx); default: newest models/*/onnx, "
+                        "else a quick model trained here")
+    parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads "
+                        "(default: the library's choice)")
+    parser.add_argument("--no-keras", dest="keras", action="store_false", help="Skip the Keras baseline")
+    parser.add_argument("--keras-per-image", type=int, default=200, help="Images for the slow per-image "
+                        "Keras baseline (default 200)")
+    parser.add_argument("--timeout-ms", type=int, default=2000, help="Empty wait that ends a drain (not timed)")
+    parser.add_argument("--json", help="Also write the JSON summary to this file")
+    parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.images = min(args.images, 300)
+        args.batch_size = min(args.batch_size, 32)
+        args.keras_per_image = min(args.keras_per_image, 10)
+    if args.images < 1 or args.batch_size < 1:
+        parser.error("--images and --batch-size must be positive")
+
+    def log(message: str) -> None:
+        if not args.quiet:
+            print(message, file=sys.stderr, flush=True)
+
+    summary = run(args, log)
+    print(format_table(summary))
+    text = json.dumps(summary, indent=2)
+    print(text)
+    if args.json:
+        Path(args.json).write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
