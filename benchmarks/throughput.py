@@ -44,6 +44,7 @@ if str(REPO) not in sys.path:
 
 TRANSPORTS = ("local", "kafka", "pubsub")
 DATABASES = ("sqlite", "postgres")
+ENCODINGS = ("png", "raw", "jpeg")
 #: service name (services package) -> environment variable that points at an existing one
 SERVICE_ENV = {"kafka": "KAFKA_BOOTSTRAP_SERVERS", "postgres": "DATABASE_URL", "pubsub": "PUBSUB_EMULATOR_HOST"}
 PUBSUB_PROJECT = "vectorai-bench"
@@ -392,6 +393,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     from vectorai.inference import OnnxClassifier
     from vectorai.preprocess import preprocess_images
 
+    encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
+    for name in encodings:
+        if name not in ENCODINGS:
+            raise SystemExit(f"--encodings: unknown {name!r}; choose from {', '.join(ENCODINGS)}")
     transports = [t.strip() for t in args.transports.split(",") if t.strip()]
     databases = [d.strip() for d in args.databases.split(",") if d.strip()]
     for name in transports:
@@ -412,7 +417,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         model_dir = find_model(args.model, workdir, log)
         classifier = OnnxClassifier(model_dir / "model.onnx", threads=args.threads)
         log(f"{len(images)} images, batch size {args.batch_size}, model {model_dir}, "
-            f"encoding {args.encoding}, {os.cpu_count()} CPUs")
+            f"encodings {', '.join(encodings)}, {os.cpu_count()} CPUs")
         cases: list[Case] = []
         skipped: dict[str, str] = {}
 
@@ -423,24 +428,26 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         log(f"{RAW}: {raw.rate:,.0f} images/s")
         del batch
 
-        # 2 + 3. publish once per transport, then drain it once per database (own group each)
-        for transport in transports:
-            wanted = [db for db in databases]
+        # 2 + 3. publish once per transport and encoding, then drain it once per database (each
+        # in its own consumer group / subscription, into its own fresh database)
+        for encoding, transport in ((e, t) for e in encodings for t in transports):
+            wanted = list(databases)
             reason = available(transport, "sqlite", services)
             if reason:
-                skipped[f"publish {transport}"] = reason
+                skipped[f"publish {transport} ({encoding})"] = reason
                 for db in wanted:
-                    skipped[f"predict {transport}+{db}"] = reason
+                    skipped[f"predict {transport}+{db} ({encoding})"] = reason
                 continue
             topic = f"bench-{transport}-{uuid.uuid4().hex[:8]}"
             groups = {db: f"bench-{db}-{uuid.uuid4().hex[:8]}" for db in wanted}
             open_consumers(transport, services, workdir, topic, list(groups.values()))
             seconds = publish(transport, transport_settings(transport, services, workdir, topic, "publisher"),
-                              images, labels, args.encoding)
-            cases.append(Case(f"publish {transport}", "publish", len(images), seconds, {"encoding": args.encoding}))
-            log(f"publish {transport}: {cases[-1].rate:,.0f} images/s")
+                              images, labels, encoding)
+            cases.append(Case(f"publish {transport} ({encoding})", "publish", len(images), seconds,
+                              {"transport": transport, "encoding": encoding}))
+            log(f"{cases[-1].case}: {cases[-1].rate:,.0f} images/s")
             for db in wanted:
-                name = f"predict {transport}+{db}"
+                name = f"predict {transport}+{db} ({encoding})"
                 reason = available(transport, db, services)
                 if reason:
                     skipped[name] = reason
@@ -450,7 +457,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     transport, transport_settings(transport, services, workdir, topic, groups[db]), url,
                     model_dir / "model.onnx", args.batch_size, args.threads, args.timeout_ms)
                 cases.append(Case(name, "end to end", report.consumed, report.seconds, {
-                    "transport": transport, "database": db, "encoding": args.encoding,
+                    "transport": transport, "database": db, "encoding": encoding,
                     "predicted": report.predicted, "dead_letters": report.dead_letters,
                     "batches": report.batches,
                     "accuracy": round(report.correct / report.labelled, 4) if report.labelled else None}))
@@ -470,7 +477,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             skipped["keras predict"] = "disabled" if not args.keras else f"no Keras model at {keras_path}"
 
         # 5. memory for 1x and 10x one batch of messages
-        memory = measure_memory(model_dir, workdir, images, labels, args.batch_size, args.encoding, (1, 10),
+        memory = measure_memory(model_dir, workdir, images, labels, args.batch_size, encodings[0], (1, 10),
                                 args.threads)
         log(f"peak memory: " + ", ".join(f"{r['messages']} messages {r['peak_rss_mib']} MiB" for r in memory["runs"]))
 
@@ -484,15 +491,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     "onnxruntime": onnxruntime.__version__},
         "images": len(images),
         "batch_size": args.batch_size,
-        "encoding": args.encoding,
+        "encodings": encodings,
         "model": str(model_dir),
         "raw_onnxruntime_images_per_second": round(raw_rate, 1),
         "results": results,
         "skipped": skipped,
         "memory": memory,
         "targets": {
-            "kafka+postgres >= 40% of raw": _target(by_name.get("predict kafka+postgres"), 0.40),
-            "local+sqlite >= 50% of raw": _target(by_name.get("predict local+sqlite"), 0.50),
+            **{f"kafka+postgres ({e}) >= 40% of raw": _target(by_name.get(f"predict kafka+postgres ({e})"), 0.40)
+               for e in encodings},
+            **{f"local+sqlite ({e}) >= 50% of raw": _target(by_name.get(f"predict local+sqlite ({e})"), 0.50)
+               for e in encodings},
             "peak memory 10x within 10% of 1x": abs(memory["growth"]) <= 0.10,
         },
     }
@@ -535,8 +544,9 @@ def main(argv: list[str] | None = None) -> int:
                         "baseline: checks that the script runs, measures nothing meaningful")
     parser.add_argument("--transports", default=",".join(TRANSPORTS), help="Comma-separated: local,kafka,pubsub")
     parser.add_argument("--databases", default=",".join(DATABASES), help="Comma-separated: sqlite,postgres")
-    parser.add_argument("--encoding", default="png", choices=["png", "jpeg", "raw"],
-                        help="Message encoding, as [stream] encoding (default png)")
+    parser.add_argument("--encodings", default="png,raw", help="Comma-separated message encodings to "
+                        "measure, as [stream] encoding: png (StreamData's default), raw (ndarray), jpeg "
+                        "(default png,raw); peak memory uses the first")
     parser.add_argument("--model", help="Exported model dir (with model.onnx); default: newest models/*/onnx, "
                         "else a quick model trained here")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads "

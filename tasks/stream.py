@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import luigi
@@ -63,19 +64,27 @@ class PredictTask(luigi.Task):
     stream_timeout_ms = luigi.IntParameter(default=2000, significant=False,
                                            description="Finish after waiting this long for new messages")
     max_messages = luigi.IntParameter(default=0, significant=False, description="Stop after this many; 0: no limit")
+    model_path = luigi.Parameter(default="", description="An exported model.onnx to use instead of the chain's "
+                                 "ExportOnnx output (deployments); it must fit image_size and channels")
 
     def requires(self):
-        model = self.clone(ExportOnnx)
-        return {"model": model, "stream": self.clone(StreamData)} if self.require_stream else {"model": model}
+        deps = {} if self.model_path else {"model": self.clone(ExportOnnx)}
+        if self.require_stream:
+            deps["stream"] = self.clone(StreamData)
+        return deps
 
     @property
     def source_names(self) -> list[str]:
         from vectorai.transports import parse_sources
 
-        return parse_sources(self.sources or stream().transport)
+        if self.sources:
+            return parse_sources(self.sources, "PredictTask.sources")
+        return parse_sources(stream().transport, "stream.transport")
 
     def output(self) -> luigi.LocalTarget:
-        label = "+".join(self.source_names)
+        # No validation here: an error raised while Luigi checks completeness is logged as a
+        # traceback; run() validates the sources and fails with one line instead.
+        label = re.sub(r"[^A-Za-z0-9._-]+", "+", self.sources or stream().transport)
         return luigi.LocalTarget(paths().data / "reports" / f"predict-{label}-{self.run_at}-{params_hash(self)}.json")
 
     def run(self) -> None:
@@ -83,10 +92,15 @@ class PredictTask(luigi.Task):
         from vectorai.inference import OnnxClassifier
         from vectorai.messages import DecodeLimits
         from vectorai.predict import run_predictions
+        from vectorai.preprocess import PreprocessSpec
         from vectorai.transports import open_transport
 
         cfg, db_cfg = stream(), database()
-        classifier = OnnxClassifier(Path(self.input()["model"].path) / "model.onnx")
+        if self.model_path:
+            classifier = OnnxClassifier(self.model_path)
+            classifier.expect_spec(PreprocessSpec(self.image_size, self.image_size, self.channels))
+        else:
+            classifier = OnnxClassifier(Path(self.input()["model"].path) / "model.onnx")
         url = db_cfg.resolved_url()
         db = connect(url, db_cfg.connect_timeout_s)
         transports = []

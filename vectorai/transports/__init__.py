@@ -30,18 +30,18 @@ def open_transport(name: str, **settings: Any) -> Transport:
     return cls(**settings)
 
 
-def parse_sources(value: str) -> list[str]:
+def parse_sources(value: str, setting: str = "sources") -> list[str]:
     """Split a ``kafka,pubsub`` style list, rejecting unknown or repeated names."""
     names = [part.strip() for part in value.split(",") if part.strip()]
     if not names:
-        raise ConfigError("sources", "no transport named")
+        raise ConfigError(setting, "no transport named")
     for name in names:
         if name not in _TRANSPORTS:
             raise ConfigError(
-                "sources", f"unknown transport {name!r}; choose from {', '.join(TRANSPORT_NAMES)}"
+                setting, f"unknown transport {name!r}; choose from {', '.join(TRANSPORT_NAMES)}"
             )
     if len(set(names)) != len(names):
-        raise ConfigError("sources", f"a transport is named twice in {value!r}")
+        raise ConfigError(setting, f"a transport is named twice in {value!r}")
     return names
 
 

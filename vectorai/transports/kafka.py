@@ -16,6 +16,8 @@ from vectorai.errors import TransportError
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
 
 SOURCE = "kafka"
+#: How long consume_batch may overrun its timeout to finish joining the consumer group.
+REBALANCE_GRACE_S = 30.0
 
 
 class KafkaTransport(Transport):
@@ -114,21 +116,38 @@ class KafkaTransport(Transport):
     # --- consuming -------------------------------------------------------------------------
 
     def consume_batch(self, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
+        """Up to ``max_messages``, waiting at most ``timeout_ms`` for the first -- except while this
+        member is joining its group, which it finishes first (for at most REBALANCE_GRACE_S)."""
         consumer = self._get_consumer()
         from kafka.errors import KafkaError
 
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
-            remaining_ms = max(0, int((deadline - time.monotonic()) * 1000))
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            joining = self._joining_group()
+            if remaining_ms <= 0 and not (joining and remaining_ms > -REBALANCE_GRACE_S * 1000):
+                return []
             try:
-                records = consumer.poll(timeout_ms=remaining_ms, max_records=max_messages)
+                records = consumer.poll(timeout_ms=max(remaining_ms, 200 if joining else 0),
+                                        max_records=max_messages)
             except KafkaError as err:
                 raise self._error(f"cannot consume from topic {self.topic}", err) from None
             batch = [self._received(record) for partition_records in records.values()
                      for record in partition_records]
             # poll can return early with nothing (a rebalance, a metadata refresh): keep waiting.
-            if batch or remaining_ms == 0:
+            if batch:
                 return batch
+
+    def _joining_group(self) -> bool:
+        """Whether a JoinGroup/SyncGroup round is in flight for this member.
+
+        kafka-python 3.0.12 drops the result of a join that completes between two polls and
+        starts another one; when the dropped member is the group leader that is a new rebalance,
+        and members polling with short timeouts can rebalance each other forever. Polling on
+        until the join completes avoids that. This reads private state, hence the getattr."""
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        task = getattr(coordinator, "_join_task", None)
+        return task is not None and not getattr(task, "is_done", True)
 
     def acknowledge(self, messages: Sequence[ReceivedMessage]) -> None:
         """Commit, per partition, the offset after the highest acknowledged one (synchronously).
@@ -187,6 +206,10 @@ class KafkaTransport(Transport):
                 group_id=self.group,
                 enable_auto_commit=False,
                 auto_offset_reset="earliest",
+                # A member that vanished without leaving (a crash, a broker outage) holds its
+                # partitions until its session expires; 10 s instead of 45 s shortens that stall.
+                session_timeout_ms=10000,
+                heartbeat_interval_ms=1000,
             )
             self._consumer.subscribe([self.topic])
         return self._consumer
