@@ -180,10 +180,10 @@ class Databases:
     def fresh_url(self, kind: str, label: str) -> str:
         from vectorai.db import sqlite_url
 
+        name = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_")
         if kind == "sqlite":
-            return sqlite_url(self.workdir / f"{label}.sqlite")
+            return sqlite_url(self.workdir / f"{name}.sqlite")
         base = self.services.get("postgres")
-        name = f"bench_{label}_{uuid.uuid4().hex[:8]}".replace("-", "_").replace("+", "_")
         self._admin(base, f'CREATE DATABASE "{name}"')
         self.created.append((base, name))
         return base.rsplit("/", 1)[0] + "/" + name
@@ -441,7 +441,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             topic = f"bench-{transport}-{uuid.uuid4().hex[:8]}"
             groups = {db: f"bench-{db}-{uuid.uuid4().hex[:8]}" for db in wanted}
             open_consumers(transport, services, workdir, topic, list(groups.values()))
-            seconds = publish(transport, transport_settings(transport, services, workdir, topic, "publisher"),
+            # The publisher names the first consumer's subscription: Pub/Sub needs an existing one.
+            seconds = publish(transport, transport_settings(transport, services, workdir, topic, groups[wanted[0]]),
                               images, labels, encoding)
             cases.append(Case(f"publish {transport} ({encoding})", "publish", len(images), seconds,
                               {"transport": transport, "encoding": encoding}))
@@ -452,7 +453,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 if reason:
                     skipped[name] = reason
                     continue
-                url = dbs.fresh_url(db, f"{transport}-{db}")
+                url = dbs.fresh_url(db, f"{transport}-{encoding}")
                 report = predict_end_to_end(
                     transport, transport_settings(transport, services, workdir, topic, groups[db]), url,
                     model_dir / "model.onnx", args.batch_size, args.threads, args.timeout_ms)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -114,3 +115,40 @@ def trained_home(tmp_path_factory) -> Path:
 def project(tmp_path, trained_home) -> Project:
     """A fresh project that already has the trained model."""
     return new_project(tmp_path / "home", base=trained_home)
+
+
+@pytest.fixture
+def pg_database(postgres_url) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (tables are created by the pipeline)."""
+    import uuid
+
+    import psycopg2
+    from psycopg2 import sql
+
+    name = f"t_{uuid.uuid4().hex[:12]}"
+    admin = psycopg2.connect(postgres_url)
+    admin.autocommit = True
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    base, _, _ = postgres_url.rpartition("/")
+    yield f"{base}/{name}"
+    with admin.cursor() as cur:
+        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
+    admin.close()
+
+
+def pg_rows(url: str, query: str = "SELECT * FROM prediction ORDER BY source, message_id") -> list[dict]:
+    import psycopg2
+    import psycopg2.extras
+
+    with psycopg2.connect(url) as conn, conn.cursor(cursor_factory=psycopg2.extras.RealDictCursor) as cur:
+        cur.execute(query)
+        rows = [dict(r) for r in cur.fetchall()]
+    conn.close()
+    return rows
+
+
+def unique_name(prefix: str) -> str:
+    import uuid
+
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"

@@ -3,10 +3,8 @@ the stream and the database as they were."""
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
-from pathlib import Path
 
 import pytest
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 
@@ -89,28 +90,42 @@ def test_nothing_is_committed_until_acknowledged(kafka_bootstrap, topic):
 def test_two_members_of_a_group_split_partitions_without_duplicates(kafka_bootstrap, topic):
     group = f"group-{uuid.uuid4().hex[:8]}"
     members = [_transport(kafka_bootstrap, topic, group=group, partitions=2) for _ in range(2)]
-    try:
-        # Let the group settle before anything is published, so no rebalance hands a
-        # partition over while a member holds records from it.
-        deadline = time.monotonic() + 60
-        while not all(len(m.assigned_partitions) == 1 for m in members):
-            assert time.monotonic() < deadline, "the group never gave each member one partition"
-            for member in members:
-                assert member.consume_batch(10, timeout_ms=300) == []
-        assert set(members[0].assigned_partitions) != set(members[1].assigned_partitions)
+    received: list[list[str]] = [[], []]
+    stop = threading.Event()
+    errors: list[BaseException] = []
 
-        _publish(kafka_bootstrap, topic, 40, create_topic=False)
-        received: dict[int, list[str]] = {0: [], 1: []}
-        deadline = time.monotonic() + 30
-        while sum(map(len, received.values())) < 40 and time.monotonic() < deadline:
-            for index, member in enumerate(members):
-                batch = member.consume_batch(40, timeout_ms=300)
-                member.acknowledge(batch)
+    def consume(index: int) -> None:
+        # Each member polls on its own thread, as separate processes would.
+        try:
+            while not stop.is_set():
+                batch = members[index].consume_batch(40, timeout_ms=500)
+                members[index].acknowledge(batch)
                 received[index] += [m.key for m in batch]
+        except BaseException as err:  # noqa: BLE001 - reported by the test thread below
+            errors.append(err)
+
+    threads = [threading.Thread(target=consume, args=(i,), daemon=True) for i in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        # Publish only once the group has settled, so no rebalance hands a partition over
+        # while a member holds records from it.
+        deadline = time.monotonic() + 60
+        while not all(len(m.assigned_partitions) == 1 for m in members) and not errors:
+            assert time.monotonic() < deadline, "the group never gave each member one partition"
+            time.sleep(0.2)
+        _publish(kafka_bootstrap, topic, 40, create_topic=False)
+        deadline = time.monotonic() + 30
+        while len(received[0]) + len(received[1]) < 40 and not errors and time.monotonic() < deadline:
+            time.sleep(0.2)
     finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=40)
         for member in members:
             member.close()
 
+    assert not errors, errors
     everything = received[0] + received[1]
     assert len(everything) == len(set(everything)) == 40
     assert received[0] and received[1], "one member got every message"
@@ -152,20 +167,31 @@ def test_unreachable_broker_raises_transport_error_quickly():
         assert time.monotonic() - started < 10
 
 
-def test_unacknowledged_messages_survive_a_broker_restart(kafka_broker, topic):
-    _publish(kafka_broker.address, topic, 3)
+def test_broker_outage_fails_flush_and_commit_then_redelivers(kafka_broker, topic):
     group = f"group-{uuid.uuid4().hex[:8]}"
-    with _transport(kafka_broker.address, topic, group=group, connect_timeout_ms=3000) as consumer:
+    producer = _transport(kafka_broker.address, topic, connect_timeout_ms=3000)
+    consumer = _transport(kafka_broker.address, topic, group=group, connect_timeout_ms=3000)
+    try:
+        producer.publish(encode_image(image, f"img-{i}") for i, image in enumerate(_images(3)))
+        producer.flush(30)
         batch = _drain(consumer, 3)
         assert len(batch) == 3
+
         kafka_broker.stop()
         started = time.monotonic()
+        producer.publish([encode_image(_images(1)[0], "during-outage")])
+        with pytest.raises(TransportError, match=kafka_broker.address):
+            producer.flush(3)
         with pytest.raises(TransportError, match=kafka_broker.address):
             consumer.acknowledge(batch)
-        assert time.monotonic() - started < 15
+        assert time.monotonic() - started < 20
+    finally:
+        producer.close()
+        consumer.close()
 
     kafka_broker.restart()
     with _transport(kafka_broker.address, topic, group=group) as consumer:
+        # The first member vanished without leaving, so this one waits out its session.
         again = _drain(consumer, 3, timeout_s=60)
         consumer.acknowledge(again)
     assert sorted(m.key for m in again) == sorted(m.key for m in batch)

@@ -87,12 +87,13 @@ class KafkaTransport(Transport):
             return
         from kafka.errors import KafkaError
 
-        pending, self._pending = self._pending, []
         try:
             self._producer.flush(timeout=timeout_s)
         except KafkaError as err:
-            raise self._error(f"{len(pending)} messages to topic {self.topic} not confirmed "
+            # The futures stay pending: a later flush reports what became of them.
+            raise self._error(f"{len(self._pending)} messages to topic {self.topic} not confirmed "
                               f"within {timeout_s:g}s", err) from None
+        pending, self._pending = self._pending, []
         failed = [future for future in pending if not future.succeeded()]
         if failed:
             raise self._error(f"{len(failed)} of {len(pending)} messages to topic {self.topic} "
@@ -267,8 +268,8 @@ class KafkaTransport(Transport):
             raise self._error("cannot connect", err) from None
 
     def _error(self, what: str, err: BaseException | None) -> TransportError:
-        reason = f"{type(err).__name__}: {err}" if err is not None else "unknown error"
-        return TransportError(SOURCE, f"{what} (bootstrap servers {self.bootstrap_servers}): {reason}")
+        return TransportError(
+            SOURCE, f"{what} (bootstrap servers {self.bootstrap_servers}): {_describe(err)}")
 
     def close(self) -> None:
         producer, consumer = self._producer, self._consumer
@@ -279,3 +280,16 @@ class KafkaTransport(Transport):
             producer.close(timeout=self.connect_timeout_ms / 1000)
         if consumer is not None:
             consumer.close(autocommit=False, timeout_ms=self.connect_timeout_ms)
+
+
+def _describe(err: BaseException | None) -> str:
+    """One readable line for a kafka-python error, whose ``str`` is often just its class name."""
+    if err is None:
+        return "unknown error"
+    name = type(err).__name__
+    text = str(err).strip()
+    for noise in (f"{name}: ", name, "None"):  # kafka-python repeats the class name
+        text = text.removeprefix(noise).strip()
+    if name in ("KafkaTimeoutError", "NoBrokersAvailable") and not text:
+        return f"{name}: no broker answered in time"
+    return f"{name}: {text}" if text else name
