@@ -107,13 +107,18 @@ def find_model(given: str | None, workdir: Path, log: Callable[[str], None]) -> 
 
 
 class Services:
-    """Addresses of Kafka / PostgreSQL / the Pub/Sub emulator; stops only what it started."""
+    """Addresses of Kafka / PostgreSQL / the Pub/Sub emulator, and stopping what it started.
+
+    An address in the environment wins. Otherwise Kafka and PostgreSQL are private instances in
+    their own work dirs (so ``python -m services down`` in another shell cannot stop them
+    mid-run); the Pub/Sub emulator is the ``services`` one, reused when it already runs.
+    """
 
     def __init__(self, log: Callable[[str], None]) -> None:
         self.log = log
         self.addresses: dict[str, str] = {}
-        self.started: list[str] = []
         self.failed: dict[str, str] = {}
+        self._stops: list[tuple[str, Callable[[], None]]] = []
 
     def get(self, name: str) -> str | None:
         if name in self.addresses or name in self.failed:
@@ -122,37 +127,45 @@ class Services:
         if name == "postgres" and not value.startswith(("postgres://", "postgresql://")):
             value = ""
         if not value:
-            import importlib
-
             from services.common import ServiceError
 
-            launcher = importlib.import_module(f"services.{name}")
-            running = launcher.status() if hasattr(launcher, "status") else launcher.host()
-            if running:
-                value = running
-            else:
-                self.log(f"starting {name} ...")
-                try:
-                    value = launcher.start()
-                except (ServiceError, OSError) as err:
-                    self.failed[name] = str(err).splitlines()[0]
-                    self.log(f"{name} unavailable: {self.failed[name]}")
-                    return None
-                self.started.append(name)
+            self.log(f"starting {name} ...")
+            try:
+                value = self._start(name)
+            except (ServiceError, OSError) as err:
+                self.failed[name] = str(err).splitlines()[0]
+                self.log(f"{name} unavailable: {self.failed[name]}")
+                return None
         self.addresses[name] = value
         return value
 
-    def stop_started(self) -> None:
-        import importlib
+    def _start(self, name: str) -> str:
+        from services.common import STATE_DIR
 
-        for name in reversed(self.started):
-            launcher = importlib.import_module(f"services.{name}")
-            if name == "pubsub":
-                launcher.stop()
-            else:
-                launcher.stop(remove_data=True)
+        if name == "pubsub":
+            from services import pubsub
+
+            running = pubsub.host()
+            if running:
+                return running
+            address = pubsub.start()
+            self._stops.append((name, pubsub.stop))
+            return address
+        if name == "kafka":
+            from services.kafka import KafkaBroker as Instance
+        else:
+            from services.postgres import PostgresCluster as Instance
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        # Under STATE_DIR, not /tmp: PostgreSQL runs as an unprivileged user that must reach it.
+        instance = Instance.create(Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=STATE_DIR)))
+        self._stops.append((name, instance.remove))
+        return instance.start()
+
+    def stop_started(self) -> None:
+        while self._stops:
+            name, stop = self._stops.pop()
+            stop()
             self.log(f"stopped {name}")
-        self.started.clear()
 
 
 # --- transports and databases ---------------------------------------------------------------
@@ -229,7 +242,7 @@ def measure_raw_onnxruntime(classifier, batch: np.ndarray, batch_size: int, repe
         for start in range(0, len(batch), batch_size):
             classifier.predict_proba(batch[start:start + batch_size])
         best = min(best, time.perf_counter() - started)
-    return Case(RAW, "ceiling", len(batch), best, {"repeats": repeats, "best_of": repeats})
+    return Case(RAW, "ceiling", len(batch), best, {"best_of": repeats})
 
 
 def publish(transport_name: str, settings: dict[str, Any], images: np.ndarray, labels: np.ndarray,
@@ -426,7 +439,6 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         raw = measure_raw_onnxruntime(classifier, batch, args.batch_size)
         cases.append(raw)
         log(f"{RAW}: {raw.rate:,.0f} images/s")
-        del batch
 
         # 2 + 3. publish once per transport and encoding, then drain it once per database (each
         # in its own consumer group / subscription, into its own fresh database)
@@ -463,6 +475,14 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     "batches": report.batches,
                     "accuracy": round(report.correct / report.labelled, 4) if report.labelled else None}))
                 log(f"{name}: {cases[-1].rate:,.0f} images/s ({report.predicted} rows)")
+
+        # The ceiling again: on a machine shared with the services, the best of the two runs is
+        # the honest (harder to reach) figure.
+        again = measure_raw_onnxruntime(classifier, batch, args.batch_size)
+        log(f"{RAW} again: {again.rate:,.0f} images/s")
+        raw.extra.update(first_images_per_second=round(raw.rate, 1), last_images_per_second=round(again.rate, 1))
+        raw.seconds = min(raw.seconds, again.seconds)
+        del batch
 
         # 4. the Keras baseline, in a subprocess so TensorFlow never shares this process
         keras_path = model_dir.parent / "keras" / "model.keras"

@@ -100,7 +100,8 @@ def status() -> int:
         if launcher is None:
             print(f"{name}: no launcher")
             continue
-        running = launcher.status() if hasattr(launcher, "status") else state.get(name)
+        probe = getattr(launcher, "status", None) or getattr(launcher, "host", None)
+        running = probe() if probe is not None else state.get(name)
         print(f"{name}: {'running at ' + running if running else 'stopped'}")
     return 0
 

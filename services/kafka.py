@@ -57,8 +57,10 @@ def install() -> Path:
         raise ServiceError("Kafka: Maven (mvn) is not installed; it is needed once to fetch the jars")
     if shutil.which("java") is None:
         raise ServiceError("Kafka: no java on PATH; a JDK 17 or newer is needed")
-    partial = LIBS_DIR.with_name(LIBS_DIR.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
+    STATE_DIR.mkdir(parents=True, exist_ok=True)
+    # A private download dir, renamed only when complete: an interrupted download is never
+    # mistaken for an install, and two sessions installing at once do not mix their files.
+    partial = Path(tempfile.mkdtemp(prefix="kafka-libs.partial-", dir=STATE_DIR))
     result = subprocess.run(
         ["mvn", "-q", "-B", "-f", str(POM), "dependency:copy-dependencies",
          f"-DoutputDirectory={partial}", "-DincludeScope=runtime"],
@@ -68,9 +70,10 @@ def install() -> Path:
         shutil.rmtree(partial, ignore_errors=True)
         output = "\n".join((result.stdout + result.stderr).splitlines()[-20:])
         raise ServiceError(f"Kafka: fetching the jars with Maven failed:\n{output}")
-    # Renamed only when complete, so an interrupted download is never mistaken for an install.
-    shutil.rmtree(LIBS_DIR, ignore_errors=True)
-    partial.rename(LIBS_DIR)
+    try:
+        partial.rename(LIBS_DIR)
+    except OSError:  # another session finished first; its jars are the same
+        shutil.rmtree(partial, ignore_errors=True)
     return LIBS_DIR
 
 

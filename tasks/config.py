@@ -102,6 +102,8 @@ class pubsub(luigi.Config):  # noqa: N801
                                          description="Create topic and subscription when missing")
     emulator_host = luigi.Parameter(default="", description="host:port of the emulator; empty: $PUBSUB_EMULATOR_HOST")
     connect_timeout_s = luigi.FloatParameter(default=10.0, description="Fail when Pub/Sub does not answer within this time")
+    ack_deadline_s = luigi.IntParameter(default=60, description="Seconds a pulled message stays leased before "
+                                        "Pub/Sub redelivers it (10-600)")
 
     def settings(self) -> dict[str, object]:
         return {
@@ -110,6 +112,7 @@ class pubsub(luigi.Config):  # noqa: N801
             "create_missing": self.create_missing,
             "emulator_host": _env_or(self.emulator_host, "PUBSUB_EMULATOR_HOST") or None,
             "connect_timeout_s": self.connect_timeout_s,
+            "ack_deadline_s": self.ack_deadline_s,
         }
 
 

@@ -277,7 +277,12 @@ class KafkaTransport(Transport):
         self._pending = []
         self._unacked.clear()
         if producer is not None:
-            producer.close(timeout=self.connect_timeout_ms / 1000)
+            from kafka.errors import KafkaError
+
+            try:
+                producer.close(timeout=self.connect_timeout_ms / 1000)
+            except KafkaError:
+                _force_close(producer)
         if consumer is not None:
             consumer.close(autocommit=False, timeout_ms=self.connect_timeout_ms)
 
@@ -293,3 +298,15 @@ def _describe(err: BaseException | None) -> str:
     if name in ("KafkaTimeoutError", "NoBrokersAvailable") and not text:
         return f"{name}: no broker answered in time"
     return f"{name}: {text}" if text else name
+
+
+def _force_close(producer) -> None:
+    """Stop a producer whose close() gave up (pending messages are lost, as close() allows).
+
+    kafka-python 3.0.12's close() raises at its final flush while records are still pending and
+    stops there, leaving its sender thread running (and __del__ raising again later)."""
+    sender = getattr(producer, "_sender", None)
+    if sender is not None:
+        sender.force_close()
+        sender.join(5)
+    producer._closed = True

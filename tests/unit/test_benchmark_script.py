@@ -1,0 +1,47 @@
+"""The throughput benchmark runs end to end on a tiny input. It measures; it is never timed here."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.unit.helpers import tiny_onnx_model
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def test_benchmark_script_runs_on_tiny_input(tmp_path):
+    model_dir = tmp_path / "model" / "onnx"
+    model_dir.mkdir(parents=True)
+    tiny_onnx_model(model_dir / "model.onnx", height=28, width=28, channels=1, classes=10)
+    out = tmp_path / "bench.json"
+
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--tiny", "--transports", "local",
+         "--databases", "sqlite", "--model", str(model_dir), "--json", str(out), "--quiet"],
+        capture_output=True, text=True, cwd=tmp_path, timeout=300,
+    )
+
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert {"machine", "images", "batch_size", "encodings", "raw_onnxruntime_images_per_second", "results",
+            "memory", "targets", "skipped"} <= set(summary)
+    cases = {r["case"]: r for r in summary["results"]}
+    expected = {"raw onnxruntime"} | {f"{kind} ({enc})" for enc in summary["encodings"]
+                                      for kind in ("publish local", "predict local+sqlite")}
+    assert expected <= set(cases)
+    for result in summary["results"]:
+        assert result["images_per_second"] > 0 and result["ratio_to_raw_onnxruntime"] > 0
+    for enc in summary["encodings"]:
+        predicted = cases[f"predict local+sqlite ({enc})"]
+        assert predicted["images"] == summary["images"] and predicted["predicted"] == summary["images"]
+        assert predicted["dead_letters"] == 0
+    assert cases["raw onnxruntime"]["ratio_to_raw_onnxruntime"] == 1.0
+    assert "keras predict" in summary["skipped"]  # the tiny model has no Keras original
+    runs = summary["memory"]["runs"]
+    assert [r["multiple"] for r in runs] == [1, 10]
+    assert all(r["consumed"] == r["messages"] and r["peak_rss_mib"] > 0 for r in runs)
+    # The table is printed before the JSON.
+    assert proc.stdout.startswith("case") and "raw onnxruntime" in proc.stdout
