@@ -304,7 +304,8 @@ def measure_memory(model_path: Path, workdir: Path, images: np.ndarray, labels: 
                            str(workdir / f"{topic}.sqlite"), "--batch-size", str(batch_size)]
                           + (["--threads", str(threads)] if threads else []))
         result["runs"].append({"multiple": multiple, "messages": count, "consumed": out["consumed"],
-                               "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1)})
+                               "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1),
+                               "final_rss_mib": round(out["final_rss_kib"] / 1024, 1) if out["final_rss_kib"] else None})
     first, last = result["runs"][0], result["runs"][-1]
     result["growth"] = round(last["peak_rss_mib"] / first["peak_rss_mib"] - 1, 4)
     return result
@@ -349,9 +350,20 @@ def _worker(argv: list[str]) -> int:
         with open_transport("local", root=args.queue_root, topic=args.topic) as source:
             report = run_predictions([source], classifier, database, batch_size=args.batch_size, timeout_ms=200)
         database.close()
-        result = {"consumed": report.consumed, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}
+        result = {"consumed": report.consumed, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
+                  "final_rss_kib": _current_rss_kib()}
     print(json.dumps(result))
     return 0
+
+
+def _current_rss_kib() -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
 
 
 def _train_quick_model(out: Path) -> dict[str, Any]:

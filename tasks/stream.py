@@ -43,7 +43,10 @@ class StreamData(luigi.Task):
         sample = load_stream_sample(sample_path, limit=self.count or None)
         cfg = stream()
         with open_transport(self.transport_name, **transport_settings(self.transport_name)) as transport:
-            ids = publish_images(transport, sample.images, sample.labels, dataset=self.clone(SplitData).dataset_label,
+            # Ids name what was sent (dataset or sample file + index): re-sending the same images
+            # gives the same ids, a different file never collides with the split's sample.
+            label = Path(self.sample_file).stem if self.sample_file else self.clone(SplitData).dataset_label
+            ids = publish_images(transport, sample.images, sample.labels, dataset=label,
                                  encoding=cfg.encoding, timeout_s=cfg.publish_timeout_s)
         write_json(self.output(), {"transport": self.transport_name, "topic": cfg.topic, "count": len(ids),
                                    "sample": str(sample_path), "encoding": cfg.encoding, "ids": ids})

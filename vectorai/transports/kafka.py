@@ -8,12 +8,15 @@ TransportError naming the bootstrap servers instead of hanging.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections import defaultdict
 from typing import Any, Iterable, Sequence
 
 from vectorai.errors import TransportError
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
+
+log = logging.getLogger(__name__)
 
 SOURCE = "kafka"
 #: How long consume_batch may overrun its timeout to finish joining the consumer group.
@@ -125,7 +128,9 @@ class KafkaTransport(Transport):
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            joining = self._joining_group()
+            # Until the group has given this member its partitions (a first join, or a broker
+            # that just came back), "no messages" means "not listening yet", not "drained".
+            joining = self._joining_group() or not consumer.assignment()
             if remaining_ms <= 0 and not (joining and remaining_ms > -REBALANCE_GRACE_S * 1000):
                 return []
             try:
@@ -158,7 +163,8 @@ class KafkaTransport(Transport):
         if not messages:
             return
         from kafka import OffsetAndMetadata
-        from kafka.errors import KafkaError
+        from kafka.errors import (CommitFailedError, IllegalGenerationError, KafkaError,
+                                  RebalanceInProgressError, UnknownMemberIdError)
 
         highest: dict[Any, int] = {}
         for message in messages:
@@ -170,6 +176,13 @@ class KafkaTransport(Transport):
                  for partition, offset in highest.items()},
                 timeout_ms=max(self.connect_timeout_ms, 5000),
             )
+        except (CommitFailedError, IllegalGenerationError, RebalanceInProgressError, UnknownMemberIdError) as err:
+            # The group rebalanced and these partitions moved to another member. Our rows are
+            # committed already; the new owner redelivers from the last committed offset and the
+            # database ignores rows it has. Failing the task here would only waste the batch.
+            log.warning("offsets of group %s not committed after a rebalance (%s); the new owner "
+                        "will redeliver them and duplicates are ignored", self.group, _describe(err))
+            return
         except KafkaError as err:
             raise self._error(f"cannot commit offsets of group {self.group}", err) from None
         for partition, offset in highest.items():
