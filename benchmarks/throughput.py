@@ -129,7 +129,6 @@ class Services:
         if not value:
             from services.common import ServiceError
 
-            self.log(f"starting {name} ...")
             try:
                 value = self._start(name)
             except (ServiceError, OSError) as err:
@@ -148,6 +147,7 @@ class Services:
             running = pubsub.host()
             if running:
                 return running
+            self.log(f"starting {name} ...")
             address = pubsub.start()
             self._stops.append((name, pubsub.stop))
             return address
@@ -155,6 +155,7 @@ class Services:
             from services.kafka import KafkaBroker as Instance
         else:
             from services.postgres import PostgresCluster as Instance
+        self.log(f"starting {name} ...")
         STATE_DIR.mkdir(parents=True, exist_ok=True)
         # Under STATE_DIR, not /tmp: PostgreSQL runs as an unprivileged user that must reach it.
         instance = Instance.create(Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=STATE_DIR)))
@@ -350,16 +351,22 @@ def _worker(argv: list[str]) -> int:
         with open_transport("local", root=args.queue_root, topic=args.topic) as source:
             report = run_predictions([source], classifier, database, batch_size=args.batch_size, timeout_ms=200)
         database.close()
-        result = {"consumed": report.consumed, "peak_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "final_rss_kib": _current_rss_kib()}
+        result = {"consumed": report.consumed, "peak_rss_kib": _peak_rss_kib(),
+                  "final_rss_kib": _proc_status_kib("VmRSS")}
     print(json.dumps(result))
     return 0
 
 
-def _current_rss_kib() -> int | None:
+def _peak_rss_kib() -> int:
+    """This process's peak resident memory. Linux's VmHWM first: ru_maxrss keeps the high-water
+    mark from before exec, i.e. that of the (large) parent this worker was forked from."""
+    return _proc_status_kib("VmHWM") or resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+
+
+def _proc_status_kib(field_name: str) -> int | None:
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
+            if line.startswith(field_name + ":"):
                 return int(line.split()[1])
     except OSError:
         pass

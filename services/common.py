@@ -43,12 +43,8 @@ def wait_until(check: Callable[[], bool], timeout_s: float, what: str, log: Path
         except Exception:  # noqa: BLE001 - a service that is still starting raises all sorts
             pass
         time.sleep(0.5)
-    tail = ""
-    if log is not None and log.exists():
-        tail = "\n--- last lines of " + str(log) + " ---\n" + "\n".join(
-            log.read_text(errors="replace").splitlines()[-30:]
-        )
-    raise ServiceError(f"{what} did not become ready within {timeout_s:.0f}s{tail}")
+    raise ServiceError(f"{what} did not become ready within {timeout_s:.0f}s"
+                       f"{log_tail(log) if log is not None else ''}")
 
 
 @dataclass
@@ -89,9 +85,9 @@ class ManagedProcess:
             except ProcessLookupError:
                 pass
             deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline and _alive(pid):
+            while time.monotonic() < deadline and process_alive(pid):
                 time.sleep(0.2)
-            if _alive(pid):
+            if process_alive(pid):
                 try:
                     os.killpg(pid, signal.SIGKILL)
                 except ProcessLookupError:
@@ -99,7 +95,8 @@ class ManagedProcess:
         self.pid_file.unlink(missing_ok=True)
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """True while ``pid`` runs; an exited child (reaped here) or a zombie counts as gone."""
     try:
         waited, _ = os.waitpid(pid, os.WNOHANG)
         if waited == pid:
@@ -133,7 +130,7 @@ def wait_ready(process: ManagedProcess, check: Callable[[], bool], timeout_s: fl
     def ready_or_exited() -> bool:
         nonlocal exited
         pid = process.pid()
-        if pid is None or not _alive(pid):
+        if pid is None or not process_alive(pid):
             exited = True
             return True
         return check()

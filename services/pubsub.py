@@ -10,7 +10,8 @@ import os
 import shutil
 from pathlib import Path
 
-from services.common import STATE_DIR, ManagedProcess, ServiceError, free_port, port_open, wait_until
+from services.common import (STATE_DIR, ManagedProcess, ServiceError, free_port, log_tail, port_open,
+                             process_alive, wait_until)
 
 #: Where the Cloud SDK's apt package (and ``gcloud components install``) puts the launcher script.
 EMULATOR = Path(os.environ.get(
@@ -43,14 +44,14 @@ def start(port: int | None = None, timeout_s: float = START_TIMEOUT_S) -> str:
 
     def ready() -> bool:
         # Stop polling early if the JVM died (port taken, bad Java); the log tail then says why.
-        if not _running(pid):
+        if not process_alive(pid):
             return True
         return banner in PROCESS.log_file.read_text(errors="replace") and port_open(port, HOST)
 
     try:
         wait_until(ready, timeout_s, f"Pub/Sub emulator on {HOST}:{port}", PROCESS.log_file)
-        if not _running(pid):
-            raise ServiceError(f"Pub/Sub emulator exited during start-up{_log_tail()}")
+        if not process_alive(pid):
+            raise ServiceError(f"Pub/Sub emulator exited during start-up{log_tail(PROCESS.log_file)}")
     except ServiceError:
         stop()
         raise
@@ -83,24 +84,3 @@ def _check_installed() -> None:
         )
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise ServiceError("the Pub/Sub emulator needs Java 8 or later: no `java` on PATH and no JAVA_HOME")
-
-
-def _running(pid: int) -> bool:
-    """True while the process lives (a child that exited but was not reaped counts as gone)."""
-    try:
-        if os.waitpid(pid, os.WNOHANG)[0] == pid:
-            return False
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _log_tail(lines: int = 30) -> str:
-    if not PROCESS.log_file.exists():
-        return ""
-    tail = PROCESS.log_file.read_text(errors="replace").splitlines()[-lines:]
-    return f"\n--- last lines of {PROCESS.log_file} ---\n" + "\n".join(tail)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import luigi
 
-from tasks.common import params_hash
+from tasks.common import params_hash, write_json
 from tasks.config import paths
 
 
@@ -16,12 +16,16 @@ class DownloadData(luigi.Task):
     dataset = luigi.Parameter(default="mnist", description="mnist, fashion-mnist or cifar10")
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(paths().data / "external" / self.dataset)
+        # A marker written after every file is verified: the folder alone may hold a partial
+        # download waiting to be resumed.
+        return luigi.LocalTarget(paths().data / "external" / self.dataset / "DOWNLOADED.json")
 
     def run(self) -> None:
         from vectorai.download import download_dataset
 
-        download_dataset(self.dataset, paths().data / "external")
+        folder = download_dataset(self.dataset, paths().data / "external")
+        files = sorted(p.name for p in folder.iterdir() if p.suffix == ".sha256")
+        write_json(self.output(), {"dataset": self.dataset, "verified": files})
 
 
 class SplitData(luigi.Task):

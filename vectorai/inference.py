@@ -38,6 +38,9 @@ def _session_options(threads: int | None):
     # Between two batches the caller decodes messages and writes rows on the same cores; pool
     # threads spinning while they wait for the next run would take that CPU away from it.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No memory pattern: it plans one block on the first run and allocates it on the second, a
+    # step in memory mid-stream; the arena already reuses buffers between batches.
+    options.enable_mem_pattern = False
     return options
 
 

@@ -157,3 +157,16 @@ def test_hand_written_message_is_classified(project):
     rows = read_rows(project.data / "predictions.sqlite")
     assert [r["message_id"] for r in rows] == [f"by-hand-{i}" for i in range(5)]
     assert sum(r["predicted_class"] == r["true_label"] for r in rows) >= 4
+
+
+def test_prediction_path_never_imports_tensorflow(project, tmp_path):
+    """PredictTask runs with a `tensorflow` that explodes on import first on the path."""
+    from tests.conftest import REPO
+
+    blocker = tmp_path / "blocker" / "tensorflow"
+    blocker.mkdir(parents=True)
+    (blocker / "__init__.py").write_text("raise ImportError('TensorFlow imported on the prediction path')\n")
+    (blocker.parent / "keras").mkdir()
+    (blocker.parent / "keras" / "__init__.py").write_text("raise ImportError('Keras imported on the prediction path')\n")
+    project.luigi("PredictTask", extra_env={"PYTHONPATH": f"{blocker.parent}:{REPO}"})
+    assert len(read_rows(project.data / "predictions.sqlite")) == 200

@@ -120,8 +120,12 @@ class KafkaTransport(Transport):
     # --- consuming -------------------------------------------------------------------------
 
     def consume_batch(self, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
-        """Up to ``max_messages``, waiting at most ``timeout_ms`` for the first -- except while this
-        member is joining its group, which it finishes first (for at most REBALANCE_GRACE_S)."""
+        """Up to ``max_messages``, waiting at most ``timeout_ms`` for new ones.
+
+        The wait is for *new* messages: while this member is still joining its group, or its
+        partitions hold messages it has not fetched yet (a broker that is recovering), it keeps
+        polling for up to REBALANCE_GRACE_S more rather than report a stream that is not drained
+        as empty."""
         consumer = self._get_consumer()
         from kafka.errors import KafkaError
 
@@ -131,10 +135,15 @@ class KafkaTransport(Transport):
             # Until the group has given this member its partitions (a first join, or a broker
             # that just came back), "no messages" means "not listening yet", not "drained".
             joining = self._joining_group() or not consumer.assignment()
-            if remaining_ms <= 0 and not (joining and remaining_ms > -REBALANCE_GRACE_S * 1000):
-                return []
+            behind = False
+            if remaining_ms <= 0:
+                if remaining_ms <= -REBALANCE_GRACE_S * 1000:
+                    return []
+                behind = not joining and self._lagging(consumer)
+                if not (joining or behind):
+                    return []
             try:
-                records = consumer.poll(timeout_ms=max(remaining_ms, 200 if joining else 0),
+                records = consumer.poll(timeout_ms=max(remaining_ms, 200 if joining or behind else 0),
                                         max_records=max_messages)
             except KafkaError as err:
                 raise self._error(f"cannot consume from topic {self.topic}", err) from None
@@ -143,6 +152,18 @@ class KafkaTransport(Transport):
             # poll can return early with nothing (a rebalance, a metadata refresh): keep waiting.
             if batch:
                 return batch
+
+    @staticmethod
+    def _lagging(consumer) -> bool:
+        """Whether an assigned partition has messages beyond this member's position."""
+        from kafka.errors import KafkaError
+
+        try:
+            assigned = list(consumer.assignment())
+            ends = consumer.end_offsets(assigned)
+            return any(consumer.position(tp) < ends[tp] for tp in assigned)
+        except (KafkaError, KeyError):
+            return False  # cannot tell; treat as drained, the next run picks up the rest
 
     def _joining_group(self) -> bool:
         """Whether a JoinGroup/SyncGroup round is in flight for this member.
