@@ -26,6 +26,7 @@ import json
 import os
 import platform
 import resource
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -142,15 +143,7 @@ class Services:
         from services.common import STATE_DIR
 
         if name == "pubsub":
-            from services import pubsub
-
-            running = pubsub.host()
-            if running:
-                return running
-            self.log(f"starting {name} ...")
-            address = pubsub.start()
-            self._stops.append((name, pubsub.stop))
-            return address
+            return self._start_private_emulator()
         if name == "kafka":
             from services.kafka import KafkaBroker as Instance
         else:
@@ -161,6 +154,30 @@ class Services:
         instance = Instance.create(Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=STATE_DIR)))
         self._stops.append((name, instance.remove))
         return instance.start()
+
+    def _start_private_emulator(self) -> str:
+        """The emulator launcher keeps its state in module globals, so a private one is run by
+        ``python -m services`` in a subprocess with a state dir of its own."""
+        from services.common import STATE_DIR, ServiceError
+
+        self.log("starting pubsub ...")
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        state = Path(tempfile.mkdtemp(prefix="bench-pubsub-", dir=STATE_DIR))
+        env = {**os.environ, "VECTORAI_SERVICES_DIR": str(state)}
+
+        def services(command: str) -> subprocess.CompletedProcess:
+            return subprocess.run([sys.executable, "-m", "services", command, "pubsub"], cwd=REPO, env=env,
+                                  capture_output=True, text=True)
+
+        def stop() -> None:
+            services("down")
+            shutil.rmtree(state, ignore_errors=True)
+
+        self._stops.append(("pubsub", stop))
+        started = services("up")
+        if started.returncode != 0:
+            raise ServiceError((started.stderr.strip() or "python -m services up pubsub failed").splitlines()[-1])
+        return json.loads((state / "services.json").read_text())["pubsub"]
 
     def stop_started(self) -> None:
         while self._stops:
@@ -471,10 +488,17 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 continue
             topic = f"bench-{transport}-{uuid.uuid4().hex[:8]}"
             groups = {db: f"bench-{db}-{uuid.uuid4().hex[:8]}" for db in wanted}
-            open_consumers(transport, services, workdir, topic, list(groups.values()))
-            # The publisher names the first consumer's subscription: Pub/Sub needs an existing one.
-            seconds = publish(transport, transport_settings(transport, services, workdir, topic, groups[wanted[0]]),
-                              images, labels, encoding)
+            try:
+                open_consumers(transport, services, workdir, topic, list(groups.values()))
+                # The publisher names the first consumer's subscription: Pub/Sub needs one.
+                seconds = publish(transport, transport_settings(transport, services, workdir, topic,
+                                                                groups[wanted[0]]), images, labels, encoding)
+            except Exception as err:  # noqa: BLE001 - one failed service must not lose the run
+                for name in [f"publish {transport} ({encoding})"] + [f"predict {transport}+{db} ({encoding})"
+                                                                       for db in wanted]:
+                    skipped[name] = _failure(err)
+                log(f"publish {transport} ({encoding}) failed: {_failure(err)}")
+                continue
             cases.append(Case(f"publish {transport} ({encoding})", "publish", len(images), seconds,
                               {"transport": transport, "encoding": encoding}))
             log(f"{cases[-1].case}: {cases[-1].rate:,.0f} images/s")
@@ -484,10 +508,15 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                 if reason:
                     skipped[name] = reason
                     continue
-                url = dbs.fresh_url(db, f"{transport}-{encoding}")
-                report = predict_end_to_end(
-                    transport, transport_settings(transport, services, workdir, topic, groups[db]), url,
-                    model_dir / "model.onnx", args.batch_size, args.threads, args.timeout_ms)
+                try:
+                    url = dbs.fresh_url(db, f"{transport}-{encoding}")
+                    report = predict_end_to_end(
+                        transport, transport_settings(transport, services, workdir, topic, groups[db]), url,
+                        model_dir / "model.onnx", args.batch_size, args.threads, args.timeout_ms)
+                except Exception as err:  # noqa: BLE001 - one failed service must not lose the run
+                    skipped[name] = _failure(err)
+                    log(f"{name} failed: {_failure(err)}")
+                    continue
                 cases.append(Case(name, "end to end", report.consumed, report.seconds, {
                     "transport": transport, "database": db, "encoding": encoding,
                     "predicted": report.predicted, "dead_letters": report.dead_letters,
@@ -545,6 +574,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             "peak memory 10x within 10% of 1x": abs(memory["growth"]) <= 0.10,
         },
     }
+
+
+def _failure(err: BaseException) -> str:
+    return f"failed: {type(err).__name__}: " + (str(err).strip().splitlines() or [""])[0][:300]
 
 
 def _target(result: dict[str, Any] | None, ratio: float) -> bool | None:

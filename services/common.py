@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Protocol, Sequence
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: Where launchers keep data dirs, logs, pid files and cached jars. Override for parallel runs.
@@ -140,3 +142,73 @@ def wait_ready(process: ManagedProcess, check: Callable[[], bool], timeout_s: fl
     if exited:
         process.pid_file.unlink(missing_ok=True)
         raise ServiceError(f"{what} exited while starting{log_tail(log)}")
+
+
+class Server(Protocol):
+    """What the Kafka and PostgreSQL launchers' classes offer."""
+
+    address: str
+
+    def start(self) -> str: ...
+    def stop(self, graceful: bool = True) -> None: ...
+    def restart(self) -> str: ...
+    def running(self) -> bool: ...
+    def remove(self) -> None: ...
+
+
+class DefaultInstance:
+    """The one instance of a service that ``python -m services`` manages, found by any shell
+    through a small JSON file naming its work dir."""
+
+    def __init__(self, name: str, create: Callable[[Path, int | None], Server],
+                 load: Callable[[Path], Server], stub: Callable[[Path], Server]) -> None:
+        self.name = name
+        self.instance_file = STATE_DIR / f"{name.lower()}.json"
+        self._create, self._load, self._stub = create, load, stub
+
+    def current(self) -> Server | None:
+        try:
+            return self._load(Path(json.loads(self.instance_file.read_text())["workdir"]))
+        except (OSError, ValueError, KeyError):
+            return None
+
+    def start(self, port: int | None = None) -> str:
+        """Start on a fresh data dir and return the address; an instance already running is kept."""
+        current = self.current()
+        if current is not None and current.running():
+            return current.address
+        if current is not None:
+            current.remove()
+        STATE_DIR.mkdir(parents=True, exist_ok=True)
+        workdir = Path(tempfile.mkdtemp(prefix=f"{self.name.lower()}-", dir=STATE_DIR))
+        try:
+            server = self._create(workdir, port)
+            self.instance_file.write_text(json.dumps({"workdir": str(workdir)}))
+            return server.start()
+        except BaseException:
+            self._stub(workdir).remove()  # the pid file lives in workdir, so this stops it too
+            self.instance_file.unlink(missing_ok=True)
+            raise
+
+    def stop(self, remove_data: bool = False) -> None:
+        """Stop it; keep its data for ``restart()`` unless ``remove_data``."""
+        current = self.current()
+        if current is None:
+            return
+        if remove_data:
+            current.remove()
+            self.instance_file.unlink(missing_ok=True)
+        else:
+            current.stop()
+
+    def restart(self) -> str:
+        """Start it again on the same data dir and port."""
+        current = self.current()
+        if current is None:
+            raise ServiceError(f"{self.name}: nothing to restart; run start() first")
+        return current.restart()
+
+    def status(self) -> str | None:
+        """Its address while it runs, else None."""
+        current = self.current()
+        return current.address if current is not None and current.running() else None

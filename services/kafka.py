@@ -23,12 +23,11 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from services.common import (
-    STATE_DIR, ManagedProcess, ServiceError, free_port, port_open, wait_ready,
+    STATE_DIR, DefaultInstance, ManagedProcess, ServiceError, free_port, port_open, wait_ready,
 )
 
 POM = Path(__file__).resolve().parent / "kafka" / "pom.xml"
 LIBS_DIR = STATE_DIR / "kafka-libs"
-INSTANCE_FILE = STATE_DIR / "kafka.json"
 JVM_OPTIONS = ("-Xms128m", "-Xmx512m", "-XX:+ExitOnOutOfMemoryError", "-Djava.awt.headless=true")
 START_TIMEOUT_S = 120.0
 
@@ -115,6 +114,10 @@ class KafkaBroker:
     def save(self) -> None:
         data = {**asdict(self), "workdir": str(self.workdir)}
         (self.workdir / "broker.json").write_text(json.dumps(data, indent=2))
+
+    @property
+    def address(self) -> str:
+        return self.bootstrap_servers
 
     @property
     def bootstrap_servers(self) -> str:
@@ -226,55 +229,8 @@ class KafkaBroker:
 # --- the default broker, shared by `python -m services` commands in any shell -----------------
 
 
-def _default() -> KafkaBroker | None:
-    try:
-        return KafkaBroker.load(Path(json.loads(INSTANCE_FILE.read_text())["workdir"]))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def start(port: int | None = None) -> str:
-    """Start the default broker on a fresh data dir; return its bootstrap address ``127.0.0.1:PORT``.
-
-    If it is already running, return its address unchanged."""
-    current = _default()
-    if current is not None and current.running():
-        return current.bootstrap_servers
-    if current is not None:
-        current.remove()
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="kafka-", dir=STATE_DIR))
-    try:
-        broker = KafkaBroker.create(workdir, port)
-        INSTANCE_FILE.write_text(json.dumps({"workdir": str(workdir)}))
-        return broker.start()
-    except BaseException:
-        KafkaBroker(workdir, 0, 0).remove()  # the pid file lives in workdir, so this stops it too
-        INSTANCE_FILE.unlink(missing_ok=True)
-        raise
-
-
-def stop(remove_data: bool = False) -> None:
-    """Stop the default broker; keep its data for ``restart()`` unless ``remove_data``."""
-    current = _default()
-    if current is None:
-        return
-    if remove_data:
-        current.remove()
-        INSTANCE_FILE.unlink(missing_ok=True)
-    else:
-        current.stop()
-
-
-def restart() -> str:
-    """Start the default broker again on the same data dir and port."""
-    current = _default()
-    if current is None:
-        raise ServiceError("Kafka: no broker to restart; run start() first")
-    return current.restart()
-
-
-def status() -> str | None:
-    """The default broker's bootstrap address if it is running, else None."""
-    current = _default()
-    return current.bootstrap_servers if current is not None and current.running() else None
+_DEFAULT = DefaultInstance("Kafka", KafkaBroker.create, KafkaBroker.load, lambda workdir: KafkaBroker(workdir, 0, 0))
+start = _DEFAULT.start
+stop = _DEFAULT.stop
+restart = _DEFAULT.restart
+status = _DEFAULT.status

@@ -17,17 +17,15 @@ import pwd
 import shutil
 import signal
 import subprocess
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from services.common import STATE_DIR, ManagedProcess, ServiceError, free_port, port_open, wait_ready
+from services.common import DefaultInstance, ManagedProcess, ServiceError, free_port, port_open, wait_ready
 
 VERSION = "15"
 BIN_DIR = Path(f"/usr/lib/postgresql/{VERSION}/bin")
 DATABASE = "vectorai"
 SUPERUSER = "postgres"
-INSTANCE_FILE = STATE_DIR / "postgres.json"
 START_TIMEOUT_S = 60.0
 
 _SETTINGS = """
@@ -113,6 +111,10 @@ class PostgresCluster:
         return self.workdir / "data"
 
     @property
+    def address(self) -> str:
+        return self.url
+
+    @property
     def url(self) -> str:
         return f"postgresql://{SUPERUSER}@127.0.0.1:{self.port}/{DATABASE}"
 
@@ -178,55 +180,8 @@ class PostgresCluster:
 # --- the default cluster, shared by `python -m services` commands in any shell ----------------
 
 
-def _default() -> PostgresCluster | None:
-    try:
-        return PostgresCluster.load(Path(json.loads(INSTANCE_FILE.read_text())["workdir"]))
-    except (OSError, ValueError, KeyError):
-        return None
-
-
-def start(port: int | None = None) -> str:
-    """Start the default cluster on a fresh data dir; return ``postgresql://postgres@127.0.0.1:P/vectorai``.
-
-    If it is already running, return its URL unchanged."""
-    current = _default()
-    if current is not None and current.running():
-        return current.url
-    if current is not None:
-        current.remove()
-    STATE_DIR.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="postgres-", dir=STATE_DIR))
-    try:
-        cluster = PostgresCluster.create(workdir, port)
-        INSTANCE_FILE.write_text(json.dumps({"workdir": str(workdir)}))
-        return cluster.start()
-    except BaseException:
-        PostgresCluster(workdir, 0).remove()  # the pid file lives in workdir, so this stops it too
-        INSTANCE_FILE.unlink(missing_ok=True)
-        raise
-
-
-def stop(remove_data: bool = False) -> None:
-    """Stop the default cluster; keep its data for ``restart()`` unless ``remove_data``."""
-    current = _default()
-    if current is None:
-        return
-    if remove_data:
-        current.remove()
-        INSTANCE_FILE.unlink(missing_ok=True)
-    else:
-        current.stop()
-
-
-def restart() -> str:
-    """Start the default cluster again on the same data dir and port."""
-    current = _default()
-    if current is None:
-        raise ServiceError("PostgreSQL: no cluster to restart; run start() first")
-    return current.restart()
-
-
-def status() -> str | None:
-    """The default cluster's URL if it is running, else None."""
-    current = _default()
-    return current.url if current is not None and current.running() else None
+_DEFAULT = DefaultInstance("PostgreSQL", PostgresCluster.create, PostgresCluster.load, lambda workdir: PostgresCluster(workdir, 0))
+start = _DEFAULT.start
+stop = _DEFAULT.stop
+restart = _DEFAULT.restart
+status = _DEFAULT.status

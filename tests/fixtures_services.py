@@ -16,9 +16,11 @@ import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Protocol
+from typing import Iterator
 
 import pytest
+
+from services.common import Server
 
 
 def _unavailable(reason: str) -> None:
@@ -27,20 +29,12 @@ def _unavailable(reason: str) -> None:
     pytest.skip(reason)
 
 
-class _Server(Protocol):
-    def start(self) -> str: ...
-    def stop(self, graceful: bool = True) -> None: ...
-    def restart(self) -> str: ...
-    def running(self) -> bool: ...
-    def remove(self) -> None: ...
-
-
 @dataclass
 class ServiceControl:
     """The address of a session service and, when the session started it, its controls."""
 
     address: str
-    server: _Server | None = None
+    server: Server | None = None
 
     @property
     def ours(self) -> bool:
@@ -58,7 +52,7 @@ class ServiceControl:
         if self.server is not None and not self.server.running():
             self.server.start()
 
-    def _own(self) -> _Server:
+    def _own(self) -> Server:
         if self.server is None:
             raise RuntimeError(f"{self.address} came from the environment; it is not ours to stop")
         return self.server
