@@ -6,11 +6,11 @@ from pathlib import Path
 
 import luigi
 
-from tasks.common import params_hash, write_json
+from tasks.common import VectoraiTaskMixin, params_hash, write_json
 from tasks.config import paths
 
 
-class DownloadData(luigi.Task):
+class DownloadData(VectoraiTaskMixin, luigi.Task):
     """Download a public dataset (mnist, fashion-mnist, cifar10) into data/external/<name>/."""
 
     dataset = luigi.Parameter(default="mnist", description="mnist, fashion-mnist or cifar10")
@@ -28,7 +28,7 @@ class DownloadData(luigi.Task):
         write_json(self.output(), {"dataset": self.dataset, "verified": files})
 
 
-class SplitData(luigi.Task):
+class SplitData(VectoraiTaskMixin, luigi.Task):
     """Stratified, seeded train/val/test split of a dataset, plus the stream sample."""
 
     dataset = luigi.Parameter(config_path=dict(section="SplitData", name="dataset"),

@@ -7,13 +7,13 @@ from pathlib import Path
 import luigi
 from luigi.util import requires
 
-from tasks.common import params_hash, read_json, write_json
+from tasks.common import VectoraiTaskMixin, params_hash, read_json, write_json
 from tasks.config import mlflow, paths
 from tasks.data import SplitData
 
 
 @requires(SplitData)
-class TrainModel(luigi.Task):
+class TrainModel(VectoraiTaskMixin, luigi.Task):
     """Train the CNN on the split; log params, per-epoch metrics and artifacts to MLflow."""
 
     epochs = luigi.IntParameter(config_path=dict(section="TrainModel", name="epochs"),
@@ -53,7 +53,7 @@ class TrainModel(luigi.Task):
 
 
 @requires(TrainModel)
-class ExportOnnx(luigi.Task):
+class ExportOnnx(VectoraiTaskMixin, luigi.Task):
     """Export to ONNX with tf2onnx, check it against Keras, store class names and preprocessing."""
 
     parity_tolerance = luigi.FloatParameter(config_path=dict(section="ExportOnnx", name="parity_tolerance"),

@@ -8,14 +8,14 @@ from pathlib import Path
 import luigi
 from luigi.util import inherits, requires
 
-from tasks.common import params_hash, write_json
+from tasks.common import VectoraiTaskMixin, params_hash, write_json
 from tasks.config import database, paths, stream, transport_settings
 from tasks.data import SplitData
 from tasks.model import ExportOnnx
 
 
 @requires(ExportOnnx)
-class StreamData(luigi.Task):
+class StreamData(VectoraiTaskMixin, luigi.Task):
     """Publish the stream sample; the manifest is written only after every message is confirmed."""
 
     transport = luigi.Parameter(config_path=dict(section="StreamData", name="transport"),
@@ -53,7 +53,7 @@ class StreamData(luigi.Task):
 
 
 @inherits(StreamData)
-class PredictTask(luigi.Task):
+class PredictTask(VectoraiTaskMixin, luigi.Task):
     """Consume the stream in batches, classify with onnxruntime, store every result."""
 
     sources = luigi.Parameter(default="", description="Comma-separated transports to read (e.g. kafka,pubsub); "
