@@ -17,6 +17,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,9 +30,10 @@ SUPERUSER = "postgres"
 START_TIMEOUT_S = 60.0
 
 _SETTINGS = """
-# Written by services/postgres.py: a disposable test cluster, so durability is traded for speed.
+# Written by services/postgres.py: a disposable test cluster. fsync off only risks data when the
+# machine crashes; commits stay synchronous, so a killed server keeps every committed row (the
+# fault tests rely on that).
 fsync = off
-synchronous_commit = off
 full_page_writes = off
 shared_buffers = 32MB
 max_connections = 100
@@ -149,8 +151,16 @@ class PostgresCluster:
         self.process.stop(timeout_s=30.0, sig=signal.SIGINT if graceful else signal.SIGKILL)
 
     def restart(self, timeout_s: float = START_TIMEOUT_S) -> str:
-        """Stop (if running) and start again on the same data dir and port."""
+        """Stop (if running) and start again on the same data dir and port.
+
+        Right after a crash (SIGKILL) the first start can fail while the killed server's
+        processes and shared memory are still being torn down; it is retried a few times."""
         self.stop()
+        for _ in range(2):
+            try:
+                return self.start(timeout_s)
+            except ServiceError:
+                time.sleep(2.0)
         return self.start(timeout_s)
 
     def remove(self) -> None:

@@ -125,16 +125,21 @@ def pg_database(postgres_url) -> Iterator[str]:
     import psycopg2
     from psycopg2 import sql
 
+    def admin(statement: sql.Composable) -> None:
+        # A new connection each time: a fault test may have restarted the server in between.
+        conn = psycopg2.connect(postgres_url)
+        conn.autocommit = True
+        try:
+            with conn.cursor() as cur:
+                cur.execute(statement)
+        finally:
+            conn.close()
+
     name = f"t_{uuid.uuid4().hex[:12]}"
-    admin = psycopg2.connect(postgres_url)
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+    admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
     base, _, _ = postgres_url.rpartition("/")
     yield f"{base}/{name}"
-    with admin.cursor() as cur:
-        cur.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
-    admin.close()
+    admin(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name)))
 
 
 def pg_rows(url: str, query: str = "SELECT * FROM prediction ORDER BY source, message_id") -> list[dict]:

@@ -44,12 +44,38 @@ def test_whole_chain_on_kafka_and_postgres(kafka_project):
     assert len(pg_rows(project.pg)) == 200
 
 
-def test_two_consumers_in_one_group_share_two_partitions(kafka_project):
+def wait_for_members(bootstrap: str, group: str, members: int, timeout_s: float = 120) -> None:
+    """Until the group has ``members`` members that each hold a partition."""
+    import time
+
+    from kafka.admin import KafkaAdminClient
+    from kafka.errors import KafkaError
+
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            try:
+                description = admin.describe_groups([group])[group]
+            except KafkaError:  # the group (and its coordinator) appear with the first member
+                description = {}
+            # Stable with N members: the assignor has given each of the N partitions an owner.
+            if description.get("group_state") == "Stable" and len(description.get("members", [])) == members:
+                return
+            time.sleep(0.5)
+    finally:
+        admin.close()
+    raise AssertionError(f"group {group} never had {members} members with partitions")
+
+
+def test_two_consumers_in_one_group_share_two_partitions(kafka_project, kafka_bootstrap):
     project = kafka_project
     project.set("kafka", partitions=2)
-    project.luigi("StreamData")
+    # Both consumers are in the group, one partition each, before anything is sent.
     workers = [project.spawn("PredictTask", "--require-stream", "false", "--run-at", f"worker-{i}",
-                             "--predict-batch-size", "10", "--stream-timeout-ms", "6000") for i in range(2)]
+                             "--predict-batch-size", "10", "--stream-timeout-ms", "15000") for i in range(2)]
+    wait_for_members(kafka_bootstrap, project.config["stream"]["group"], 2)
+    project.luigi("StreamData")
     for worker in workers:
         output, _ = worker.communicate(timeout=600)
         assert worker.returncode == 0, output[-4000:]

@@ -41,10 +41,9 @@ def fault_project(project, kafka_bootstrap, pg_database, tmp_path):
 
 
 def count_rows(url: str) -> int:
-    try:
-        return pg_rows(url, "SELECT COUNT(*) AS n FROM prediction")[0]["n"]
-    except Exception:  # table not created yet
-        return 0
+    if pg_rows(url, "SELECT to_regclass('prediction') IS NULL AS missing")[0]["missing"]:
+        return 0  # the task has not created its tables yet
+    return pg_rows(url, "SELECT COUNT(*) AS n FROM prediction")[0]["n"]
 
 
 def wait_for_rows(url: str, at_least: int, proc, timeout_s: float = 120) -> int:
@@ -83,7 +82,8 @@ def committed_offsets(bootstrap: str, group: str) -> int:
 
     admin = KafkaAdminClient(bootstrap_servers=bootstrap)
     try:
-        return sum(meta.offset for meta in admin.list_consumer_group_offsets(group).values() if meta.offset > 0)
+        offsets = admin.list_group_offsets([group]).get(group, {})
+        return sum(meta.offset for meta in offsets.values() if meta.offset > 0)
     finally:
         admin.close()
 
