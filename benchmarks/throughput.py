@@ -215,27 +215,28 @@ class Databases:
         if kind == "sqlite":
             return sqlite_url(self.workdir / f"{name}.sqlite")
         base = self.services.get("postgres")
-        self._admin(base, f'CREATE DATABASE "{name}"')
+        self._admin(base, "CREATE DATABASE {}", name)
         self.created.append((base, name))
         return base.rsplit("/", 1)[0] + "/" + name
 
     def drop_created(self) -> None:
         for base, name in self.created:
             try:
-                self._admin(base, f'DROP DATABASE IF EXISTS "{name}"')
+                self._admin(base, "DROP DATABASE IF EXISTS {}", name)
             except Exception as err:  # noqa: BLE001 - cleanup must not hide the results
                 print(f"could not drop database {name}: {err}", file=sys.stderr)
         self.created.clear()
 
     @staticmethod
-    def _admin(url: str, statement: str) -> None:
+    def _admin(url: str, statement: str, database: str) -> None:
         import psycopg2
+        from psycopg2 import sql
 
         connection = psycopg2.connect(url, connect_timeout=10)
         try:
             connection.autocommit = True
             with connection.cursor() as cursor:
-                cursor.execute(statement)
+                cursor.execute(sql.SQL(statement).format(sql.Identifier(database)))
         finally:
             connection.close()
 
@@ -548,7 +549,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         # 5. memory for 1x and 10x one batch of messages
         memory = measure_memory(model_dir, workdir, images, labels, args.batch_size, encodings[0], (1, 10),
                                 args.threads)
-        log(f"peak memory: " + ", ".join(f"{r['messages']} messages {r['peak_rss_mib']} MiB" for r in memory["runs"]))
+        log("peak memory: " + ", ".join(f"{r['messages']} messages {r['peak_rss_mib']} MiB" for r in memory["runs"]))
 
     import onnxruntime
 

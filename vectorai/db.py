@@ -135,21 +135,24 @@ def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict
     if not rows:
         return 0
     fields = [f for f in model._meta.sorted_fields if not isinstance(f, pw.AutoField)]
-    names = [f.name for f in fields]
-    columns = ", ".join(f'"{f.column_name}"' for f in fields)
-    values = [tuple(row.get(name) for name in names) for row in rows]
+    values = [tuple(row.get(f.name) for f in fields) for row in rows]
     with pw.__exception_wrapper__:
         cursor = db.cursor()
         if isinstance(db, pw.PostgresqlDatabase):
+            from psycopg2 import sql
             from psycopg2.extras import execute_values
 
-            # One page: a single INSERT whose row count covers the whole batch.
-            execute_values(cursor, f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES %s '
-                           "ON CONFLICT DO NOTHING", values, page_size=len(values))
+            # Identifiers composed by psycopg2, values sent as parameters; one page, so a single
+            # INSERT whose row count covers the whole batch.
+            statement = sql.SQL("INSERT INTO {} ({}) VALUES %s ON CONFLICT DO NOTHING").format(
+                sql.Identifier(model._meta.table_name),
+                sql.SQL(", ").join(sql.Identifier(f.column_name) for f in fields))
+            execute_values(cursor, statement, values, page_size=len(values))
         else:
-            placeholders = ", ".join("?" for _ in fields)
-            cursor.executemany(f'INSERT INTO "{model._meta.table_name}" ({columns}) VALUES ({placeholders}) '
-                               "ON CONFLICT DO NOTHING", values)
+            # Peewee renders the parameterised one-row statement; the driver runs it per row.
+            template = model.insert({f: None for f in fields}).on_conflict_ignore()
+            statement, _ = db.get_sql_context().sql(template).query()
+            cursor.executemany(statement, values)
         return cursor.rowcount
 
 
