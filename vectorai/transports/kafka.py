@@ -245,6 +245,10 @@ class KafkaTransport(Transport):
                 # partitions until its session expires; 10 s instead of 45 s shortens that stall.
                 session_timeout_ms=10000,
                 heartbeat_interval_ms=1000,
+                # Fetch far more than one batch per request: with the 1 MiB default the consumer
+                # spent a third of its time waiting for the next fetch (measured with cProfile).
+                max_partition_fetch_bytes=16 * 1024 * 1024,
+                fetch_max_bytes=64 * 1024 * 1024,
             )
             self._consumer.subscribe([self.topic])
         return self._consumer
