@@ -4,7 +4,7 @@
 starts ``postgres`` and creates the ``vectorai`` database; ``stop()`` / ``restart()`` keep the
 data dir and port, so tests can take the database away mid-run and bring it back.
 
-The module-level functions drive one default cluster recorded in ``STATE_DIR/postgres.json``,
+The module-level functions drive one default cluster recorded in ``STATE_DIR/postgresql.json``,
 so ``python -m services down`` in another shell can stop it. Tests that want a cluster of
 their own use :class:`PostgresCluster` with their own work dir.
 """

@@ -26,6 +26,7 @@ import numpy as np
 
 from vectorai.download import CIFAR10_SHA256, read_checksum_sidecar
 from vectorai.errors import DatasetError
+from vectorai.preprocess import stack_if_uniform
 
 log = logging.getLogger(__name__)
 
@@ -175,13 +176,6 @@ def _check(data: LabelledImages, source: str | Path) -> LabelledImages:
 def _visible(paths: Any) -> list[Path]:
     """Drop hidden entries (.DS_Store, .ipynb_checkpoints, editor swap files)."""
     return [p for p in paths if not p.name.startswith(".")]
-
-
-def _stack_if_uniform(images: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
-    first = images[0]
-    if all(im.shape == first.shape and im.dtype == first.dtype for im in images):
-        return np.stack(images)
-    return images
 
 
 # --------------------------------------------------------------------------------------------
@@ -506,7 +500,7 @@ def load_class_folders(folder: Path) -> LabelledImages:
         log.warning("%s: ignored %d files that are not .png/.jpg/.jpeg", folder, skipped)
     if not images:
         raise DatasetError(folder, "no class sub-folders with images")
-    return LabelledImages(_stack_if_uniform(images), np.asarray(labels, dtype=np.int64),
+    return LabelledImages(stack_if_uniform(images), np.asarray(labels, dtype=np.int64),
                           [p.name for p in class_dirs])
 
 

@@ -87,7 +87,6 @@ class ClassifiedBatch:
     messages: Sequence[ReceivedMessage]
     rows: list[dict[str, object]]
     dead: list[dict[str, object]]
-    labels: list[int | None]
 
 
 def classify_batch(
@@ -113,7 +112,7 @@ def classify_batch(
     batch = np.empty((0,), dtype=np.float32)
     if decoded:
         try:
-            batch = preprocess_images(_stack_if_uniform([d.image for d in decoded]), classifier.spec)
+            batch = preprocess_images([d.image for d in decoded], classifier.spec)
         except ImageError:
             # Some image in the batch is bad: find it one by one, keep the rest.
             good, images = [], []
@@ -147,7 +146,7 @@ def classify_batch(
                 "produced_at": _naive_utc(item.produced_at),
                 "predicted_at": now,
             })
-    return ClassifiedBatch(messages, rows, dead, [item.label for item in decoded])
+    return ClassifiedBatch(messages, rows, dead)
 
 
 def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
@@ -156,12 +155,12 @@ def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
     report.predicted += new
     report.already_predicted += len(batch.rows) - new
     report.dead_letters += len(batch.dead)
-    for label, row in zip(batch.labels, batch.rows):
+    for row in batch.rows:
         report.per_class[row["predicted_name"]] += 1
         report.per_source[row["source"]] += 1
-        if label is not None:
+        if row["true_label"] is not None:
             report.labelled += 1
-            report.correct += int(label == row["predicted_class"])
+            report.correct += int(row["true_label"] == row["predicted_class"])
 
 
 def process_batch(
@@ -174,15 +173,6 @@ def process_batch(
     """Classify and store one batch; raises (writing nothing) if the database fails."""
     batch = classify_batch(messages, classifier, limits)
     _record(report, batch, results_db.write_results(database, batch.rows, batch.dead))
-
-
-def _stack_if_uniform(images: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
-    """One (N, H, W[, C]) array when every image has the same shape and dtype: the vectorised
-    preprocessing path then avoids a Python loop per image."""
-    first = images[0]
-    if all(im.shape == first.shape and im.dtype == first.dtype for im in images):
-        return np.stack(images)
-    return images
 
 
 def run_predictions(

@@ -102,11 +102,22 @@ def preprocess_image(image: np.ndarray, spec: PreprocessSpec) -> np.ndarray:
     return _resize(_convert_channels(scaled, spec.channels), spec.height, spec.width)
 
 
+def stack_if_uniform(images: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One (N, H, W[, C]) array when every image has the same shape and dtype, else the list."""
+    images = list(images)
+    first = images[0] if images else None
+    if first is not None and all(im.shape == first.shape and im.dtype == first.dtype for im in images):
+        return np.stack(images)
+    return images
+
+
 def preprocess_images(images: np.ndarray | Sequence[np.ndarray], spec: PreprocessSpec) -> np.ndarray:
-    """A batch (an (N, H, W[, C]) array or a list of differently sized images) to (N, h, w, c).
+    """A batch (an (N, H, W[, C]) array or a list of images of any sizes) to (N, h, w, c).
 
     A uniform batch already at the target size takes a vectorised path with no per-image loop.
     """
+    if not isinstance(images, np.ndarray):
+        images = stack_if_uniform(images)
     if isinstance(images, np.ndarray) and images.ndim in (3, 4) and images.shape[1:3] == (
         spec.height, spec.width
     ):
