@@ -24,6 +24,7 @@ from typing import Mapping
 import numpy as np
 
 from vectorai.errors import MessageDecodeError
+from vectorai.png import decode_png, encode_png
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage
 
 PNG = "image/png"
@@ -85,16 +86,18 @@ def encode_image(
              "shape": ",".join(str(d) for d in array.shape)}
         )
         return OutgoingMessage(payload=array.tobytes(), attributes=attributes)
-    if encoding in ("png", "jpeg"):
+    if encoding == "png":
+        attributes["content-type"] = PNG
+        return OutgoingMessage(payload=encode_png(_to_uint8(image)), attributes=attributes)
+    if encoding == "jpeg":
         from PIL import Image
 
         array = _to_uint8(image)
         if array.ndim == 3 and array.shape[2] == 1:
             array = array[:, :, 0]
         buffer = io.BytesIO()
-        Image.fromarray(array).save(buffer, format="PNG" if encoding == "png" else "JPEG",
-                                    **({"compress_level": 1} if encoding == "png" else {"quality": 95}))
-        attributes["content-type"] = PNG if encoding == "png" else JPEG
+        Image.fromarray(array).save(buffer, format="JPEG", quality=95)
+        attributes["content-type"] = JPEG
         return OutgoingMessage(payload=buffer.getvalue(), attributes=attributes)
     raise ValueError(f"unknown image encoding {encoding!r}; use png, jpeg or raw")
 
@@ -159,66 +162,11 @@ def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits, 
     return image
 
 
-_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-#: PNG colour type -> Pillow mode, for the 8-bit types the fast path decodes itself.
-_PNG_SIMPLE_MODES = {0: "L", 2: "RGB", 6: "RGBA"}
-
-
-def _decode_simple_png(payload: bytes, limits: DecodeLimits) -> np.ndarray | None:
-    """Decode the common PNG -- 8-bit greyscale, RGB or RGBA, not interlaced, chunks IHDR, IDAT
-    and IEND only, every CRC right -- with Pillow's C inflate-and-unfilter decoder alone.
-
-    Image.open parses chunks in Python, which costs twice the decoding of a small image. Anything
-    else (palettes, transparency chunks, 16 bits, interlacing, any error) returns None and goes
-    through Image.open, which also words the errors.
-    """
-    import struct
-    import zlib
-
-    from PIL import Image
-
-    if not payload.startswith(_PNG_SIGNATURE):
-        return None
-    view = memoryview(payload)
-    pos, end = len(_PNG_SIGNATURE), len(payload)
-    header = None
-    idat = []
-    while pos + 12 <= end:
-        length, kind = struct.unpack_from(">I4s", payload, pos)
-        data_end = pos + 8 + length
-        if data_end + 4 > end or zlib.crc32(view[pos + 4:data_end]) != struct.unpack_from(">I", payload, data_end)[0]:
-            return None
-        if header is None:
-            if kind != b"IHDR" or length != 13:
-                return None
-            header = struct.unpack_from(">IIBBBBB", payload, pos + 8)
-        elif kind == b"IDAT":
-            idat.append(view[pos + 8:data_end])
-        elif kind == b"IEND":
-            break
-        else:
-            return None
-        pos = data_end + 4
-    else:
-        return None  # no IEND: truncated
-    width, height, depth, colour, compression, filtering, interlace = header
-    mode = _PNG_SIMPLE_MODES.get(colour)
-    if mode is None or depth != 8 or compression or filtering or interlace or not idat:
-        return None
-    if not 0 < width * height <= limits.max_pixels:
-        return None
-    try:
-        image = Image.frombytes(mode, (width, height), b"".join(idat), "zip", mode)
-    except (ValueError, OSError, zlib.error):
-        return None
-    return np.asarray(image)
-
-
 def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits, fail) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError
 
     if content_type == PNG:
-        image = _decode_simple_png(payload, limits)
+        image = decode_png(payload, limits.max_pixels)
         if image is not None:
             return image
     try:
