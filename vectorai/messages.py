@@ -123,6 +123,8 @@ def decode_message(
 
     if not key:
         raise fail("missing 'id' attribute")
+    if "\x00" in key:
+        raise fail("'id' contains a NUL character, which no database text column can store")
     payload = message.payload
     if not payload:
         raise fail("empty payload")

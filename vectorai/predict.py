@@ -11,7 +11,8 @@ import datetime as dt
 import json
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -70,7 +71,7 @@ def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
 def _dead_letter(message: ReceivedMessage, reason: str, now: dt.datetime) -> dict[str, object]:
     return {
         "source": message.source,
-        "message_id": (message.key or None) and str(message.key)[:255],
+        "message_id": (message.key or None) and str(message.key)[:255].replace("\x00", "\ufffd"),
         "position": message.position[:255],
         "reason": reason,
         "attributes": json.dumps(dict(message.attributes))[:4096],
@@ -81,18 +82,32 @@ def _dead_letter(message: ReceivedMessage, reason: str, now: dt.datetime) -> dic
 
 
 @dataclass
-class ClassifiedBatch:
-    """One batch after decoding and inference, ready to be written."""
+class DecodedBatch:
+    """One consumed batch, decoded and preprocessed: what the model runs on, and what it skips."""
 
+    source: Transport
+    messages: Sequence[ReceivedMessage]
+    decoded: list[DecodedMessage]
+    pixels: np.ndarray
+    dead: list[dict[str, object]]
+    received_at: dt.datetime
+
+
+@dataclass
+class ClassifiedBatch:
+    """One batch after inference, ready to be written."""
+
+    source: Transport
     messages: Sequence[ReceivedMessage]
     rows: list[dict[str, object]]
     dead: list[dict[str, object]]
 
 
-def classify_batch(
-    messages: Sequence[ReceivedMessage], classifier: OnnxClassifier, limits: DecodeLimits = DecodeLimits()
-) -> ClassifiedBatch:
-    """Decode, preprocess and classify a batch (one onnxruntime call); poison goes to ``dead``."""
+def decode_batch(
+    source: Transport, messages: Sequence[ReceivedMessage], classifier: OnnxClassifier,
+    limits: DecodeLimits = DecodeLimits(),
+) -> DecodedBatch:
+    """Decode and preprocess a batch into one array; poison goes to ``dead`` with the reason."""
     now = results_db.utc_now()
     decoded: list[DecodedMessage] = []
     dead: list[dict[str, object]] = []
@@ -109,10 +124,10 @@ def classify_batch(
         seen.add((message.source, item.key))
         decoded.append(item)
 
-    batch = np.empty((0,), dtype=np.float32)
+    pixels = np.empty((0,), dtype=np.float32)
     if decoded:
         try:
-            batch = preprocess_images([d.image for d in decoded], classifier.spec)
+            pixels = preprocess_images([d.image for d in decoded], classifier.spec)
         except ImageError:
             # Some image in the batch is bad: find it one by one, keep the rest.
             good, images = [], []
@@ -123,35 +138,39 @@ def classify_batch(
                 except ImageError as err:
                     dead.append(_dead_letter(item.message, str(err), now))
             decoded = good
-            batch = np.stack(images) if images else batch
+            pixels = np.stack(images) if images else pixels
+    return DecodedBatch(source, messages, decoded, pixels, dead, now)
 
+
+def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: OnnxClassifier) -> ClassifiedBatch:
+    """Turn the model's output for a decoded batch into prediction rows."""
     rows: list[dict[str, object]] = []
-    if decoded:
-        probabilities = classifier.predict_proba(batch)
+    if batch.decoded:
         classes = probabilities.argmax(axis=1)
         confidences = probabilities[np.arange(len(classes)), classes]
         names = classifier.class_names
-        for item, cls, confidence in zip(decoded, classes.tolist(), confidences.tolist()):
+        version = classifier.info.version
+        for item, cls, confidence in zip(batch.decoded, classes.tolist(), confidences.tolist()):
+            message = item.message
             rows.append({
-                "source": item.message.source,
+                "source": message.source,
                 "message_id": item.key[:255],
-                "position": item.message.position[:255],
-                "image": item.message.payload,
-                "content_type": item.message.attributes.get("content-type", ""),
+                "position": message.position[:255],
+                "image": message.payload,
+                "content_type": message.attributes.get("content-type", ""),
                 "predicted_class": cls,
                 "predicted_name": names[cls],
-                "confidence": float(confidence),
+                "confidence": confidence,
                 "true_label": item.label,
-                "model_version": classifier.info.version,
+                "model_version": version,
                 "produced_at": _naive_utc(item.produced_at),
-                "predicted_at": now,
+                "predicted_at": batch.received_at,
             })
-    return ClassifiedBatch(messages, rows, dead)
+    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead)
 
 
 def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
     report.batches += 1
-    report.consumed += len(batch.messages)
     report.predicted += new
     report.already_predicted += len(batch.rows) - new
     report.dead_letters += len(batch.dead)
@@ -163,16 +182,28 @@ def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
             report.correct += int(row["true_label"] == row["predicted_class"])
 
 
-def process_batch(
-    messages: Sequence[ReceivedMessage],
-    classifier: OnnxClassifier,
-    database: pw.Database,
-    report: RunReport,
-    limits: DecodeLimits = DecodeLimits(),
-) -> None:
-    """Classify and store one batch; raises (writing nothing) if the database fails."""
-    batch = classify_batch(messages, classifier, limits)
-    _record(report, batch, results_db.write_results(database, batch.rows, batch.dead))
+class _InferenceThread:
+    """onnxruntime calls on one background thread, in submission order.
+
+    ``session.run`` releases the GIL, so while the model classifies batch N this thread's caller
+    writes batch N-1, acknowledges it and consumes and decodes batch N+1: the model is never idle
+    waiting for Python, and Python never waits for the model unless it is the slower of the two.
+    (The classifier leaves one core to the caller for this; see ``inference.default_threads``.)
+    """
+
+    def __init__(self, classifier: OnnxClassifier) -> None:
+        self._classifier = classifier
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="onnxruntime")
+
+    def submit(self, batch: DecodedBatch) -> Future:
+        if not batch.decoded:
+            done: Future = Future()
+            done.set_result(None)
+            return done
+        return self._pool.submit(self._classifier.predict_proba, batch.pixels)
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_predictions(
@@ -187,33 +218,58 @@ def run_predictions(
 ) -> RunReport:
     """Drain every source until each has had nothing new for ``timeout_ms``.
 
-    Each source is acknowledged independently, and only after its batch is committed. If
-    anything fails the batch is released for redelivery and the error propagates.
-
-    The stages run one after another on purpose: overlapping the database write with the next
-    batch's decoding and inference in a second thread was measured slower on 2 cores
-    (onnxruntime already uses every core, and the threads then fight over them and the GIL).
+    Per batch: one onnxruntime call, one database transaction, then one acknowledgement of that
+    source, always in that order; a batch is acknowledged only after its rows are committed. The
+    model runs on a background thread one batch ahead of the database (at most two batches are in
+    memory). If anything fails, every batch not yet acknowledged is released for redelivery and
+    the error propagates.
     """
     report = RunReport(model_version=classifier.info.version)
     started = last_progress = time.perf_counter()
     active = list(sources)
-    while active and (max_messages is None or report.consumed < max_messages):
-        for source in list(active):
+    in_flight: deque[tuple[DecodedBatch, Future]] = deque()
+    inference = _InferenceThread(classifier)
+
+    def complete_oldest() -> None:
+        nonlocal last_progress
+        decoded, future = in_flight[0]
+        batch = label_batch(decoded, future.result(), classifier)
+        _record(report, batch, results_db.write_results(database, batch.rows, batch.dead))
+        batch.source.acknowledge(batch.messages)
+        in_flight.popleft()
+        last_progress = time.perf_counter()
+        log.info("batch of %d from %s committed (%d so far)", len(batch.messages), batch.source.name,
+                 report.consumed)
+
+    try:
+        turn = 0
+        while active or in_flight:
             want = batch_size if max_messages is None else min(batch_size, max_messages - report.consumed)
-            if want <= 0:
-                break
-            messages = source.consume_batch(want, timeout_ms)
-            if not messages:
-                active.remove(source)
-                continue
-            try:
-                process_batch(messages, classifier, database, report, limits)
-            except BaseException:
-                source.release(messages)
-                raise
-            source.acknowledge(messages)
-            last_progress = time.perf_counter()
-            log.info("batch of %d from %s committed (%d so far)", len(messages), source.name, report.consumed)
+            messages: Sequence[ReceivedMessage] = []
+            if active and want > 0:
+                source = active[turn % len(active)]
+                turn += 1
+                # With batches in flight, only take what has already arrived: waiting for new
+                # messages must never hold back the commit of those already classified.
+                messages = source.consume_batch(want, 0 if in_flight else timeout_ms)
+                if messages:
+                    report.consumed += len(messages)
+                    decoded = decode_batch(source, messages, classifier, limits)
+                    in_flight.append((decoded, inference.submit(decoded)))
+                elif not in_flight:
+                    active.remove(source)  # nothing new for timeout_ms: drained
+            elif active:
+                active.clear()  # max_messages reached
+            # Keep one batch in the model while the previous one is written; with nothing new,
+            # finish everything before waiting.
+            if len(in_flight) > 1 or (in_flight and not messages):
+                complete_oldest()
+    except BaseException:
+        for decoded, _ in reversed(in_flight):
+            decoded.source.release(decoded.messages)
+        raise
+    finally:
+        inference.close()
     # Throughput excludes the final wait that proved each source was drained.
     report.seconds = last_progress - started
     return report

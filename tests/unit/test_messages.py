@@ -59,6 +59,7 @@ def good_attrs(**over):
 
 @pytest.mark.parametrize("payload,attrs,reason", [
     (b"\x00" * 4, good_attrs(id=None), "missing 'id'"),
+    (b"\x00" * 4, good_attrs(id="a\x00b"), "NUL character"),
     (b"", good_attrs(), "empty payload"),
     (b"\x00" * 4, good_attrs(**{"content-type": "text/plain"}), "unknown content-type"),
     (b"\x00" * 5, good_attrs(), "needs 4 bytes"),

@@ -1,0 +1,65 @@
+"""vectorai.db.write_results on a real PostgreSQL: the COPY path stores every value exactly,
+and a batch with rows already stored falls back to insert-or-ignore without losing the rest."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+import pytest
+
+from tests.conftest import pg_rows
+from vectorai import db
+
+pytestmark = pytest.mark.postgres
+
+
+def _row(message_id: str, **over) -> dict:
+    now = dt.datetime(2026, 11, 26, 8, 30, 15, 123456)
+    row = {
+        "source": "kafka", "message_id": message_id, "position": f"t/0@{len(message_id)}",
+        "image": bytes(range(256)) + b"\\x\t\n\r\x00", "content_type": "image/png",
+        "predicted_class": 7, "predicted_name": "seven\tclass \\ 7", "confidence": 0.375,  # exact in the REAL column
+        "true_label": None, "model_version": "v1\nline two", "produced_at": None, "predicted_at": now,
+    }
+    row.update(over)
+    return row
+
+
+def test_values_survive_the_copy_format_exactly(pg_database):
+    database = db.connect(pg_database)
+    try:
+        rows = [_row("plain"), _row("tab\there"), _row("new\nline\r"), _row("back\\slash\\N"),
+                _row("unicode-ünï-😀", true_label=3, produced_at=dt.datetime(2026, 1, 2, 3, 4, 5),
+                     confidence=float("nan")),
+                _row("\\N")]  # the COPY null marker as a real id
+        assert db.write_results(database, rows, []) == len(rows)
+    finally:
+        database.close()
+
+    stored = {r["message_id"]: r for r in pg_rows(pg_database)}
+    assert set(stored) == {r["message_id"] for r in rows}
+    for row in rows:
+        got = stored[row["message_id"]]
+        for name, value in row.items():
+            if name == "confidence" and value != value:
+                assert got[name] != got[name]  # NaN stays NaN
+            elif name == "image":
+                assert bytes(got[name]) == value
+            else:
+                assert got[name] == value, (name, got[name], value)
+
+
+def test_a_batch_with_stored_rows_inserts_only_the_new_ones(pg_database):
+    database = db.connect(pg_database)
+    try:
+        assert db.write_results(database, [_row(f"m{i}") for i in range(5)], []) == 5
+        # A redelivery overlapping the first batch: COPY hits the unique key, the fallback runs.
+        again = [_row(f"m{i}", predicted_class=1) for i in range(3, 9)]
+        assert db.write_results(database, again, []) == 4
+        assert db.write_results(database, again, []) == 0
+    finally:
+        database.close()
+
+    stored = {r["message_id"]: r["predicted_class"] for r in pg_rows(pg_database)}
+    # The first write of each id wins; nothing was lost or duplicated.
+    assert stored == {**{f"m{i}": 7 for i in range(5)}, **{f"m{i}": 1 for i in range(5, 9)}}
