@@ -264,6 +264,16 @@ def measure_raw_onnxruntime(classifier, batch: np.ndarray, batch_size: int, repe
     return Case(RAW, "ceiling", len(batch), best, {"best_of": repeats})
 
 
+def measure_ceiling(classifiers: dict[int, Any], batch: np.ndarray, batch_size: int, when: str,
+                    runs: dict[str, float]) -> Case:
+    """The fastest of ``classifiers`` (one per thread count); every figure goes into ``runs``."""
+    cases = []
+    for threads, classifier in classifiers.items():
+        cases.append(measure_raw_onnxruntime(classifier, batch, batch_size))
+        runs[f"{when}, {threads} threads"] = round(cases[-1].rate, 1)
+    return min(cases, key=lambda case: case.seconds)
+
+
 def publish(transport_name: str, settings: dict[str, Any], images: np.ndarray, labels: np.ndarray,
             encoding: str) -> float:
     """Publish every image through StreamData's function; seconds until all are confirmed."""
@@ -440,7 +450,7 @@ def _keras_baselines(keras_path: Path, count: int, per_image: int, batch_size: i
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
-    from vectorai.inference import OnnxClassifier
+    from vectorai.inference import OnnxClassifier, available_cores, default_threads
     from vectorai.preprocess import preprocess_images
 
     encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
@@ -465,15 +475,19 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
         images, labels = load_images(args.images)
         model_dir = find_model(args.model, workdir, log)
-        classifier = OnnxClassifier(model_dir / "model.onnx", threads=args.threads)
+        # The ceiling is onnxruntime at its best on this machine: with every core, and with the
+        # prediction loop's own thread count (every core but one), whichever is faster.
+        thread_counts = [args.threads] if args.threads else sorted({available_cores(), default_threads()}, reverse=True)
+        ceilings = {n: OnnxClassifier(model_dir / "model.onnx", threads=n) for n in thread_counts}
         log(f"{len(images)} images, batch size {args.batch_size}, model {model_dir}, "
-            f"encodings {', '.join(encodings)}, {os.cpu_count()} CPUs")
+            f"encodings {', '.join(encodings)}, {available_cores()} CPUs")
         cases: list[Case] = []
         skipped: dict[str, str] = {}
 
         # 1. the ceiling
-        batch = preprocess_images(images, classifier.spec)
-        raw = measure_raw_onnxruntime(classifier, batch, args.batch_size)
+        batch = preprocess_images(images, ceilings[thread_counts[0]].spec)
+        raw_runs: dict[str, float] = {}
+        raw = measure_ceiling(ceilings, batch, args.batch_size, "first", raw_runs)
         cases.append(raw)
         log(f"{RAW}: {raw.rate:,.0f} images/s")
 
@@ -527,11 +541,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
         # The ceiling again: on a machine shared with the services, the best of the two runs is
         # the honest (harder to reach) figure.
-        again = measure_raw_onnxruntime(classifier, batch, args.batch_size)
+        again = measure_ceiling(ceilings, batch, args.batch_size, "last", raw_runs)
         log(f"{RAW} again: {again.rate:,.0f} images/s")
-        raw.extra.update(first_images_per_second=round(raw.rate, 1), last_images_per_second=round(again.rate, 1))
+        raw.extra.update(images_per_second_per_run=raw_runs)
         raw.seconds = min(raw.seconds, again.seconds)
-        del batch
+        del batch, ceilings
 
         # 4. the Keras baseline, in a subprocess so TensorFlow never shares this process
         keras_path = model_dir.parent / "keras" / "model.keras"
@@ -557,7 +571,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
     results = [case.to_dict(raw_rate) for case in cases]
     by_name = {r["case"]: r for r in results}
     return {
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+        "machine": {"cpus": available_cores(), "platform": platform.platform(), "python": platform.python_version(),
                     "onnxruntime": onnxruntime.__version__},
         "images": len(images),
         "batch_size": args.batch_size,

@@ -139,21 +139,23 @@ def test_message_from_a_plain_kafka_producer_decodes(kafka_bootstrap, topic):
         consumer.consume_batch(1, timeout_ms=0)  # creates the topic
         producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
         try:
-            producer.send(topic, key=b"plain-1", value=image.tobytes(), headers=[
-                ("id", b"plain-1"), ("content-type", b"application/x-ndarray"),
-                ("dtype", b"uint8"), ("shape", b"4,4,3"), ("label", b"7"),
-                ("produced-at", b"2024-05-01T12:00:00Z"),
-            ]).get(timeout=30)
+            headers = [("content-type", b"application/x-ndarray"), ("dtype", b"uint8"),
+                       ("shape", b"4,4,3"), ("label", b"7"), ("produced-at", b"2024-05-01T12:00:00Z")]
+            # The id as the record key only, and as a header too (the header wins).
+            producer.send(topic, key=b"plain-1", value=image.tobytes(), headers=headers).get(timeout=30)
+            producer.send(topic, key=b"k", value=image.tobytes(),
+                          headers=[("id", b"plain-2"), *headers]).get(timeout=30)
         finally:
             producer.close()
-        [message] = _drain(consumer, 1)
-        consumer.acknowledge([message])
+        messages = _drain(consumer, 2)
+        consumer.acknowledge(messages)
 
-    decoded = decode_message(message, num_classes=10)
-    assert decoded.key == "plain-1"
-    assert decoded.label == 7
-    assert decoded.produced_at.year == 2024
-    np.testing.assert_array_equal(decoded.image, image)
+    decoded = [decode_message(message, num_classes=10) for message in messages]
+    assert [d.key for d in decoded] == ["plain-1", "plain-2"]
+    for item in decoded:
+        assert item.label == 7
+        assert item.produced_at.year == 2024
+        np.testing.assert_array_equal(item.image, image)
 
 
 def test_unreachable_broker_raises_transport_error_quickly():
@@ -182,8 +184,9 @@ def test_broker_outage_fails_flush_and_commit_then_redelivers(kafka_broker, topi
         producer.publish([encode_image(_images(1)[0], "during-outage")])
         with pytest.raises(TransportError, match=kafka_broker.address):
             producer.flush(3)
+        consumer.acknowledge(batch)  # sent without waiting for the broker's answer...
         with pytest.raises(TransportError, match=kafka_broker.address):
-            consumer.acknowledge(batch)
+            consumer.consume_batch(3, timeout_ms=1000)  # ...and confirmed before any wait: fails
         assert time.monotonic() - started < 20
     finally:
         producer.close()
