@@ -176,28 +176,48 @@ def _insert_postgres(db: pw.PostgresqlDatabase, model: type[pw.Model], fields: l
 
 
 #: COPY text format: these characters in a value must be backslash-escaped.
+_COPY_SPECIAL = ("\\", "\t", "\n", "\r")
 _COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+_COPY_NULL = "\\N"
 
 
-def _copy_value(value: object) -> str:
-    """One value in COPY's text format (the client encoding is UTF-8)."""
-    if value is None:
-        return "\\N"
-    if isinstance(value, str):
-        if "\x00" in value:
-            raise DatabaseError("postgresql", f"text value {value[:40]!r} contains a NUL character")
-        return value.translate(_COPY_ESCAPES)
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return "\\\\x" + bytes(value).hex()  # bytea hex format; its backslash escaped for COPY
-    if isinstance(value, dt.datetime):
-        return value.isoformat(" ")
-    if isinstance(value, float):
-        return repr(value)  # shortest exact form; nan/inf are accepted by PostgreSQL too
-    return str(int(value))  # ints (and bools as 0/1)
+def _copy_column(values: list) -> list[str]:
+    """One column of a batch in COPY's text format (the client encoding is UTF-8).
+
+    Column by column, not value by value: each column holds one type, so it is formatted by one
+    C-level map or one comprehension, and a text column is scanned for characters to escape
+    once, as a whole. Per-value type dispatch cost twice the database's own work.
+    """
+    present = [v for v in values if v is not None]
+    if not present:
+        return [_COPY_NULL] * len(values)
+    sample = present[0]
+    if isinstance(sample, str):
+        text = "".join(present)
+        if "\x00" in text:
+            raise DatabaseError("postgresql", "a text value contains a NUL character, which PostgreSQL cannot store")
+        if any(special in text for special in _COPY_SPECIAL):
+            formatted = [v.translate(_COPY_ESCAPES) if v is not None else _COPY_NULL for v in values]
+        else:
+            formatted = [v if v is not None else _COPY_NULL for v in values]
+    elif isinstance(sample, (bytes, bytearray, memoryview)):
+        # bytea hex format, its backslash escaped for COPY
+        formatted = ["\\\\x" + bytes(v).hex() if v is not None else _COPY_NULL for v in values]
+    elif isinstance(sample, dt.datetime):
+        # Many rows share a timestamp (a batch's predicted_at, a stream's produced_at).
+        cache: dict[dt.datetime, str] = {}
+        formatted = [_COPY_NULL if v is None else cache.get(v) or cache.setdefault(v, v.isoformat(" "))
+                     for v in values]
+    elif isinstance(sample, float):
+        formatted = [repr(float(v)) if v is not None else _COPY_NULL for v in values]  # exact; nan/inf too
+    else:
+        formatted = [str(int(v)) if v is not None else _COPY_NULL for v in values]
+    return formatted
 
 
 def _copy_rows(cursor, statement: str, values: list[tuple]) -> None:
-    text = "".join("\t".join([_copy_value(v) for v in row]) + "\n" for row in values)
+    columns = [_copy_column(list(column)) for column in zip(*values)]
+    text = "\n".join(map("\t".join, zip(*columns))) + "\n"
     cursor.copy_expert(statement, io.BytesIO(text.encode("utf-8")), size=1 << 20)
 
 

@@ -16,6 +16,7 @@ Nothing here ever unpickles, and sizes are checked before any pixel buffer is al
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import io
 import math
 from dataclasses import dataclass
@@ -214,7 +215,14 @@ def _parse_timestamp(value: str | None, fail) -> dt.datetime | None:
     if not value:
         return None
     try:
-        stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
+        return _timestamp(value)
     except ValueError:
         raise fail(f"produced-at {value!r} is not an ISO 8601 timestamp") from None
+
+
+@functools.lru_cache(maxsize=1024)
+def _timestamp(value: str) -> dt.datetime:
+    # Cached: a producer usually stamps many messages alike (StreamData stamps a whole run), and
+    # parsing cost as much per message as the rest of the attributes together.
+    stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
     return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)

@@ -150,8 +150,11 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
         confidences = probabilities[np.arange(len(classes)), classes]
         names = classifier.class_names
         version = classifier.info.version
+        produced: dict[dt.datetime | None, dt.datetime | None] = {}  # messages share stamps
         for item, cls, confidence in zip(batch.decoded, classes.tolist(), confidences.tolist()):
             message = item.message
+            if item.produced_at not in produced:
+                produced[item.produced_at] = _naive_utc(item.produced_at)
             rows.append({
                 "source": message.source,
                 "message_id": item.key[:255],
@@ -163,7 +166,7 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 "confidence": confidence,
                 "true_label": item.label,
                 "model_version": version,
-                "produced_at": _naive_utc(item.produced_at),
+                "produced_at": produced[item.produced_at],
                 "predicted_at": batch.received_at,
             })
     return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead)

@@ -1,15 +1,18 @@
+import sqlite3
+
 import numpy as np
 import pytest
 
 from tests.unit.helpers import expected_classes, tiny_onnx_model
 from vectorai import db as results_db
-from vectorai.errors import DatabaseError, ModelError
+from vectorai.errors import DatabaseError, ModelError, TransportError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
 from vectorai.predict import run_predictions
 from vectorai.preprocess import PreprocessSpec, preprocess_images
 from vectorai.transports import open_transport
 from vectorai.transports.base import OutgoingMessage
+from vectorai.transports.local import LocalTransport
 
 
 @pytest.fixture
@@ -68,6 +71,78 @@ def test_redelivered_messages_are_not_stored_twice(tmp_path, classifier):
         report = run_predictions([source], model, database, batch_size=7, timeout_ms=50)
     assert results_db.Prediction.select().count() == 10
     assert report.predicted == 10
+
+
+class _WatchedQueue(LocalTransport):
+    """The real local queue, noting at each acknowledgement which ids the database holds."""
+
+    def __init__(self, *args, database_path, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.database_path = database_path
+        self.consumed: list[str] = []
+        self.acknowledged: list[str] = []
+        self.most_unacknowledged = 0
+
+    def consume_batch(self, max_messages, timeout_ms):
+        batch = super().consume_batch(max_messages, timeout_ms)
+        self.consumed += [m.key for m in batch]
+        self.most_unacknowledged = max(self.most_unacknowledged, len(self.consumed) - len(self.acknowledged))
+        return batch
+
+    def acknowledge(self, messages):
+        with sqlite3.connect(self.database_path) as reader:  # another connection: committed rows only
+            stored = {row[0] for row in reader.execute("SELECT message_id FROM prediction")}
+        assert {m.key for m in messages} <= stored, "acknowledged before the rows were committed"
+        self.acknowledged += [m.key for m in messages]
+        super().acknowledge(messages)
+
+
+def test_batches_are_acknowledged_in_order_after_commit_from_every_source(tmp_path, classifier):
+    model, _ = classifier
+    path = tmp_path / "r.sqlite"
+    database = results_db.connect(results_db.sqlite_url(path))
+    sources = []
+    for topic, count in (("a", 45), ("b", 12)):
+        with open_transport("local", root=tmp_path, topic=topic) as producer:
+            producer.publish([encode_image(np.full((8, 8), i, np.uint8), f"{topic}{i}") for i in range(count)])
+            producer.flush(5)
+        sources.append(_WatchedQueue(tmp_path, topic, database_path=path))
+
+    report = run_predictions(sources, model, database, batch_size=8, timeout_ms=50)
+
+    a, b = sources
+    assert a.acknowledged == [f"a{i}" for i in range(45)] and b.acknowledged == [f"b{i}" for i in range(12)]
+    assert a.lag() == b.lag() == 0
+    # The model runs one batch ahead of the database: never more than two batches unacknowledged.
+    assert max(a.most_unacknowledged, b.most_unacknowledged) <= 2 * 8
+    assert report.consumed == report.predicted == results_db.Prediction.select().count() == 57
+    assert report.per_source == {"local": 57}
+
+
+def test_a_failure_releases_every_batch_in_flight(tmp_path, classifier):
+    model, _ = classifier
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([encode_image(np.zeros((8, 8), np.uint8), f"x{i}") for i in range(30)])
+        producer.flush(5)
+
+    class FailsThirdWrite(LocalTransport):
+        acks = 0
+
+        def acknowledge(self, messages):
+            self.acks += 1
+            if self.acks == 3:
+                raise TransportError("local", "commit refused")
+            super().acknowledge(messages)
+
+    with FailsThirdWrite(tmp_path, "t") as source:
+        with pytest.raises(TransportError, match="commit refused"):
+            run_predictions([source], model, database, batch_size=5, timeout_ms=50)
+        assert source.lag() == 20  # two batches acknowledged; the rest comes again
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        again = run_predictions([source], model, database, batch_size=5, timeout_ms=50)
+    assert again.consumed == 20 and again.predicted == 15 and again.already_predicted == 5
+    assert results_db.Prediction.select().count() == 30
 
 
 def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
