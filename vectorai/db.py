@@ -116,23 +116,37 @@ def write_results(db: pw.Database, predictions: Sequence[dict], dead_letters: Se
     when the database fails, so the caller must not acknowledge the batch.
     """
     try:
-        with db.atomic():
-            new = _insert_new_rows(db, Prediction, predictions)
-            for chunk in _chunks(dead_letters, 500):
-                DeadLetter.insert_many(chunk).on_conflict_ignore().execute()
+        try:
+            return _write(db, predictions, dead_letters, copy=True)
+        except _AlreadyStored:
+            # A redelivery, or another consumer got there first: the batch again, in a new
+            # transaction, skipping the rows that are stored.
+            return _write(db, predictions, dead_letters, copy=False)
     except pw.PeeweeException as err:
         raise DatabaseError(mask_url(_url_of(db)), _first_line(err)) from None
+
+
+class _AlreadyStored(Exception):
+    """COPY met a row whose unique key is stored already; its transaction is rolled back."""
+
+
+def _write(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict], copy: bool) -> int:
+    with db.atomic():
+        new = _insert_new_rows(db, Prediction, predictions, copy)
+        for chunk in _chunks(dead_letters, 500):
+            DeadLetter.insert_many(chunk).on_conflict_ignore().execute()
     return new
 
 
-def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict]) -> int:
+def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict], copy: bool = False) -> int:
     """Insert ``rows`` (dicts by field name), skipping any whose unique key is already there;
     return how many were new.
 
     Never through Peewee's query builder, which renders SQL value by value in Python and cost
-    more than classifying the batch. On PostgreSQL the batch is COPYed in (see ``_copy_rows``);
-    on SQLite, Peewee renders the parameterised one-row statement and the driver runs it per
-    row, in C. The driver's row count says how many were new, so no SELECT counts them first.
+    more than classifying the batch. On PostgreSQL, with ``copy``, the batch is COPYed in (see
+    ``_insert_postgres``); on SQLite, Peewee renders the parameterised one-row statement and the
+    driver runs it per row, in C. The driver's row count says how many were new, so no SELECT
+    counts them first.
     """
     if not rows:
         return 0
@@ -140,7 +154,7 @@ def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict
     values = [tuple(row.get(f.name) for f in fields) for row in rows]
     with pw.__exception_wrapper__:
         if isinstance(db, pw.PostgresqlDatabase):
-            return _insert_postgres(db, model, fields, values)
+            return _insert_postgres(db, model, fields, values, copy)
         cursor = db.cursor()
         template = model.insert({f: None for f in fields}).on_conflict_ignore()
         statement, _ = db.get_sql_context().sql(template).query()
@@ -149,24 +163,23 @@ def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict
 
 
 def _insert_postgres(db: pw.PostgresqlDatabase, model: type[pw.Model], fields: list[pw.Field],
-                     values: list[tuple]) -> int:
+                     values: list[tuple], copy: bool) -> int:
     from psycopg2 import errors, sql
     from psycopg2.extras import execute_values
 
     table = sql.Identifier(model._meta.table_name)
     columns = sql.SQL(", ").join(sql.Identifier(f.column_name) for f in fields)
     cursor = db.cursor()
-    # COPY is ~3.5x cheaper per row than a multi-row INSERT (psycopg2 adapts every value in
-    # Python-visible C calls; COPY's text format is one string). COPY cannot skip existing
-    # rows, so it runs in a savepoint: a batch with an id already stored (a redelivery, another
-    # consumer) rolls back to it and takes the INSERT ... ON CONFLICT DO NOTHING path instead.
-    cursor.execute("SAVEPOINT vectorai_copy")
-    try:
-        _copy_rows(cursor, sql.SQL("COPY {} ({}) FROM STDIN").format(table, columns).as_string(cursor), values)
-    except errors.UniqueViolation:
-        cursor.execute("ROLLBACK TO SAVEPOINT vectorai_copy")
-    else:
-        cursor.execute("RELEASE SAVEPOINT vectorai_copy")
+    if copy:
+        # COPY costs about a quarter of a multi-row INSERT per row (psycopg2 adapts every value on
+        # its own; COPY's text format is one string), but cannot skip stored rows: a batch
+        # that has one raises _AlreadyStored and is written again with the INSERT below. (A
+        # savepoint around COPY would do that without repeating the transaction, but costs
+        # two more round trips on every batch to save work on the rare redelivered one.)
+        try:
+            _copy_rows(cursor, sql.SQL("COPY {} ({}) FROM STDIN").format(table, columns).as_string(cursor), values)
+        except errors.UniqueViolation:
+            raise _AlreadyStored() from None
         return len(values)
     # Identifiers composed by psycopg2, values sent as parameters; one page, so a single INSERT
     # whose row count covers the whole batch.
