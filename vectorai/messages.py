@@ -166,12 +166,12 @@ def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits, 
 
 
 def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits, fail) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
     if content_type == PNG:
         image = decode_png(payload, limits.max_pixels)
         if image is not None:
             return image
+    from PIL import Image, UnidentifiedImageError  # here: even a cached import costs per message
+
     try:
         # Only the format the content-type names: Pillow otherwise probes its plugins one by
         # one, which costs more than decoding a small image, and would accept any format.
