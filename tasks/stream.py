@@ -67,6 +67,9 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
     stream_timeout_ms = luigi.IntParameter(default=2000, significant=False,
                                            description="Finish after waiting this long for new messages")
     max_messages = luigi.IntParameter(default=0, significant=False, description="Stop after this many; 0: no limit")
+    inference_threads = luigi.IntParameter(default=0, significant=False,
+                                           description="onnxruntime threads; 0: every core but one, which the "
+                                           "loop's own decoding and writing keep busy")
     model_path = luigi.Parameter(default="", description="An exported model.onnx to use instead of the chain's "
                                  "ExportOnnx output (deployments); it must fit image_size and channels")
 
@@ -92,18 +95,26 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
 
     def run(self) -> None:
         from vectorai.db import connect, mask_url
+        from vectorai.errors import ConfigError
         from vectorai.inference import OnnxClassifier
         from vectorai.messages import DecodeLimits
         from vectorai.predict import run_predictions
         from vectorai.preprocess import PreprocessSpec
         from vectorai.transports import open_transport
 
+        for setting, value, least in (("predict_batch_size", self.predict_batch_size, 1),
+                                      ("stream_timeout_ms", self.stream_timeout_ms, 0),
+                                      ("max_messages", self.max_messages, 0),
+                                      ("inference_threads", self.inference_threads, 0)):
+            if value < least:
+                raise ConfigError(f"PredictTask.{setting}", f"{value} is not allowed; it must be at least {least}")
         cfg, db_cfg = stream(), database()
+        threads = self.inference_threads or None
         if self.model_path:
-            classifier = OnnxClassifier(self.model_path)
+            classifier = OnnxClassifier(self.model_path, threads=threads)
             classifier.expect_spec(PreprocessSpec(self.image_size, self.image_size, self.channels))
         else:
-            classifier = OnnxClassifier(Path(self.input()["model"].path) / "model.onnx")
+            classifier = OnnxClassifier(Path(self.input()["model"].path) / "model.onnx", threads=threads)
         url = db_cfg.resolved_url()
         db = connect(url, db_cfg.connect_timeout_s)
         transports = []

@@ -50,6 +50,8 @@ def fail(project, *args, extra_env=None) -> str:
 @pytest.mark.parametrize("args,extra_env,expected", [
     (["--stream-transport", "rabbit"], None, r"setting stream.transport: unknown transport 'rabbit'"),
     (["--sources", "local,bogus"], None, r"setting PredictTask.sources: unknown transport 'bogus'"),
+    (["--predict-batch-size", "0"], None, r"setting PredictTask.predict_batch_size: 0 is not allowed; it must be at least 1"),
+    (["--inference-threads", "-2"], None, r"setting PredictTask.inference_threads: -2 is not allowed"),
     (["--sources", "kafka", "--kafka-bootstrap-servers", "127.0.0.1:1", "--kafka-connect-timeout-ms", "2000"],
      None, r"transport kafka: .*127\.0\.0\.1:1"),
     (["--database-url", "mysql://app:hunter2@db/predictions"], None,

@@ -138,3 +138,21 @@ def test_empty_subscription_returns_nothing_after_timeout(pubsub_settings):
         assert transport.consume_batch(max_messages=10, timeout_ms=1000) == []
         elapsed = time.monotonic() - started
     assert 0.9 <= elapsed < 3.0
+
+
+def test_zero_timeout_takes_only_what_is_there_and_strands_nothing(pubsub_settings):
+    outgoing = [encode_image(img, f"z-{i}") for i, img in enumerate(_images(300))]
+    with PubSubTransport(**pubsub_settings) as transport:
+        started = time.monotonic()
+        assert transport.consume_batch(max_messages=10, timeout_ms=0) == []
+        assert time.monotonic() - started < 1.0  # no waiting on an empty subscription
+        transport.publish(outgoing)
+        transport.flush(timeout_s=30)
+        received = []
+        deadline = time.monotonic() + 15  # far less than the 60 s after which Pub/Sub redelivers
+        while len(received) < len(outgoing) and time.monotonic() < deadline:
+            batch = transport.consume_batch(max_messages=7, timeout_ms=0)
+            transport.acknowledge(batch)
+            received += batch
+        assert sorted(m.key for m in received) == sorted(m.key for m in outgoing)
+        assert transport.consume_batch(max_messages=10, timeout_ms=1000) == []

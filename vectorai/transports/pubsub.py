@@ -191,13 +191,18 @@ class PubSubTransport(Transport):
             return []
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000.0
         last_error: Exception | None = None
+        # With no time to wait, ask for only what is there now. A pull that the client abandons
+        # at its deadline can still take messages off the subscription on the server, and they
+        # only come back after ack_deadline_s: short client deadlines would strand messages.
+        immediately = timeout_ms <= 0
         while True:
             remaining = deadline - time.monotonic()
             try:
                 # retry=None: the loop below owns retrying, so a call never outlives the deadline.
                 response = self._subscriber.pull(
-                    request={"subscription": self.subscription_path, "max_messages": max_messages},
-                    retry=None, timeout=max(remaining, 0.1))
+                    request={"subscription": self.subscription_path, "max_messages": max_messages,
+                             **({"return_immediately": True} if immediately else {})},
+                    retry=None, timeout=10.0 if immediately else max(remaining, 0.1))
                 last_error = None
                 # The raw protobuf: proto-plus wraps every field access in Python, which cost
                 # more per message than classifying it.
