@@ -90,8 +90,10 @@ def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
         path = Path(url[len("sqlite:///"):])
         if str(path) not in ("", ":memory:"):
             path.parent.mkdir(parents=True, exist_ok=True)
-        # WAL lets the report command read while a run writes; NORMAL is durable at commit in WAL.
-        kwargs["pragmas"] = {"journal_mode": "wal", "synchronous": "normal", "busy_timeout": 30000}
+        # WAL lets the report command read while a run writes. FULL syncs the WAL at every
+        # commit: a batch is acknowledged to its source right after, so its rows must survive a
+        # power failure too (NORMAL only survives a crash of the process).
+        kwargs["pragmas"] = {"journal_mode": "wal", "synchronous": "full", "busy_timeout": 30000}
     else:
         raise DatabaseError(safe, "unsupported URL; use sqlite:///PATH or postgresql://USER@HOST:PORT/DB")
     try:

@@ -66,3 +66,24 @@ def test_unknown_transport_and_bad_names():
         parse_sources("kafka,kafka")
     with pytest.raises(ConfigError, match="local.topic"):
         open_transport("local", root="/tmp", topic="../etc")
+
+
+def test_published_messages_and_stored_rows_wait_for_the_disk_acknowledgements_need_not(tmp_path):
+    """A power failure may lose an acknowledgement (redelivery, ignored by the database) but
+    never a published message or a stored row that was acknowledged."""
+    from vectorai import db as results_db
+
+    full, normal = 2, 1  # PRAGMA synchronous values
+    with open_transport("local", root=tmp_path, topic="t") as queue:
+        queue.publish([encode_image(np.zeros((4, 4), np.uint8), "m1")])
+        queue.flush(5)
+        assert queue._db.execute("PRAGMA synchronous").fetchone()[0] == full
+        queue.acknowledge(queue.consume_batch(10, 100))
+        assert queue._db.execute("PRAGMA synchronous").fetchone()[0] == normal
+        queue.publish([encode_image(np.zeros((4, 4), np.uint8), "m2")])
+        queue.flush(5)
+        assert queue._db.execute("PRAGMA synchronous").fetchone()[0] == full
+        assert [m.key for m in queue.consume_batch(10, 100)] == ["m2"]
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    assert database.execute_sql("PRAGMA synchronous").fetchone()[0] == full
+    database.close()
