@@ -119,12 +119,17 @@ def test_batches_are_acknowledged_in_order_after_commit_from_every_source(tmp_pa
     assert report.per_source == {"local": 57}
 
 
+def _blank_stream(tmp_path, count: int):
+    """``count`` blank images x0, x1, ... on local topic "t"; returns a fresh results database."""
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([encode_image(np.zeros((8, 8), np.uint8), f"x{i}") for i in range(count)])
+        producer.flush(5)
+    return results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+
+
 def test_a_failure_releases_every_batch_in_flight(tmp_path, classifier):
     model, _ = classifier
-    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
-    with open_transport("local", root=tmp_path, topic="t") as producer:
-        producer.publish([encode_image(np.zeros((8, 8), np.uint8), f"x{i}") for i in range(30)])
-        producer.flush(5)
+    database = _blank_stream(tmp_path, 30)
 
     class FailsThirdWrite(LocalTransport):
         acks = 0
@@ -147,10 +152,7 @@ def test_a_failure_releases_every_batch_in_flight(tmp_path, classifier):
 
 def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
     model, _ = classifier
-    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
-    with open_transport("local", root=tmp_path, topic="t") as producer:
-        producer.publish([encode_image(np.zeros((8, 8), np.uint8), f"x{i}") for i in range(5)])
-        producer.flush(5)
+    database = _blank_stream(tmp_path, 5)
     results_db.Prediction.drop_table()  # the database breaks under the running task
     with open_transport("local", root=tmp_path, topic="t") as source:
         with pytest.raises(DatabaseError, match="r.sqlite"):
