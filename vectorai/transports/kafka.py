@@ -199,7 +199,7 @@ class KafkaTransport(Transport):
         """Commit, per partition, the offset after the highest acknowledged one.
 
         The commit is sent without waiting for the broker's answer: a synchronous round trip per
-        batch cost a sixth of the prediction loop. It is confirmed synchronously before this
+        batch cost a tenth of the prediction loop. It is confirmed synchronously before this
         member waits for new messages and on close, and a commit that failed is reported by the
         next call. Until it is confirmed a crash redelivers the batch, whose rows the database
         already has and ignores, so delivery stays at-least-once and rows exactly-once.
@@ -230,14 +230,10 @@ class KafkaTransport(Transport):
 
     def _check_sent_commits(self) -> None:
         """Report the first asynchronous commit that failed since the last check."""
-        pending = []
-        for future in self._sent_commits:
-            if not future.is_done:
-                pending.append(future)
-            elif future.failed():
-                self._sent_commits = []
-                self._commit_failed(future.exception)
-        self._sent_commits = pending
+        failed = [future for future in self._sent_commits if future.is_done and future.failed()]
+        self._sent_commits = [future for future in self._sent_commits if not future.is_done]
+        if failed:
+            self._commit_failed(failed[0].exception)
 
     def _confirm_commits(self) -> None:
         """Commit the latest acknowledged offsets synchronously: durable when this returns."""
