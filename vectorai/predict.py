@@ -269,7 +269,12 @@ def run_predictions(
                 complete_oldest()
     except BaseException:
         for decoded, _ in reversed(in_flight):
-            decoded.source.release(decoded.messages)
+            try:
+                decoded.source.release(decoded.messages)
+            except Exception as err:  # noqa: BLE001 - the first error is the one to report
+                # Unreleased messages still come back, only later (a Pub/Sub ack deadline).
+                log.warning("could not release %d messages from %s: %s", len(decoded.messages),
+                            decoded.source.name, err)
         raise
     finally:
         inference.close()
