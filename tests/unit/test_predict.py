@@ -150,6 +150,22 @@ def test_a_failure_releases_every_batch_in_flight(tmp_path, classifier):
     assert results_db.Prediction.select().count() == 30
 
 
+def test_the_first_error_is_reported_even_when_releasing_fails(tmp_path, classifier):
+    model, _ = classifier
+    database = _blank_stream(tmp_path, 12)
+
+    class Broken(LocalTransport):
+        def acknowledge(self, messages):
+            raise TransportError("local", "commit refused")
+
+        def release(self, messages):
+            raise TransportError("local", "release refused too")
+
+    with Broken(tmp_path, "t") as source:
+        with pytest.raises(TransportError, match="commit refused"):
+            run_predictions([source], model, database, batch_size=5, timeout_ms=50)
+
+
 def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
     model, _ = classifier
     database = _blank_stream(tmp_path, 5)
