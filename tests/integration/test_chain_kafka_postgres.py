@@ -74,7 +74,13 @@ def test_two_consumers_in_one_group_share_two_partitions(kafka_project, kafka_bo
     # Both consumers are in the group, one partition each, before anything is sent.
     workers = [project.spawn("PredictTask", "--require-stream", "false", "--run-at", f"worker-{i}",
                              "--predict-batch-size", "10", "--stream-timeout-ms", "15000") for i in range(2)]
-    wait_for_members(kafka_bootstrap, project.config["stream"]["group"], 2)
+    try:
+        wait_for_members(kafka_bootstrap, project.config["stream"]["group"], 2)
+    except AssertionError as err:  # say why: the workers' own output
+        for worker in workers:
+            worker.kill()
+        outputs = [worker.communicate()[0][-2000:] for worker in workers]
+        raise AssertionError(f"{err}\n" + "\n----\n".join(outputs)) from None
     project.luigi("StreamData")
     for worker in workers:
         output, _ = worker.communicate(timeout=600)

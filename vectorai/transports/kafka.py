@@ -71,9 +71,10 @@ class KafkaTransport(Transport):
         self._unacked_from: dict[Any, int] = {}
         self._handed_out: dict[Any, int] = {}
         self._partitions: dict[tuple[str, int], tuple[Any, str]] = {}
-        # Offsets acknowledged with an asynchronous commit not yet confirmed, and those commits.
+        # Offsets acknowledged but not yet confirmed by a synchronous commit, and the latest
+        # asynchronous commit sent for them.
         self._unconfirmed: dict[Any, Any] = {}
-        self._sent_commits: list[Any] = []
+        self._sent_commit: Any = None
 
     # --- producing -------------------------------------------------------------------------
 
@@ -200,9 +201,9 @@ class KafkaTransport(Transport):
 
         The commit is sent without waiting for the broker's answer: a synchronous round trip per
         batch cost a tenth of the prediction loop. It is confirmed synchronously before this
-        member waits for new messages and on close, and a commit that failed is reported by the
-        next call. Until it is confirmed a crash redelivers the batch, whose rows the database
-        already has and ignores, so delivery stays at-least-once and rows exactly-once.
+        member waits for new messages and on close, which is where a failure is reported. Until
+        then a crash redelivers the batch, whose rows the database already has and ignores, so
+        delivery stays at-least-once and rows exactly-once.
 
         Kafka offsets are a watermark: this also marks lower offsets of the same partition as done,
         so acknowledge every message of a batch (poison ones included) once it is dealt with."""
@@ -211,29 +212,30 @@ class KafkaTransport(Transport):
         from kafka import OffsetAndMetadata
         from kafka.errors import KafkaError
 
-        self._check_sent_commits()
         highest: dict[Any, int] = {}
         for message in messages:
             partition, offset = message.handle
             highest[partition] = max(offset, highest.get(partition, -1))
-        offsets = {partition: OffsetAndMetadata(offset + 1, "", -1) for partition, offset in highest.items()}
-        try:
-            self._sent_commits.append(self._get_consumer().commit_async(offsets))
-        except KafkaError as err:
-            raise self._error(f"cannot commit offsets of group {self.group}", err) from None
-        self._unconfirmed.update(offsets)
+        self._unconfirmed.update(
+            {partition: OffsetAndMetadata(offset + 1, "", -1) for partition, offset in highest.items()})
         for partition, offset in highest.items():
             if self._handed_out.get(partition, -1) > offset:
                 self._unacked_from[partition] = offset + 1
             else:
                 self._unacked_from.pop(partition, None)
-
-    def _check_sent_commits(self) -> None:
-        """Report the first asynchronous commit that failed since the last check."""
-        failed = [future for future in self._sent_commits if future.is_done and future.failed()]
-        self._sent_commits = [future for future in self._sent_commits if not future.is_done]
-        if failed:
-            self._commit_failed(failed[0].exception)
+        # One asynchronous commit at a time, of every offset acknowledged so far: a newer commit
+        # supersedes an older one, and piling them up fills the connection's in-flight limit.
+        if self._sent_commit is not None and not self._sent_commit.is_done:
+            return
+        if self._sent_commit is not None and self._sent_commit.failed():
+            # Not fatal: the confirmation below retries these offsets and reports a real failure.
+            log.debug("asynchronous commit for group %s failed: %s", self.group,
+                      _describe(self._sent_commit.exception))
+        try:
+            self._sent_commit = self._get_consumer().commit_async(dict(self._unconfirmed))
+        except KafkaError as err:
+            log.debug("asynchronous commit for group %s not sent: %s", self.group, _describe(err))
+            self._sent_commit = None
 
     def _confirm_commits(self) -> None:
         """Commit the latest acknowledged offsets synchronously: durable when this returns."""
@@ -241,7 +243,7 @@ class KafkaTransport(Transport):
             return
         from kafka.errors import KafkaError
 
-        offsets, self._unconfirmed, self._sent_commits = self._unconfirmed, {}, []
+        offsets, self._unconfirmed, self._sent_commit = self._unconfirmed, {}, None
         try:
             self._consumer.commit(offsets, timeout_ms=max(self.connect_timeout_ms, 5000))
         except KafkaError as err:
@@ -380,7 +382,7 @@ class KafkaTransport(Transport):
         self._unacked_from.clear()
         self._handed_out.clear()
         self._unconfirmed.clear()
-        self._sent_commits = []
+        self._sent_commit = None
         if producer is not None:
             from kafka.errors import KafkaError
 
