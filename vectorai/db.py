@@ -67,6 +67,8 @@ class DeadLetter(_Base):
 
 
 MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter)
+#: Advisory lock key held while the tables are created (any constant; "vectorai" in ASCII).
+_SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 
 
 def mask_url(url: str) -> str:
@@ -100,7 +102,13 @@ def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
         db = url_connect(url, **kwargs)
         db.connect(reuse_if_open=True)
         database_proxy.initialize(db)
-        db.create_tables(MODELS, safe=True)
+        with db.atomic():
+            if isinstance(db, pw.PostgresqlDatabase):
+                # Two processes creating the same table at once collide inside PostgreSQL
+                # ("duplicate key ... pg_type_typname_nsp_index") despite IF NOT EXISTS: one at a
+                # time, under a transaction-scoped advisory lock.
+                db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            db.create_tables(MODELS, safe=True)
     except (pw.PeeweeException, RuntimeError, ValueError, OSError) as err:
         raise DatabaseError(safe, _first_line(err)) from None
     return db

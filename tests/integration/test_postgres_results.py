@@ -63,3 +63,22 @@ def test_a_batch_with_stored_rows_inserts_only_the_new_ones(pg_database):
     stored = {r["message_id"]: r["predicted_class"] for r in pg_rows(pg_database)}
     # The first write of each id wins; nothing was lost or duplicated.
     assert stored == {**{f"m{i}": 7 for i in range(5)}, **{f"m{i}": 1 for i in range(5, 9)}}
+
+
+def _connect_and_close(url: str) -> str:
+    try:
+        db.connect(url).close()
+        return "ok"
+    except Exception as err:  # noqa: BLE001 - reported by the test
+        return str(err)
+
+
+def test_processes_starting_together_create_the_tables_once(pg_database):
+    """Without a lock, concurrent CREATE TABLE IF NOT EXISTS collide inside PostgreSQL
+    ("duplicate key value violates unique constraint pg_type_typname_nsp_index")."""
+    import multiprocessing
+
+    with multiprocessing.get_context("spawn").Pool(6) as pool:
+        outcomes = pool.map(_connect_and_close, [pg_database] * 6)
+    assert outcomes == ["ok"] * 6
+    assert pg_rows(pg_database, "SELECT COUNT(*) AS n FROM prediction") == [{"n": 0}]
