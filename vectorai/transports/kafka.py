@@ -305,26 +305,8 @@ class KafkaTransport(Transport):
                 max_partition_fetch_bytes=16 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
             )
-            self._await_topic_metadata()
             self._consumer.subscribe([self.topic])
         return self._consumer
-
-    def _await_topic_metadata(self) -> None:
-        """Wait (up to connect_timeout_ms) until this consumer knows the topic's partitions.
-
-        A group leader that joins before its metadata lists a topic just created assigns no
-        partitions of it ("No partition metadata"), and with kafka-python the group can then
-        stay without them until the next metadata refresh, minutes later."""
-        from kafka.errors import KafkaError
-
-        deadline = time.monotonic() + self.connect_timeout_ms / 1000
-        while time.monotonic() < deadline:
-            try:
-                if self._consumer.partitions_for_topic(self.topic):
-                    return
-            except KafkaError:
-                pass  # not known yet; the join below works either way, only later
-            time.sleep(0.1)
 
     def _received(self, record) -> ReceivedMessage:
         partition = self._partitions.get((record.topic, record.partition))
