@@ -1,4 +1,6 @@
 import sqlite3
+import threading
+import time
 
 import numpy as np
 import pytest
@@ -8,6 +10,7 @@ from vectorai import db as results_db
 from vectorai.errors import DatabaseError, ModelError, TransportError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
+from vectorai import predict
 from vectorai.predict import run_predictions
 from vectorai.preprocess import PreprocessSpec, preprocess_images
 from vectorai.transports import open_transport
@@ -174,6 +177,67 @@ def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
         with pytest.raises(DatabaseError, match="r.sqlite"):
             run_predictions([source], model, database, batch_size=10, timeout_ms=50)
         assert source.lag() == 5
+
+
+class _CountingClassifier:
+    """The real classifier, recording how many images each session call classified and whether
+    on the loop's thread; optionally failing on one call."""
+
+    def __init__(self, model, fail_on_call: int | None = None, pause_s: float = 0.0) -> None:
+        self._model = model
+        self.class_names, self.spec, self.info = model.class_names, model.spec, model.info
+        self.calls: list[tuple[str, int]] = []
+        self.fail_on_call = fail_on_call
+        self.pause_s = pause_s
+        self._lock = threading.Lock()
+
+    def predict_proba(self, batch):
+        with self._lock:
+            self.calls.append((threading.current_thread() is threading.main_thread(), len(batch)))
+            number = len(self.calls)
+        if number == self.fail_on_call:
+            raise ModelError("tiny.onnx", "out of memory in call %d" % number)
+        time.sleep(self.pause_s)  # a model slower than the loop: the loop's thread should help
+        return self._model.predict_proba(batch)
+
+
+def test_batches_are_split_into_chunks_that_the_waiting_loop_helps_classify(tmp_path, classifier, monkeypatch):
+    model, weights = classifier
+    monkeypatch.setattr(predict, "CHUNK", 4)
+    images = np.random.default_rng(5).integers(0, 256, (90, 8, 8), dtype=np.uint8)
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([encode_image(im, f"m{i:02d}") for i, im in enumerate(images)])
+        producer.flush(5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    counting = _CountingClassifier(model, pause_s=0.01)
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], counting, database, batch_size=30, timeout_ms=50)
+        assert source.lag() == 0
+
+    # Every image classified exactly once, in calls of at most CHUNK images, by both threads.
+    assert sum(size for _, size in counting.calls) == 90 and max(size for _, size in counting.calls) == 4
+    assert {on_loop_thread for on_loop_thread, _ in counting.calls} == {True, False}
+    want = expected_classes(weights, preprocess_images(images, model.spec))
+    stored = {r.message_id: r.predicted_class for r in results_db.Prediction.select()}
+    assert stored == {f"m{i:02d}": int(c) for i, c in enumerate(want)}
+    assert report.predicted == 90
+
+
+@pytest.mark.parametrize("failing_call", [1, 6, 9])
+def test_a_model_failure_in_any_chunk_fails_the_run_and_loses_nothing(tmp_path, classifier, monkeypatch,
+                                                                      failing_call):
+    model, _ = classifier
+    monkeypatch.setattr(predict, "CHUNK", 4)
+    database = _blank_stream(tmp_path, 40)
+    counting = _CountingClassifier(model, fail_on_call=failing_call)
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        with pytest.raises(ModelError, match=f"out of memory in call {failing_call}"):
+            run_predictions([source], counting, database, batch_size=10, timeout_ms=50)
+        committed = results_db.Prediction.select().count()
+        assert source.lag() == 40 - committed  # whatever was not committed comes again
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        again = run_predictions([source], model, database, batch_size=10, timeout_ms=50)
+    assert again.predicted == 40 - committed and results_db.Prediction.select().count() == 40
 
 
 def test_model_errors_name_the_file(tmp_path):
