@@ -168,8 +168,34 @@ def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict
         cursor = db.cursor()
         template = model.insert({f: None for f in fields}).on_conflict_ignore()
         statement, _ = db.get_sql_context().sql(template).query()
-        cursor.executemany(statement, values)
+        cursor.executemany(statement, _render_stamps(fields, values))
         return cursor.rowcount
+
+
+def _render_stamps(fields: list[pw.Field], values: list[tuple]) -> list[tuple]:
+    """The rows with each datetime as the text sqlite3's adapter writes (``isoformat(" ")``).
+
+    That adapter is a Python function called per value, a fifth of the insert's cost; a batch
+    shares a few stamps, so each distinct one is rendered once."""
+    columns = [i for i, f in enumerate(fields) if isinstance(f, pw.DateTimeField)]
+    if not columns:
+        return values
+    text: dict[dt.datetime, str] = {}
+
+    def render(value: object) -> object:
+        if not isinstance(value, dt.datetime):
+            return value
+        if value not in text:
+            text[value] = value.isoformat(" ")
+        return text[value]
+
+    rendered = []
+    for row in values:
+        row = list(row)
+        for i in columns:
+            row[i] = render(row[i])
+        rendered.append(tuple(row))
+    return rendered
 
 
 def _insert_postgres(db: pw.PostgresqlDatabase, model: type[pw.Model], fields: list[pw.Field],
