@@ -263,7 +263,7 @@ class _Inference:
     loop's while it has (see ``inference.default_threads``).
 
     Decoding stays on the loop's thread: decoding chunks on the background thread as well made
-    the two threads queue for the GIL, and local+SQLite fell from 6,900-7,400 to 5,700-6,000
+    the two threads queue for the GIL, and local+SQLite fell from 6,900-7,900 to 5,700-6,000
     images/s.
     """
 
@@ -300,9 +300,9 @@ def run_predictions(
 
     Per batch: onnxruntime calls, one database transaction, then one acknowledgement of that
     source, always in that order; a batch is acknowledged only after its rows are committed. The
-    model runs on a background thread one batch ahead of the database (at most two batches are in
-    memory; see ``_Inference``). If anything fails, every batch not yet acknowledged is released for redelivery and
-    the error propagates.
+    model runs on a background thread one batch ahead of the database (at most two batches are
+    in memory; see ``_Inference``). If anything fails, every batch not yet acknowledged is
+    released for redelivery and the error propagates.
     """
     report = RunReport(model_version=classifier.info.version)
     started = last_progress = time.perf_counter()
