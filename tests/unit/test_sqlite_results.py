@@ -40,3 +40,13 @@ def test_rows_and_stamps_are_stored_as_peewee_stores_them(tmp_path):
     assert stamps["m0"] == ("2026-11-26 08:30:15.123456", "2026-01-02 03:04:05")
     assert stamps["m2"] == (None, "2026-01-02 03:04:05")
     assert read_back == {r["message_id"]: (r["produced_at"], r["predicted_at"]) for r in _rows()}
+
+
+def test_a_row_that_leaves_out_nullable_fields_stores_null(tmp_path):
+    database = db.connect(db.sqlite_url(tmp_path / "r.sqlite"))
+    full, partial = _rows()[:2]
+    del partial["true_label"], partial["produced_at"]
+    assert db.write_results(database, [full, partial], []) == 2
+    stored = {p.message_id: (p.true_label, p.produced_at) for p in db.Prediction.select()}
+    database.close()
+    assert stored == {"m0": (None, full["produced_at"]), "m1": (None, None)}
