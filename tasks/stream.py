@@ -68,8 +68,9 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                            description="Finish after waiting this long for new messages")
     max_messages = luigi.IntParameter(default=0, significant=False, description="Stop after this many; 0: no limit")
     inference_threads = luigi.IntParameter(default=0, significant=False,
-                                           description="onnxruntime threads; 0: every core but one, which the "
-                                           "loop's own decoding and writing keep busy")
+                                           description="onnxruntime threads per call; 0: every core but one, which "
+                                           "the loop's own decoding and writing keep busy (when idle, "
+                                           "the loop classifies part of a batch itself)")
     model_path = luigi.Parameter(default="", description="An exported model.onnx to use instead of the chain's "
                                  "ExportOnnx output (deployments); it must fit image_size and channels")
 
