@@ -517,8 +517,8 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         # when it helps the model.
         thread_counts = [args.threads] if args.threads else sorted({available_cores(), default_threads()}, reverse=True)
         single = OnnxClassifier(model_dir / "model.onnx", threads=1)
-        ways = {f"{n} threads": (OnnxClassifier(model_dir / "model.onnx", threads=n), args.batch_size, 1)
-                for n in thread_counts}
+        ways = {f"{n} threads": (single if n == 1 else OnnxClassifier(model_dir / "model.onnx", threads=n),
+                                 args.batch_size, 1) for n in thread_counts}
         if available_cores() > 1:
             for size in sorted({args.batch_size, CHUNK}, reverse=True):
                 ways[f"{available_cores()} side by side, {size} per call"] = (single, size, available_cores())
