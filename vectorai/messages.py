@@ -20,12 +20,12 @@ import functools
 import io
 import math
 from dataclasses import dataclass
-from typing import Mapping
+from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
 from vectorai.errors import MessageDecodeError
-from vectorai.png import decode_png, encode_png
+from vectorai.png import Scanlines, encode_png, inflate_png, unfilter
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage
 
 PNG = "image/png"
@@ -112,64 +112,150 @@ def _to_uint8(image: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
+class _Invalid(Exception):
+    """Why one message of a batch cannot be decoded; becomes a failure or a MessageDecodeError."""
+
+
+class _RawPixels(NamedTuple):
+    """A uint8 ndarray payload, checked and not yet copied: a batch of them becomes one array."""
+
+    shape: tuple[int, ...]
+    payload: bytes
+
+
+@dataclass
+class DecodedImages:
+    """Messages decoded together. ``images`` is one (N, H, W[, C]) uint8 array when every image
+    of the batch has the same shape and encoding (one producer, the usual case), else a list."""
+
+    messages: list[ReceivedMessage]
+    images: np.ndarray | list[np.ndarray]
+    labels: list[int | None]
+    produced_at: list[dt.datetime | None]
+    #: The messages that could not be decoded, each with the reason.
+    failures: list[tuple[ReceivedMessage, str]]
+
+
+def decode_messages(
+    messages: Sequence[ReceivedMessage], num_classes: int | None = None, limits: DecodeLimits = DecodeLimits()
+) -> DecodedImages:
+    """Turn a batch of received messages into images; a message that cannot be decoded is a
+    failure with the reason, and never stops the rest.
+
+    Each message is checked and inflated on its own, but the pixels of a uniform batch are put
+    together in one step (``png.unfilter``, one join of raw payloads): per image, those numpy
+    calls cost as much as inflating it."""
+    decoded: list[ReceivedMessage] = []
+    pixels: list[Scanlines | _RawPixels | np.ndarray] = []
+    labels: list[int | None] = []
+    stamps: list[dt.datetime | None] = []
+    failures: list[tuple[ReceivedMessage, str]] = []
+    for message in messages:
+        try:
+            image, label, stamp = _decode_parts(message, num_classes, limits)
+        except _Invalid as err:
+            failures.append((message, str(err)))
+            continue
+        decoded.append(message)
+        pixels.append(image)
+        labels.append(label)
+        stamps.append(stamp)
+    return DecodedImages(decoded, _assemble(pixels), labels, stamps, failures)
+
+
 def decode_message(
     message: ReceivedMessage, num_classes: int | None = None, limits: DecodeLimits = DecodeLimits()
 ) -> DecodedMessage:
     """Turn a received message into an image; raise MessageDecodeError naming what is wrong."""
+    try:
+        pixels, label, stamp = _decode_parts(message, num_classes, limits)
+    except _Invalid as err:
+        raise MessageDecodeError(message.source, message.attributes.get("id"), str(err)) from None
+    return DecodedMessage(message=message, image=_one(pixels), label=label, produced_at=stamp)
+
+
+def _decode_parts(message: ReceivedMessage, num_classes: int | None, limits: DecodeLimits
+                  ) -> tuple[Scanlines | _RawPixels | np.ndarray, int | None, dt.datetime | None]:
+    attrs = message.attributes
+    return (_pixels(message, limits), _parse_label(attrs.get("label"), num_classes),
+            _parse_timestamp(attrs.get("produced-at")))
+
+
+def _pixels(message: ReceivedMessage, limits: DecodeLimits) -> Scanlines | _RawPixels | np.ndarray:
     attrs = message.attributes
     key = attrs.get("id")
-
-    def fail(reason: str) -> MessageDecodeError:
-        return MessageDecodeError(message.source, key, reason)
-
     if not key:
-        raise fail("missing 'id' attribute")
+        raise _Invalid("missing 'id' attribute")
     if "\x00" in key:
-        raise fail("'id' contains a NUL character, which no database text column can store")
+        raise _Invalid("'id' contains a NUL character, which no database text column can store")
     payload = message.payload
     if not payload:
-        raise fail("empty payload")
+        raise _Invalid("empty payload")
     if len(payload) > limits.max_bytes:
-        raise fail(f"payload of {len(payload)} bytes exceeds the limit of {limits.max_bytes}")
+        raise _Invalid(f"payload of {len(payload)} bytes exceeds the limit of {limits.max_bytes}")
     content_type = attrs.get("content-type", "")
+    if content_type == PNG:
+        inflated = inflate_png(payload, limits.max_pixels)
+        if inflated is not None:
+            return inflated
+        return _decode_encoded(payload, content_type, limits)
     if content_type == NDARRAY:
-        image = _decode_raw(payload, attrs, limits, fail)
-    elif content_type in (PNG, JPEG):
-        image = _decode_encoded(payload, content_type, limits, fail)
-    else:
-        raise fail(f"unknown content-type {content_type!r}; expected one of {', '.join(CONTENT_TYPES)}")
-    label = _parse_label(attrs.get("label"), num_classes, fail)
-    produced_at = _parse_timestamp(attrs.get("produced-at"), fail)
-    return DecodedMessage(message=message, image=image, label=label, produced_at=produced_at)
+        return _decode_raw(payload, attrs, limits)
+    if content_type == JPEG:
+        return _decode_encoded(payload, content_type, limits)
+    raise _Invalid(f"unknown content-type {content_type!r}; expected one of {', '.join(CONTENT_TYPES)}")
 
 
-def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits, fail) -> np.ndarray:
+def _assemble(pixels: list[Scanlines | _RawPixels | np.ndarray]) -> np.ndarray | list[np.ndarray]:
+    """One array for a uniform batch, else each image on its own (greyscale as H,W)."""
+    if not pixels:
+        return []
+    first = pixels[0]
+    kind = type(first)
+    if kind is Scanlines:
+        geometry = first[:3]
+        if all(type(p) is Scanlines and p[:3] == geometry for p in pixels):
+            return unfilter(pixels)
+    elif kind is _RawPixels and all(type(p) is _RawPixels and p.shape == first.shape for p in pixels):
+        joined = b"".join([p.payload for p in pixels])
+        return np.frombuffer(joined, dtype=np.uint8).reshape((len(pixels),) + first.shape)
+    return [_one(p) for p in pixels]
+
+
+def _one(pixels: Scanlines | _RawPixels | np.ndarray) -> np.ndarray:
+    if type(pixels) is Scanlines:
+        image = unfilter([pixels])[0]
+        return image[:, :, 0] if pixels.channels == 1 else image
+    if type(pixels) is _RawPixels:
+        return np.frombuffer(pixels.payload, dtype=np.uint8).reshape(pixels.shape)
+    return pixels
+
+
+def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits) -> _RawPixels | np.ndarray:
     dtype = _RAW_DTYPES.get(attrs.get("dtype", ""))
     if dtype is None:
-        raise fail(f"unsupported dtype {attrs.get('dtype')!r}; expected uint8 or float32")
+        raise _Invalid(f"unsupported dtype {attrs.get('dtype')!r}; expected uint8 or float32")
     try:
         shape = tuple(int(part) for part in attrs.get("shape", "").split(","))
     except ValueError:
-        raise fail(f"malformed shape {attrs.get('shape')!r}; expected H,W or H,W,C") from None
+        raise _Invalid(f"malformed shape {attrs.get('shape')!r}; expected H,W or H,W,C") from None
     if len(shape) not in (2, 3) or min(shape) <= 0 or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
-        raise fail(f"unsupported shape {shape}; expected H,W or H,W,C with C in 1, 3, 4")
+        raise _Invalid(f"unsupported shape {shape}; expected H,W or H,W,C with C in 1, 3, 4")
     pixels = shape[0] * shape[1]
     if pixels > limits.max_pixels:
-        raise fail(f"{pixels} pixels exceed the limit of {limits.max_pixels}")
+        raise _Invalid(f"{pixels} pixels exceed the limit of {limits.max_pixels}")
     expected = math.prod(shape) * dtype.itemsize  # math.prod: np.prod costs more than the decode
     if expected != len(payload):
-        raise fail(f"shape {shape} of {dtype.name} needs {expected} bytes but payload has {len(payload)}")
+        raise _Invalid(f"shape {shape} of {dtype.name} needs {expected} bytes but payload has {len(payload)}")
+    if dtype.kind == "u":
+        return _RawPixels(shape, payload)
     image = np.frombuffer(payload, dtype=dtype).reshape(shape)
-    if dtype.kind == "f" and not np.isfinite(image).all():
-        raise fail("image contains NaN or infinite values")
+    if not np.isfinite(image).all():
+        raise _Invalid("image contains NaN or infinite values")
     return image
 
 
-def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits, fail) -> np.ndarray:
-    if content_type == PNG:
-        image = decode_png(payload, limits.max_pixels)
-        if image is not None:
-            return image
+def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits) -> np.ndarray:
     from PIL import Image, UnidentifiedImageError  # here: even a cached import costs per message
 
     try:
@@ -179,45 +265,45 @@ def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits, fai
             # Image.open reads only the header: check the size before pixels are allocated.
             width, height = img.size
             if width * height > limits.max_pixels:
-                raise fail(f"{width}x{height} pixels exceed the limit of {limits.max_pixels}")
+                raise _Invalid(f"{width}x{height} pixels exceed the limit of {limits.max_pixels}")
             if img.mode not in ("L", "RGB", "RGBA", "LA", "P", "I;16", "I", "F", "1", "CMYK", "YCbCr"):
-                raise fail(f"unsupported image mode {img.mode}")
+                raise _Invalid(f"unsupported image mode {img.mode}")
             if img.mode in ("P", "LA", "1"):
                 img = img.convert("RGBA" if img.mode == "P" else "L")
             elif img.mode in ("CMYK", "YCbCr"):
                 img = img.convert("RGB")
             image = np.asarray(img)
-    except MessageDecodeError:
+    except _Invalid:
         raise
     except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise fail(f"cannot decode image: {err}") from None
+        raise _Invalid(f"cannot decode image: {err}") from None
     if image.dtype != np.uint8:
         image = image.astype(np.float32)
         if not np.isfinite(image).all():
-            raise fail("image contains NaN or infinite values")
+            raise _Invalid("image contains NaN or infinite values")
         image = image / max(float(image.max()), 1.0)
     return image
 
 
-def _parse_label(value: str | None, num_classes: int | None, fail) -> int | None:
+def _parse_label(value: str | None, num_classes: int | None) -> int | None:
     if value is None or value == "":
         return None
     try:
         label = int(value)
     except ValueError:
-        raise fail(f"label {value!r} is not an integer class index") from None
+        raise _Invalid(f"label {value!r} is not an integer class index") from None
     if label < 0 or (num_classes is not None and label >= num_classes):
-        raise fail(f"label {label} is outside the model's {num_classes} classes")
+        raise _Invalid(f"label {label} is outside the model's {num_classes} classes")
     return label
 
 
-def _parse_timestamp(value: str | None, fail) -> dt.datetime | None:
+def _parse_timestamp(value: str | None) -> dt.datetime | None:
     if not value:
         return None
     try:
         return _timestamp(value)
     except ValueError:
-        raise fail(f"produced-at {value!r} is not an ISO 8601 timestamp") from None
+        raise _Invalid(f"produced-at {value!r} is not an ISO 8601 timestamp") from None
 
 
 @functools.lru_cache(maxsize=1024)

@@ -4,14 +4,16 @@ Why not Pillow for everything: for a 28x28 image Pillow spends ~100 µs per imag
 (chunk parsing, Image objects, buffer copies) around ~5 µs of actual inflating, which made
 decoding cost as much as classifying. The encoder here filters every row of an image with the
 same filter (None, Sub or Up, whichever leaves the smallest residuals), so the decoder can undo
-it with one vectorised cumulative sum instead of a loop over rows. The files are ordinary PNGs
-that any viewer reads, and PNGs from other encoders still decode (through Pillow).
+it with one vectorised cumulative sum instead of a loop over rows, for a whole batch of images
+at once. The files are ordinary PNGs that any viewer reads, and PNGs from other encoders still
+decode (through Pillow).
 """
 
 from __future__ import annotations
 
 import struct
 import zlib
+from typing import NamedTuple, Sequence
 
 import numpy as np
 
@@ -51,16 +53,27 @@ def encode_png(image: np.ndarray, level: int = 6) -> bytes:
                      _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), level)), _chunk(b"IEND", b"")))
 
 
-def decode_png(payload: bytes, max_pixels: int) -> np.ndarray | None:
-    """Decode the common PNG: 8-bit greyscale, RGB or RGBA, not interlaced, chunks IHDR, IDAT
-    and IEND only, every CRC right. Else None.
+class Scanlines(NamedTuple):
+    """An inflated PNG whose rows all use one filter: what ``unfilter`` turns into pixels."""
 
-    An image ``encode_png`` wrote (one filter for every row) is unfiltered here with one
-    cumulative sum; other filter mixes go to Pillow's C inflate-and-unfilter decoder alone
-    (Image.open would parse the chunks again in Python). None means "not this fast path" (a
-    palette, 16 bits, interlacing, another chunk, a bad CRC, a truncated stream, too many
-    pixels): the caller then decodes with Image.open, which also words the error. Never inflates
-    more than the image the header declares.
+    height: int
+    width: int
+    channels: int
+    kind: int
+    data: bytes  # height rows, each a filter byte then width * channels bytes
+
+
+def inflate_png(payload: bytes, max_pixels: int) -> Scanlines | np.ndarray | None:
+    """The first half of decoding the common PNG: 8-bit greyscale, RGB or RGBA, not interlaced,
+    chunks IHDR, IDAT and IEND only, every CRC right.
+
+    Returns the inflated Scanlines when every row uses the same filter (as ``encode_png``
+    writes them), so that ``unfilter`` can undo the filter for a whole batch of images in one
+    numpy call; the pixels, through Pillow's C inflate-and-unfilter decoder alone, for other
+    filter mixes (Image.open would parse the chunks again in Python); None when this is not
+    the common PNG (a palette, 16 bits, interlacing, another chunk, a bad CRC, a truncated
+    stream, too many pixels): the caller then decodes with Image.open, which also words the
+    error. Never inflates more than the image the header declares.
     """
     parsed = _parse_simple(payload, max_pixels)
     if parsed is None:
@@ -79,12 +92,38 @@ def decode_png(payload: bytes, max_pixels: int) -> np.ndarray | None:
     kind = kinds[0]
     if kind not in (_NONE, _SUB, _UP) or kinds.count(kind) != height:
         return _decode_with_pillow(width, height, channels, compressed)
-    pixels = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride)[:, 1:].reshape(height, width, channels)
-    if kind == _SUB:
-        pixels = np.cumsum(pixels, axis=1, dtype=np.uint8)
-    elif kind == _UP:
-        pixels = np.cumsum(pixels, axis=0, dtype=np.uint8)
-    return pixels[:, :, 0] if channels == 1 else pixels
+    return Scanlines(height, width, channels, kind, raw)
+
+
+def unfilter(images: Sequence[Scanlines]) -> np.ndarray:
+    """(N, H, W, C) uint8 pixels of images that share one height, width and channel count.
+
+    One numpy call per filter kind for the whole batch: per image, the reshaping and the
+    cumulative sum cost more than inflating it."""
+    first = images[0]
+    stride = first.width * first.channels + 1
+    rows = np.frombuffer(b"".join([image.data for image in images]), dtype=np.uint8)
+    rows = rows.reshape(len(images), first.height, stride)[:, :, 1:]
+    pixels = rows.reshape(len(images), first.height, first.width, first.channels)
+    kinds = np.fromiter([image.kind for image in images], dtype=np.uint8, count=len(images))
+    if not kinds.any():
+        return pixels  # every image unfiltered: the rows are the pixels (a read-only view)
+    out = pixels.copy()
+    for kind, axis in ((_SUB, 2), (_UP, 1)):
+        chosen = kinds == kind
+        if chosen.any():
+            # uint8 arithmetic wraps modulo 256, which is exactly PNG's filter arithmetic.
+            out[chosen] = np.cumsum(pixels[chosen], axis=axis, dtype=np.uint8)
+    return out
+
+
+def decode_png(payload: bytes, max_pixels: int) -> np.ndarray | None:
+    """Pixels of the common PNG (see ``inflate_png``), H,W for greyscale else H,W,C; else None."""
+    inflated = inflate_png(payload, max_pixels)
+    if not isinstance(inflated, Scanlines):
+        return inflated
+    pixels = unfilter([inflated])[0]
+    return pixels[:, :, 0] if inflated.channels == 1 else pixels
 
 
 def _parse_simple(payload: bytes, max_pixels: int) -> tuple[int, int, int, bytes] | None:

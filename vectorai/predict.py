@@ -24,7 +24,7 @@ import peewee as pw
 from vectorai import db as results_db
 from vectorai.errors import ImageError, MessageDecodeError
 from vectorai.inference import OnnxClassifier
-from vectorai.messages import DecodedMessage, DecodeLimits, decode_message
+from vectorai.messages import DecodeLimits, decode_messages
 from vectorai.preprocess import preprocess_images
 from vectorai.transports.base import ReceivedMessage, Transport
 
@@ -85,11 +85,15 @@ def _dead_letter(message: ReceivedMessage, reason: str, now: dt.datetime) -> dic
 
 @dataclass
 class DecodedBatch:
-    """One consumed batch, decoded and preprocessed: what the model runs on, and what it skips."""
+    """One consumed batch, decoded and preprocessed: what the model runs on, and what it skips.
+
+    ``decoded``, ``labels``, ``produced_at`` and the rows of ``pixels`` are parallel."""
 
     source: Transport
     messages: Sequence[ReceivedMessage]
-    decoded: list[DecodedMessage]
+    decoded: list[ReceivedMessage]
+    labels: list[int | None]
+    produced_at: list[dt.datetime | None]
     pixels: np.ndarray
     dead: list[dict[str, object]]
     received_at: dt.datetime
@@ -111,37 +115,44 @@ def decode_batch(
 ) -> DecodedBatch:
     """Decode and preprocess a batch into one array; poison goes to ``dead`` with the reason."""
     now = results_db.utc_now()
-    decoded: list[DecodedMessage] = []
-    dead: list[dict[str, object]] = []
-    seen: set[tuple[str, str]] = set()
-    num_classes = len(classifier.class_names)
-    for message in messages:
-        try:
-            item = decode_message(message, num_classes, limits)
-        except MessageDecodeError as err:
-            dead.append(_dead_letter(message, err.reason, now))
-            continue
-        if (message.source, item.key) in seen:
-            continue  # the same id twice in one batch (re-sent sample): one row is enough
-        seen.add((message.source, item.key))
-        decoded.append(item)
-
-    pixels = np.empty((0,), dtype=np.float32)
+    images = decode_messages(messages, len(classifier.class_names), limits)
+    dead = [_dead_letter(message, reason, now) for message, reason in images.failures]
+    decoded, labels, stamps, pixels = images.messages, images.labels, images.produced_at, images.images
+    keep = _first_of_each_id(decoded)
+    if keep is not None:  # the same id twice in one batch (a re-sent sample): one row is enough
+        decoded, labels, stamps = ([values[i] for i in keep] for values in (decoded, labels, stamps))
+        pixels = pixels[keep] if isinstance(pixels, np.ndarray) else [pixels[i] for i in keep]
+    batch = np.empty((0,), dtype=np.float32)
     if decoded:
         try:
-            pixels = preprocess_images([d.image for d in decoded], classifier.spec)
+            batch = preprocess_images(pixels, classifier.spec)
         except ImageError:
             # Some image in the batch is bad: find it one by one, keep the rest.
-            good, images = [], []
-            for item in decoded:
+            good: list[int] = []
+            rows = []
+            for i, message in enumerate(decoded):
                 try:
-                    images.append(preprocess_images([item.image], classifier.spec)[0])
-                    good.append(item)
+                    rows.append(preprocess_images([pixels[i]], classifier.spec)[0])
+                    good.append(i)
                 except ImageError as err:
-                    dead.append(_dead_letter(item.message, str(err), now))
-            decoded = good
-            pixels = np.stack(images) if images else pixels
-    return DecodedBatch(source, messages, decoded, pixels, dead, now)
+                    dead.append(_dead_letter(message, str(err), now))
+            decoded, labels, stamps = ([values[i] for i in good] for values in (decoded, labels, stamps))
+            batch = np.stack(rows) if rows else batch
+    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now)
+
+
+def _first_of_each_id(messages: Sequence[ReceivedMessage]) -> list[int] | None:
+    """Indices of the first message of each (source, id), or None when no id repeats."""
+    ids = [(message.source, message.attributes["id"]) for message in messages]
+    if len(set(ids)) == len(ids):
+        return None
+    seen: set[tuple[str, str]] = set()
+    keep = []
+    for i, key in enumerate(ids):
+        if key not in seen:
+            seen.add(key)
+            keep.append(i)
+    return keep
 
 
 def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: OnnxClassifier) -> ClassifiedBatch:
@@ -153,22 +164,22 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
         names = classifier.class_names
         version = classifier.info.version
         produced: dict[dt.datetime | None, dt.datetime | None] = {}  # messages share stamps
-        for item, cls, confidence in zip(batch.decoded, classes.tolist(), confidences.tolist()):
-            message = item.message
-            if item.produced_at not in produced:
-                produced[item.produced_at] = _naive_utc(item.produced_at)
+        for message, label, stamp, cls, confidence in zip(
+                batch.decoded, batch.labels, batch.produced_at, classes.tolist(), confidences.tolist()):
+            if stamp not in produced:
+                produced[stamp] = _naive_utc(stamp)
             rows.append({
                 "source": message.source,
-                "message_id": item.key[:255],
+                "message_id": message.attributes["id"][:255],
                 "position": message.position[:255],
                 "image": message.payload,
                 "content_type": message.attributes.get("content-type", ""),
                 "predicted_class": cls,
                 "predicted_name": names[cls],
                 "confidence": confidence,
-                "true_label": item.label,
+                "true_label": label,
                 "model_version": version,
-                "produced_at": produced[item.produced_at],
+                "produced_at": produced[stamp],
                 "predicted_at": batch.received_at,
             })
     return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead)

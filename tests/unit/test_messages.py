@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from vectorai.errors import MessageDecodeError
-from vectorai.messages import DecodeLimits, decode_message, encode_image
+from vectorai.png import inflate_png
+from vectorai.messages import DecodeLimits, decode_message, decode_messages, encode_image
 from vectorai.transports.base import ReceivedMessage
 
 
@@ -88,3 +89,52 @@ def test_size_limits_are_checked_before_decoding():
     claimed = ReceivedMessage("x", b"\x00" * 4, good_attrs(shape="100000,100000"), "p")
     with pytest.raises(MessageDecodeError, match="pixels exceed"):
         decode_message(claimed)
+
+
+def _messages(images, encoding, start=0):
+    return [received(encode_image(image, f"m{start + i}", label=i % 10, encoding=encoding))
+            for i, image in enumerate(images)]
+
+
+@pytest.mark.parametrize("encoding,shape", [("png", (28, 28)), ("png", (9, 7, 3)), ("raw", (28, 28)),
+                                            ("raw", (6, 5, 4))])
+def test_a_uniform_batch_decodes_into_one_array_equal_to_each_message(encoding, shape):
+    """One producer's batch becomes one array; every image in it is exactly the one sent, and
+    exactly what decode_message makes of its message alone."""
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 256, shape, dtype=np.uint8) for _ in range(5)]
+    # Flat and ramped images too, so that PNG's None, Sub and Up filters all occur in the batch.
+    images.append(np.full(shape, 9, np.uint8))
+    images.append(np.broadcast_to(np.arange(shape[1], dtype=np.uint8).reshape((1, -1) + (1,) * (len(shape) - 2)),
+                                  shape).copy())
+    images.append(np.broadcast_to(np.arange(shape[0], dtype=np.uint8).reshape((-1,) + (1,) * (len(shape) - 1)),
+                                  shape).copy())
+    messages = _messages(images, encoding)
+    if encoding == "png":
+        assert {inflate_png(m.payload, 1 << 20).kind for m in messages} == {0, 1, 2}  # None, Sub, Up
+    batch = decode_messages(messages, num_classes=10)
+    assert isinstance(batch.images, np.ndarray) and batch.images.dtype == np.uint8
+    assert len(batch.images) == len(images) and not batch.failures
+    for sent, got, message in zip(images, batch.images, messages):
+        np.testing.assert_array_equal(got.reshape(sent.shape), sent)
+        np.testing.assert_array_equal(decode_message(message).image, sent)
+    assert batch.labels == [i % 10 for i in range(len(images))]
+    assert batch.messages == messages
+
+
+def test_a_mixed_batch_keeps_each_image_and_reports_each_failure():
+    """Sizes and encodings that differ give one image each; a bad message is a failure with its
+    reason, in the batch's order, and the messages around it still decode."""
+    grey = np.arange(28 * 28, dtype=np.uint8).reshape(28, 28)
+    colour = np.random.default_rng(4).integers(0, 256, (10, 12, 3), dtype=np.uint8)
+    floats = np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4)
+    bad = ReceivedMessage("local", b"\x00" * 3, good_attrs(), "t@9")
+    messages = [received(encode_image(grey, "a")), bad, received(encode_image(colour, "b", encoding="raw")),
+                received(encode_image(floats, "c", encoding="raw")), received(encode_image(colour, "d"))]
+    batch = decode_messages(messages)
+    assert [m.key for m in batch.messages] == ["a", "b", "c", "d"]
+    assert [(m.position, reason) for m, reason in batch.failures] == [("t@9", "shape (2, 2) of uint8 needs 4 bytes but payload has 3")]
+    assert isinstance(batch.images, list)
+    for got, sent in zip(batch.images, (grey, colour, floats, colour)):
+        assert got.dtype == sent.dtype
+        np.testing.assert_array_equal(got, sent)

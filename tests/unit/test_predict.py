@@ -76,6 +76,29 @@ def test_redelivered_messages_are_not_stored_twice(tmp_path, classifier):
     assert report.predicted == 10
 
 
+def test_an_id_sent_twice_in_one_batch_stores_the_first_image(tmp_path, classifier):
+    """Within one batch the first message of an id wins, and the images after it keep their own
+    predictions (the batch's pixels are filtered along with its messages)."""
+    model, weights = classifier
+    rng = np.random.default_rng(11)
+    images = rng.integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    classes = expected_classes(weights, preprocess_images(images, model.spec))
+    assert len(set(classes.tolist())) > 1  # else a mix-up of images could not show
+    ids = [f"d{i}" for i in range(12)]
+    ids[5], ids[9] = ids[2], ids[2]  # images 5 and 9 re-use image 2's id
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([encode_image(image, key) for image, key in zip(images, ids)])
+        producer.flush(5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], model, database, batch_size=12, timeout_ms=50)
+    stored = {r.message_id: r.predicted_class for r in results_db.Prediction.select()}
+    expected = {key: int(cls) for key, cls in zip(ids, classes) if key not in ("d5", "d9")}
+    expected["d2"] = int(classes[2])
+    assert stored == expected
+    assert report.consumed == 12 and report.predicted == 10
+
+
 class _WatchedQueue(LocalTransport):
     """The real local queue, noting at each acknowledgement which ids the database holds."""
 
