@@ -145,13 +145,17 @@ def test_message_from_a_plain_kafka_producer_decodes(kafka_bootstrap, topic):
             producer.send(topic, key=b"plain-1", value=image.tobytes(), headers=headers).get(timeout=30)
             producer.send(topic, key=b"k", value=image.tobytes(),
                           headers=[("id", b"plain-2"), *headers]).get(timeout=30)
+            # A header that is not UTF-8 text does not stop the message.
+            producer.send(topic, key=b"plain-3", value=image.tobytes(),
+                          headers=[*headers, ("note", b"caf\xe9"), ("empty", b"")]).get(timeout=30)
         finally:
             producer.close()
-        messages = _drain(consumer, 2)
+        messages = _drain(consumer, 3)
         consumer.acknowledge(messages)
 
+    assert messages[2].attributes["note"] == "caf\ufffd" and messages[2].attributes["empty"] == ""
     decoded = [decode_message(message, num_classes=10) for message in messages]
-    assert [d.key for d in decoded] == ["plain-1", "plain-2"]
+    assert [d.key for d in decoded] == ["plain-1", "plain-2", "plain-3"]
     for item in decoded:
         assert item.label == 7
         assert item.produced_at.year == 2024

@@ -315,17 +315,17 @@ class KafkaTransport(Transport):
 
             partition = self._partitions[(record.topic, record.partition)] = (
                 TopicPartition(record.topic, record.partition), f"{record.topic}/{record.partition}@")
-        attributes = {name: (value or b"").decode("utf-8", errors="replace")
-                      for name, value in (record.headers or ())}
+        try:
+            # The strict decode, with no keyword arguments, costs half the lenient one; only a
+            # header that is not UTF-8 text (or has no value) needs the lenient one.
+            attributes = {name: value.decode() for name, value in record.headers}
+        except (UnicodeDecodeError, AttributeError, TypeError):
+            attributes = {name: str(value or b"", "utf-8", "replace") for name, value in record.headers or ()}
         if "id" not in attributes and record.key is not None:
-            attributes["id"] = record.key.decode("utf-8", errors="replace")
-        return ReceivedMessage(
-            source=SOURCE,
-            payload=record.value or b"",
-            attributes=attributes,
-            position=partition[1] + str(record.offset),
-            handle=(partition[0], record.offset),
-        )
+            attributes["id"] = str(record.key, "utf-8", "replace")
+        offset = record.offset
+        return ReceivedMessage(SOURCE, record.value or b"", attributes, partition[1] + str(offset),
+                               (partition[0], offset))
 
     # --- shared ----------------------------------------------------------------------------
 
