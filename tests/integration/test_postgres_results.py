@@ -9,6 +9,7 @@ import pytest
 
 from tests.conftest import pg_rows
 from vectorai import db
+from vectorai.errors import DatabaseError
 
 pytestmark = pytest.mark.postgres
 
@@ -63,6 +64,27 @@ def test_a_batch_with_stored_rows_inserts_only_the_new_ones(pg_database):
     stored = {r["message_id"]: r["predicted_class"] for r in pg_rows(pg_database)}
     # The first write of each id wins; nothing was lost or duplicated.
     assert stored == {**{f"m{i}": 7 for i in range(5)}, **{f"m{i}": 1 for i in range(5, 9)}}
+
+
+def test_a_batch_that_fails_part_way_stores_none_of_its_rows(pg_database):
+    """The batch is one transaction even without an explicit one (a lone COPY): when its last row
+    is refused, the rows before it are not stored either, and the batch after it is."""
+    database = db.connect(pg_database)
+    try:
+        with pytest.raises(DatabaseError, match="too long"):
+            db.write_results(database, [_row("a1"), _row("a2"), _row("x" * 300)], [])
+        assert pg_rows(pg_database) == []
+        assert db.write_results(database, [_row("b1"), _row("b2")], []) == 2
+        # With a dead letter the batch takes an explicit transaction: both tables or neither.
+        dead = {"source": "kafka", "message_id": "d1", "position": "t/0@9", "reason": "bad", "attributes": "{}",
+                "payload": b"x", "payload_size": 1, "received_at": dt.datetime(2026, 11, 26)}
+        with pytest.raises(DatabaseError, match="too long"):
+            db.write_results(database, [_row("c1")], [{**dead, "position": "p" * 300}])
+        assert db.write_results(database, [_row("c2")], [dead]) == 1
+        assert db.DeadLetter.select().count() == 1
+    finally:
+        database.close()
+    assert sorted(r["message_id"] for r in pg_rows(pg_database)) == ["b1", "b2", "c2"]
 
 
 def _connect_and_close(url: str) -> str:
