@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 
+import psycopg2
 import pytest
 
 from tests.conftest import pg_rows
@@ -26,7 +27,19 @@ def _row(message_id: str, **over) -> dict:
     return row
 
 
-def test_values_survive_the_copy_format_exactly(pg_database):
+@pytest.mark.parametrize("table", ["created by connect", "created earlier with other column types"])
+def test_values_survive_the_copy_format_exactly(pg_database, table):
+    """Binary COPY for the table connect creates; text COPY for a table whose column types the
+    binary format is not written for (here confidence as numeric, stamps with a time zone)."""
+    if table != "created by connect":
+        with psycopg2.connect(pg_database) as conn, conn.cursor() as cur:
+            cur.execute("CREATE TABLE prediction (id serial PRIMARY KEY, source varchar(32) NOT NULL, "
+                        "message_id varchar(255) NOT NULL, position varchar(255) NOT NULL, image bytea NOT NULL, "
+                        "content_type varchar(64) NOT NULL, predicted_class integer NOT NULL, "
+                        "predicted_name varchar(255) NOT NULL, confidence numeric NOT NULL, true_label integer, "
+                        "model_version varchar(255) NOT NULL, produced_at timestamptz, "
+                        "predicted_at timestamptz NOT NULL, UNIQUE (source, message_id))")
+        conn.close()
     database = db.connect(pg_database)
     try:
         rows = [_row("plain"), _row("tab\there"), _row("new\nline\r"), _row("back\\slash\\N"),
@@ -42,12 +55,28 @@ def test_values_survive_the_copy_format_exactly(pg_database):
     for row in rows:
         got = stored[row["message_id"]]
         for name, value in row.items():
-            if name == "confidence" and value != value:
+            if isinstance(got[name], dt.datetime) and got[name].tzinfo is not None:
+                # timestamptz: the naive UTC stamp was read in the server's time zone, UTC here
+                assert got[name] == value.replace(tzinfo=dt.timezone.utc), name
+            elif name == "confidence" and value != value:
                 assert got[name] != got[name]  # NaN stays NaN
             elif name == "image":
                 assert bytes(got[name]) == value
             else:
                 assert got[name] == value, (name, got[name], value)
+
+
+def test_a_value_that_does_not_fit_its_column_is_a_clear_error_and_stores_nothing(pg_database):
+    database = db.connect(pg_database)
+    try:
+        with pytest.raises(DatabaseError, match="column predicted_class: cannot store a value"):
+            db.write_results(database, [_row("ok"), _row("huge", predicted_class=2**40)], [])
+        with pytest.raises(DatabaseError, match="column message_id: .*NUL character"):
+            db.write_results(database, [_row("ok"), _row("nul\x00")], [])
+        assert db.write_results(database, [_row("ok")], []) == 1
+    finally:
+        database.close()
+    assert [r["message_id"] for r in pg_rows(pg_database)] == ["ok"]
 
 
 def test_a_batch_with_stored_rows_inserts_only_the_new_ones(pg_database):
