@@ -87,6 +87,33 @@ def test_nothing_is_committed_until_acknowledged(kafka_bootstrap, topic):
         assert third.consume_batch(10, timeout_ms=3000) == []
 
 
+def test_released_messages_come_back_before_what_was_read_ahead(kafka_bootstrap, topic):
+    """One poll reads several batches ahead. Releasing a batch hands it out again before anything
+    after it, so acknowledging later batches can never commit past it; what was read ahead and
+    never handed out comes back to the next member."""
+    _publish(kafka_bootstrap, topic, 40)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+
+    def offsets(messages):
+        return [m.handle[1] for m in messages]
+
+    with _transport(kafka_bootstrap, topic, group=group) as consumer:
+        first = _drain(consumer, 5)
+        assert consumer._read_ahead, "the poll read nothing ahead: this test tests nothing"
+        consumer.release(first)
+        again = consumer.consume_batch(5, timeout_ms=5000)
+        assert offsets(again) == offsets(first) == [0, 1, 2, 3, 4]
+        after = consumer.consume_batch(5, timeout_ms=5000)
+        assert offsets(after) == [5, 6, 7, 8, 9]
+        consumer.acknowledge(again + after)
+
+    with _transport(kafka_bootstrap, topic, group=group) as second:
+        rest = _drain(second, 30)
+        second.acknowledge(rest)
+        assert offsets(rest) == list(range(10, 40))
+        assert second.consume_batch(10, timeout_ms=1000) == []
+
+
 def test_two_members_of_a_group_split_partitions_without_duplicates(kafka_bootstrap, topic):
     group = f"group-{uuid.uuid4().hex[:8]}"
     members = [_transport(kafka_bootstrap, topic, group=group, partitions=2) for _ in range(2)]

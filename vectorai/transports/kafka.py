@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import deque
 from typing import Any, Iterable, Sequence
 
 from vectorai.errors import TransportError
@@ -20,6 +21,10 @@ log = logging.getLogger(__name__)
 SOURCE = "kafka"
 #: How long consume_batch may overrun its timeout to finish joining the consumer group.
 REBALANCE_GRACE_S = 30.0
+#: Each kafka-python poll hands work to its network thread twice and waits for it (0.5-0.8 ms
+#: each on the development VM, more while the cores are busy), so one poll takes up to this many
+#: batches' records and consume_batch serves the next batches from them.
+READ_AHEAD_BATCHES = 4
 
 
 class KafkaTransport(Transport):
@@ -66,6 +71,8 @@ class KafkaTransport(Transport):
         self._consumer = None
         self._topic_checked = not create_topic
         self._pending: list[Any] = []
+        # Records polled but not handed out yet (see READ_AHEAD_BATCHES), in offset order.
+        self._read_ahead: deque[ReceivedMessage] = deque()
         # Per partition: the lowest offset handed out by consume_batch and not yet acknowledged,
         # and the highest handed out (offsets within a partition are handed out in order).
         self._unacked_from: dict[Any, int] = {}
@@ -161,17 +168,34 @@ class KafkaTransport(Transport):
     def _poll(self, consumer, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
         from kafka.errors import KafkaError
 
-        try:
-            records = consumer.poll(timeout_ms=timeout_ms, max_records=max_messages)
-        except KafkaError as err:
-            raise self._error(f"cannot consume from topic {self.topic}", err) from None
-        batch = [self._received(record) for partition_records in records.values()
-                 for record in partition_records]
-        for partition, partition_records in records.items():
-            if partition_records:
-                self._unacked_from.setdefault(partition, partition_records[0].offset)
-                self._handed_out[partition] = partition_records[-1].offset
+        if self._read_ahead:
+            self._drop_read_ahead(set(self._partitions_read_ahead()) - consumer.assignment())
+        if not self._read_ahead:
+            try:
+                records = consumer.poll(timeout_ms=timeout_ms, max_records=max_messages * READ_AHEAD_BATCHES)
+            except KafkaError as err:
+                raise self._error(f"cannot consume from topic {self.topic}", err) from None
+            self._read_ahead.extend(self._received(record) for partition_records in records.values()
+                                    for record in partition_records)
+        take = min(max_messages, len(self._read_ahead))
+        batch = [self._read_ahead.popleft() for _ in range(take)]
+        for message in batch:
+            partition, offset = message.handle
+            self._unacked_from.setdefault(partition, offset)
+            self._handed_out[partition] = offset
         return batch
+
+    def _partitions_read_ahead(self) -> dict[Any, int]:
+        """The lowest offset read ahead, per partition."""
+        lowest: dict[Any, int] = {}
+        for message in self._read_ahead:
+            lowest.setdefault(message.handle[0], message.handle[1])
+        return lowest
+
+    def _drop_read_ahead(self, partitions: set) -> None:
+        """Forget what was read ahead from ``partitions`` (revoked, or about to be re-read)."""
+        if partitions:
+            self._read_ahead = deque(m for m in self._read_ahead if m.handle[0] not in partitions)
 
     @staticmethod
     def _lagging(consumer) -> bool:
@@ -271,6 +295,10 @@ class KafkaTransport(Transport):
         for message in messages:
             partition, offset = message.handle
             lowest[partition] = min(offset, lowest.get(partition, offset))
+        # What was read ahead of these partitions lies beyond the seek: it is read again after
+        # the released messages, in order (handing it out first would let an acknowledgement
+        # commit past them).
+        self._drop_read_ahead(set(lowest))
         assigned = self._consumer.assignment()
         for partition, offset in lowest.items():
             if partition not in assigned:
@@ -379,6 +407,7 @@ class KafkaTransport(Transport):
         producer, consumer = self._producer, self._consumer
         self._producer = self._consumer = None
         self._pending = []
+        self._read_ahead.clear()  # never handed out, so never acknowledged: the next run reads it
         self._unacked_from.clear()
         self._handed_out.clear()
         self._unconfirmed.clear()
