@@ -16,6 +16,7 @@ import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Sequence
 
 import numpy as np
@@ -190,12 +191,12 @@ def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
     report.predicted += new
     report.already_predicted += len(batch.rows) - new
     report.dead_letters += len(batch.dead)
-    for row in batch.rows:
-        report.per_class[row["predicted_name"]] += 1
-        report.per_source[row["source"]] += 1
-        if row["true_label"] is not None:
-            report.labelled += 1
-            report.correct += int(row["true_label"] == row["predicted_class"])
+    # Counter.update counts an iterable in C; a loop of += per row cost a µs per image.
+    report.per_class.update(map(itemgetter("predicted_name"), batch.rows))
+    report.per_source.update(map(itemgetter("source"), batch.rows))
+    labelled = [(row["true_label"], row["predicted_class"]) for row in batch.rows if row["true_label"] is not None]
+    report.labelled += len(labelled)
+    report.correct += sum(truth == predicted for truth, predicted in labelled)
 
 
 #: Images per onnxruntime call. A batch is split so that the loop's thread can take part of it
