@@ -168,8 +168,8 @@ class KafkaTransport(Transport):
     def _poll(self, consumer, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
         from kafka.errors import KafkaError
 
-        if self._read_ahead:
-            self._drop_read_ahead(set(self._partitions_read_ahead()) - consumer.assignment())
+        if self._read_ahead:  # a rebalance may have taken some of its partitions since
+            self._drop_read_ahead({m.handle[0] for m in self._read_ahead} - consumer.assignment())
         if not self._read_ahead:
             try:
                 records = consumer.poll(timeout_ms=timeout_ms, max_records=max_messages * READ_AHEAD_BATCHES)
@@ -184,13 +184,6 @@ class KafkaTransport(Transport):
             self._unacked_from.setdefault(partition, offset)
             self._handed_out[partition] = offset
         return batch
-
-    def _partitions_read_ahead(self) -> dict[Any, int]:
-        """The lowest offset read ahead, per partition."""
-        lowest: dict[Any, int] = {}
-        for message in self._read_ahead:
-            lowest.setdefault(message.handle[0], message.handle[1])
-        return lowest
 
     def _drop_read_ahead(self, partitions: set) -> None:
         """Forget what was read ahead from ``partitions`` (revoked, or about to be re-read)."""
