@@ -23,7 +23,7 @@ import numpy as np
 import peewee as pw
 
 from vectorai import db as results_db
-from vectorai.errors import ImageError, MessageDecodeError
+from vectorai.errors import ImageError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import DecodeLimits, decode_messages
 from vectorai.preprocess import preprocess_images
