@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from vectorai.errors import MessageDecodeError
-from vectorai.png import inflate_png
 from vectorai.messages import DecodeLimits, decode_message, decode_messages, encode_image
+from vectorai.png import inflate_png
 from vectorai.transports.base import ReceivedMessage
 
 
