@@ -243,13 +243,13 @@ def _insert_postgres(db: pw.PostgresqlDatabase, model: type[pw.Model], fields: l
 
 
 #: Per database, per table: the binary COPY encoders of its columns (None: text format).
-_ENCODERS: "weakref.WeakKeyDictionary[pw.Database, dict[str, list | None]]" = weakref.WeakKeyDictionary()
+_ENCODERS: "weakref.WeakKeyDictionary[pw.Database, dict[tuple, list | None]]" = weakref.WeakKeyDictionary()
 
 
 def _binary_encoders(db: pw.Database, cursor, table: str, columns: list[str]) -> list | None:
     """The binary COPY encoders for ``columns``, from the table's own column types (read once)."""
     known = _ENCODERS.setdefault(db, {})
-    key = f"{table}({','.join(columns)})"
+    key = (table, tuple(columns))
     if key not in known:
         known[key] = pg_copy.binary_encoders(pg_copy.column_types(cursor, table), columns)
     return known[key]

@@ -25,7 +25,7 @@ from typing import Mapping, NamedTuple, Sequence
 import numpy as np
 
 from vectorai.errors import MessageDecodeError
-from vectorai.png import Scanlines, encode_png, inflate_png, unfilter
+from vectorai.png import Scanlines, encode_png, image_of, inflate_png, unfilter
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage
 
 PNG = "image/png"
@@ -224,8 +224,7 @@ def _assemble(pixels: list[Scanlines | _RawPixels | np.ndarray]) -> np.ndarray |
 
 def _one(pixels: Scanlines | _RawPixels | np.ndarray) -> np.ndarray:
     if type(pixels) is Scanlines:
-        image = unfilter([pixels])[0]
-        return image[:, :, 0] if pixels.channels == 1 else image
+        return image_of(pixels)
     if type(pixels) is _RawPixels:
         return np.frombuffer(pixels.payload, dtype=np.uint8).reshape(pixels.shape)
     return pixels

@@ -117,13 +117,16 @@ def unfilter(images: Sequence[Scanlines]) -> np.ndarray:
     return out
 
 
+def image_of(scanlines: Scanlines) -> np.ndarray:
+    """One image's pixels: H,W for greyscale, else H,W,C."""
+    pixels = unfilter([scanlines])[0]
+    return pixels[:, :, 0] if scanlines.channels == 1 else pixels
+
+
 def decode_png(payload: bytes, max_pixels: int) -> np.ndarray | None:
     """Pixels of the common PNG (see ``inflate_png``), H,W for greyscale else H,W,C; else None."""
     inflated = inflate_png(payload, max_pixels)
-    if not isinstance(inflated, Scanlines):
-        return inflated
-    pixels = unfilter([inflated])[0]
-    return pixels[:, :, 0] if inflated.channels == 1 else pixels
+    return image_of(inflated) if isinstance(inflated, Scanlines) else inflated
 
 
 def _parse_simple(payload: bytes, max_pixels: int) -> tuple[int, int, int, bytes] | None:

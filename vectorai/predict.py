@@ -121,7 +121,7 @@ def decode_batch(
     decoded, labels, stamps, pixels = images.messages, images.labels, images.produced_at, images.images
     keep = _first_of_each_id(decoded)
     if keep is not None:  # the same id twice in one batch (a re-sent sample): one row is enough
-        decoded, labels, stamps = ([values[i] for i in keep] for values in (decoded, labels, stamps))
+        decoded, labels, stamps = _select(keep, decoded, labels, stamps)
         pixels = pixels[keep] if isinstance(pixels, np.ndarray) else [pixels[i] for i in keep]
     batch = np.empty((0,), dtype=np.float32)
     if decoded:
@@ -137,23 +137,22 @@ def decode_batch(
                     good.append(i)
                 except ImageError as err:
                     dead.append(_dead_letter(message, str(err), now))
-            decoded, labels, stamps = ([values[i] for i in good] for values in (decoded, labels, stamps))
+            decoded, labels, stamps = _select(good, decoded, labels, stamps)
             batch = np.stack(rows) if rows else batch
     return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now)
 
 
 def _first_of_each_id(messages: Sequence[ReceivedMessage]) -> list[int] | None:
     """Indices of the first message of each (source, id), or None when no id repeats."""
-    ids = [(message.source, message.attributes["id"]) for message in messages]
-    if len(set(ids)) == len(ids):
-        return None
-    seen: set[tuple[str, str]] = set()
-    keep = []
-    for i, key in enumerate(ids):
-        if key not in seen:
-            seen.add(key)
-            keep.append(i)
-    return keep
+    first: dict[tuple[str, str], int] = {}
+    for i, message in enumerate(messages):
+        first.setdefault((message.source, message.attributes["id"]), i)
+    return None if len(first) == len(messages) else list(first.values())
+
+
+def _select(indices: list[int], *columns: list) -> list[list]:
+    """The given rows of parallel lists."""
+    return [[column[i] for i in indices] for column in columns]
 
 
 def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: OnnxClassifier) -> ClassifiedBatch:
