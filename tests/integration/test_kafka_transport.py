@@ -87,6 +87,42 @@ def test_nothing_is_committed_until_acknowledged(kafka_bootstrap, topic):
         assert third.consume_batch(10, timeout_ms=3000) == []
 
 
+def _committed(bootstrap: str, group: str, topic: str) -> int | None:
+    """The group's committed offset of partition 0, as the broker has it."""
+    from kafka import KafkaConsumer, TopicPartition
+
+    reader = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
+    try:
+        return reader.committed(TopicPartition(topic, 0))  # asks the coordinator; joins nothing
+    finally:
+        reader.close(autocommit=False)
+
+
+def test_acknowledged_offsets_are_committed_at_most_every_interval_and_before_waiting(
+        kafka_bootstrap, topic, monkeypatch):
+    from vectorai.transports import kafka as kafka_transport
+
+    monkeypatch.setattr(kafka_transport, "COMMIT_INTERVAL_S", 60.0)
+    _publish(kafka_bootstrap, topic, 30)
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    with _transport(kafka_bootstrap, topic, group=group) as consumer:
+        first = _drain(consumer, 10)
+        consumer.acknowledge(first)  # the first acknowledgement is committed at once...
+        deadline = time.monotonic() + 10
+        while _committed(kafka_bootstrap, group, topic) != 10 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert _committed(kafka_bootstrap, group, topic) == 10
+        for _ in range(2):  # ...the next ones within the interval wait for a later commit
+            batch = consumer.consume_batch(10, timeout_ms=0)
+            assert len(batch) == 10
+            consumer.acknowledge(batch)
+        time.sleep(1)
+        assert _committed(kafka_bootstrap, group, topic) == 10
+        # About to wait for new messages: everything acknowledged is committed first.
+        assert consumer.consume_batch(10, timeout_ms=200) == []
+        assert _committed(kafka_bootstrap, group, topic) == 30
+
+
 def test_released_messages_come_back_before_what_was_read_ahead(kafka_bootstrap, topic):
     """One poll reads several batches ahead. Releasing a batch hands it out again before anything
     after it, so acknowledging later batches can never commit past it; what was read ahead and
