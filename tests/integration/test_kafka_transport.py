@@ -123,6 +123,15 @@ def test_acknowledged_offsets_are_committed_at_most_every_interval_and_before_wa
         assert _committed(kafka_bootstrap, group, topic) == 30
 
 
+def test_a_new_member_is_assigned_the_topic_in_its_first_join(kafka_bootstrap, topic):
+    """Without the topic's metadata the first join assigns nothing and a second one follows
+    (0.1 s later): the group would be in its second generation."""
+    _publish(kafka_bootstrap, topic, 3)
+    with _transport(kafka_bootstrap, topic, group=f"group-{uuid.uuid4().hex[:8]}") as consumer:
+        assert len(_drain(consumer, 3)) == 3
+        assert consumer._consumer.group_metadata().generation_id == 1
+
+
 def test_released_messages_come_back_before_what_was_read_ahead(kafka_bootstrap, topic):
     """One poll reads several batches ahead. Releasing a batch hands it out again before anything
     after it, so acknowledging later batches can never commit past it; what was read ahead and

@@ -337,7 +337,23 @@ class KafkaTransport(Transport):
                 fetch_max_bytes=64 * 1024 * 1024,
             )
             self._consumer.subscribe([self.topic])
+            self._refresh_metadata()
         return self._consumer
+
+    def _refresh_metadata(self) -> None:
+        """Fetch the topic's metadata now, before the first join.
+
+        Otherwise kafka-python joins the group knowing no partitions of the topic (its metadata
+        refresh after subscribing waits out ``retry_backoff_ms`` since the bootstrap), is
+        assigned none, and joins again once the metadata arrives: the first batch came 0.1 s
+        later (0.24-0.32 s after the consumer was made, against 0.13-0.20 s with this)."""
+        from kafka.errors import KafkaError
+
+        try:
+            self._consumer.bootstrap(timeout_ms=self.connect_timeout_ms, refresh=True)
+        except KafkaError as err:
+            # Not fatal: the first poll joins anyway, only without the partitions at first.
+            log.debug("metadata refresh for topic %s failed: %s", self.topic, _describe(err))
 
     def _received(self, record) -> ReceivedMessage:
         partition = self._partitions.get((record.topic, record.partition))
