@@ -280,3 +280,36 @@ def test_bad_database_urls(tmp_path):
     with pytest.raises(DatabaseError) as err:
         results_db.connect("postgresql://u:secret@127.0.0.1:1/db", connect_timeout_s=2)
     assert "secret" not in str(err.value) and "***" in str(err.value)
+
+
+def test_waiting_for_the_background_chunk_the_loop_classifies_the_next_batch(classifier, monkeypatch):
+    model, weights = classifier
+    monkeypatch.setattr(predict, "CHUNK", 4)
+    images = np.random.default_rng(8).integers(0, 256, (16, 8, 8), dtype=np.uint8)
+    pixels = preprocess_images(images, model.spec)
+    loop_calls = threading.Semaphore(0)
+    background_claimed = threading.Event()
+
+    class HeldInBackground(_CountingClassifier):
+        def predict_proba(self, batch):
+            if threading.current_thread() is threading.main_thread():
+                loop_calls.release()
+            else:  # hold the background chunk until the loop has made three calls
+                background_claimed.set()
+                assert all(loop_calls.acquire(timeout=5) for _ in range(3)), "the loop idled"
+            return super().predict_proba(batch)
+
+    held = HeldInBackground(model)
+    first, following = predict._Job(held, pixels[:8]), predict._Job(held, pixels[8:])
+    background = threading.Thread(target=first.run_chunk, args=(False,))
+    background.start()
+    assert background_claimed.wait(5)  # the background thread is on the first chunk
+    probabilities = first.result(spare=following)
+    background.join()
+
+    # While the background thread held its chunk, the loop took the first batch's other chunk
+    # and both of the next batch's; only then did it wait.
+    assert held.calls == [(True, 4), (True, 4), (True, 4), (False, 4)]
+    want = expected_classes(weights, pixels)
+    assert probabilities.argmax(axis=1).tolist() == want[:8].tolist()
+    assert following.result().argmax(axis=1).tolist() == want[8:].tolist()
