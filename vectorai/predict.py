@@ -256,8 +256,8 @@ class _Job:
         """The batch's probabilities. The caller classifies the chunks still unclaimed instead
         of idling; while the background thread finishes its last one, chunks of ``spare`` (the
         next batch's job) from the back. It waits only when neither has a chunk left: waiting
-        for that last chunk had cost the loop 6-9 µs per image (time.thread_time against wall
-        time around this call, local+SQLite, raw images), a core idle each time."""
+        for that last chunk had cost the loop 6-10 µs per image (time.thread_time against wall
+        time around this call, local+SQLite), a core idle each time."""
         while self.run_chunk(from_back=True):
             pass
         while spare is not None and not self._finished.is_set() and spare.run_chunk(from_back=True):
