@@ -36,7 +36,7 @@ import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any, Callable, Iterable
 
 import numpy as np
 
@@ -263,38 +263,36 @@ def measure_raw_onnxruntime(classifier, batch: np.ndarray, batch_size: int, repe
     classifier.predict_proba(batch[:batch_size])  # warm-up: first call allocates arenas
     starts = range(0, len(batch), batch_size)
 
-    def classify(claimed: Iterator[int]) -> None:
-        for start in claimed:
+    def classify(take: Callable[[], int | None]) -> None:
+        while (start := take()) is not None:
             classifier.predict_proba(batch[start:start + batch_size])
 
     best = float("inf")
     for _ in range(repeats):
-        claimed = _shared(starts)
-        threads = [threading.Thread(target=classify, args=(claimed,)) for _ in range(workers - 1)]
+        take = _shared(starts)
+        threads = [threading.Thread(target=classify, args=(take,)) for _ in range(workers - 1)]
         started = time.perf_counter()
         for thread in threads:
             thread.start()
-        classify(claimed)
+        classify(take)
         for thread in threads:
             thread.join()
         best = min(best, time.perf_counter() - started)
     return Case(RAW, "ceiling", len(batch), best, {"best_of": repeats})
 
 
-def _shared(items: Iterable[int]) -> Iterator[int]:
-    """One iterator that several threads may draw from, each item going to exactly one of them."""
+def _shared(items: Iterable[int]) -> Callable[[], int | None]:
+    """A function that several threads may call, each item going to exactly one of them; None
+    once all are taken. (Not a shared generator: two threads resuming one generator at once
+    raise "generator already executing", which killed a worker mid-measurement.)"""
     lock = threading.Lock()
     source = iter(items)
 
-    def draw() -> Iterator[int]:
-        while True:
-            with lock:
-                item = next(source, None)
-            if item is None:
-                return
-            yield item
+    def take() -> int | None:
+        with lock:
+            return next(source, None)
 
-    return draw()
+    return take
 
 
 def measure_ceiling(ways: dict[str, tuple[Any, int, int]], batch: np.ndarray, when: str,

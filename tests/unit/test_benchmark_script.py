@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 from tests.unit.helpers import tiny_onnx_model
@@ -26,6 +27,7 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
     )
 
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]  # e.g. a ceiling worker thread died
     summary = json.loads(out.read_text())
     assert {"machine", "images", "batch_size", "encodings", "raw_onnxruntime_images_per_second", "results",
             "memory", "targets", "skipped"} <= set(summary)
@@ -52,3 +54,29 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
     assert all(r["consumed"] == r["messages"] and r["peak_rss_mib"] > 0 for r in runs)
     # The table is printed before the JSON.
     assert proc.stdout.startswith("case") and "raw onnxruntime" in proc.stdout
+
+
+def test_the_ceilings_workers_share_the_batches_each_exactly_once():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from throughput import _shared
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    take = _shared(range(20000))
+    taken: list[list[int]] = [[] for _ in range(8)]
+    errors: list[BaseException] = []
+
+    def worker(mine: list[int]) -> None:
+        try:
+            while (item := take()) is not None:
+                mine.append(item)
+        except BaseException as err:  # noqa: BLE001 - reported by the assertion below
+            errors.append(err)
+
+    threads = [threading.Thread(target=worker, args=(mine,)) for mine in taken]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == []
+    assert sorted(item for mine in taken for item in mine) == list(range(20000))
