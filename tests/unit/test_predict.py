@@ -1,3 +1,4 @@
+import gc
 import sqlite3
 import threading
 import time
@@ -190,6 +191,50 @@ def test_the_first_error_is_reported_even_when_releasing_fails(tmp_path, classif
     with Broken(tmp_path, "t") as source:
         with pytest.raises(TransportError, match="commit refused"):
             run_predictions([source], model, database, batch_size=5, timeout_ms=50)
+
+
+def test_the_garbage_collector_runs_less_often_during_a_run_and_as_before_after_it(tmp_path, classifier):
+    model, _ = classifier
+    database = _blank_stream(tmp_path, 12)
+    seen = []
+
+    class Watched(LocalTransport):
+        fail = False
+
+        def consume_batch(self, max_messages, timeout_ms):
+            seen.append(gc.get_threshold())
+            return super().consume_batch(max_messages, timeout_ms)
+
+        def acknowledge(self, messages):
+            if self.fail:
+                raise TransportError("local", "commit refused")
+            super().acknowledge(messages)
+
+    before = gc.get_threshold()
+    try:
+        gc.set_threshold(700, 10, 10)
+        with Watched(tmp_path, "t") as source:
+            run_predictions([source], model, database, batch_size=10, timeout_ms=50)
+        assert set(seen) == {(predict.YOUNG_OBJECTS_PER_MESSAGE * 10, 10, 10)}
+        assert gc.get_threshold() == (700, 10, 10)
+
+        seen.clear()
+        database = _blank_stream(tmp_path / "failing", 12)
+        source = Watched(tmp_path / "failing", "t")
+        source.fail = True
+        with source, pytest.raises(TransportError, match="commit refused"):
+            run_predictions([source], model, database, batch_size=10, timeout_ms=50)
+        assert seen and gc.get_threshold() == (700, 10, 10)  # put back after a failure too
+
+        for setting in ((0, 10, 10), (10**6, 10, 10)):  # collection off, or already rarer: untouched
+            gc.set_threshold(*setting)
+            seen.clear()
+            database = _blank_stream(tmp_path / str(setting[0]), 12)
+            with Watched(tmp_path / str(setting[0]), "t") as source:
+                run_predictions([source], model, database, batch_size=10, timeout_ms=50)
+            assert set(seen) == {setting} and gc.get_threshold() == setting
+    finally:
+        gc.set_threshold(*before)
 
 
 def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
