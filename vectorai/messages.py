@@ -231,19 +231,10 @@ def _one(pixels: Scanlines | _RawPixels | np.ndarray) -> np.ndarray:
 
 
 def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits) -> _RawPixels | np.ndarray:
-    dtype = _RAW_DTYPES.get(attrs.get("dtype", ""))
-    if dtype is None:
-        raise _Invalid(f"unsupported dtype {attrs.get('dtype')!r}; expected uint8 or float32")
-    try:
-        shape = tuple(int(part) for part in attrs.get("shape", "").split(","))
-    except ValueError:
-        raise _Invalid(f"malformed shape {attrs.get('shape')!r}; expected H,W or H,W,C") from None
-    if len(shape) not in (2, 3) or min(shape) <= 0 or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
-        raise _Invalid(f"unsupported shape {shape}; expected H,W or H,W,C with C in 1, 3, 4")
-    pixels = shape[0] * shape[1]
-    if pixels > limits.max_pixels:
-        raise _Invalid(f"{pixels} pixels exceed the limit of {limits.max_pixels}")
-    expected = math.prod(shape) * dtype.itemsize  # math.prod: np.prod costs more than the decode
+    dtype_name, shape_text = attrs.get("dtype", ""), attrs.get("shape", "")
+    if len(shape_text) > 64:  # also keeps what the cache below holds small
+        raise _Invalid(f"malformed shape {shape_text[:64]!r}...; expected H,W or H,W,C")
+    dtype, shape, expected = _raw_layout(dtype_name, shape_text, limits)
     if expected != len(payload):
         raise _Invalid(f"shape {shape} of {dtype.name} needs {expected} bytes but payload has {len(payload)}")
     if dtype.kind == "u":
@@ -252,6 +243,27 @@ def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits) 
     if not np.isfinite(image).all():
         raise _Invalid("image contains NaN or infinite values")
     return image
+
+
+@functools.lru_cache(maxsize=256)
+def _raw_layout(dtype_name: str, shape_text: str, limits: DecodeLimits) -> tuple[np.dtype, tuple[int, ...], int]:
+    """The dtype, shape and byte size that a raw image's attributes describe.
+
+    Cached, as ``_timestamp`` is: a stream's images share one layout, and checking it cost a
+    third of decoding a raw image. (An invalid layout raises, and lru_cache does not keep it.)"""
+    dtype = _RAW_DTYPES.get(dtype_name)
+    if dtype is None:
+        raise _Invalid(f"unsupported dtype {dtype_name!r}; expected uint8 or float32")
+    try:
+        shape = tuple(int(part) for part in shape_text.split(","))
+    except ValueError:
+        raise _Invalid(f"malformed shape {shape_text!r}; expected H,W or H,W,C") from None
+    if len(shape) not in (2, 3) or min(shape) <= 0 or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
+        raise _Invalid(f"unsupported shape {shape}; expected H,W or H,W,C with C in 1, 3, 4")
+    pixels = shape[0] * shape[1]
+    if pixels > limits.max_pixels:
+        raise _Invalid(f"{pixels} pixels exceed the limit of {limits.max_pixels}")
+    return dtype, shape, math.prod(shape) * dtype.itemsize  # math.prod: np.prod costs more
 
 
 def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits) -> np.ndarray:

@@ -66,6 +66,7 @@ def good_attrs(**over):
     (b"\x00" * 5, good_attrs(), "needs 4 bytes"),
     (b"\x00" * 4, good_attrs(shape="2,x"), "malformed shape"),
     (b"\x00" * 4, good_attrs(shape="2,2,7"), "unsupported shape"),
+    (b"\x00" * 4, good_attrs(shape="0" * 100 + "2,2"), "malformed shape"),
     (b"\x00" * 4, good_attrs(dtype="float64"), "unsupported dtype"),
     (np.array([np.nan, 0, 0, 0], dtype="<f4").tobytes(), good_attrs(dtype="float32"), "NaN"),
     (b"\x00" * 4, good_attrs(label="12"), "outside the model's 10 classes"),
@@ -89,6 +90,11 @@ def test_size_limits_are_checked_before_decoding():
     claimed = ReceivedMessage("x", b"\x00" * 4, good_attrs(shape="100000,100000"), "p")
     with pytest.raises(MessageDecodeError, match="pixels exceed"):
         decode_message(claimed)
+    # A layout already seen (and accepted) under other limits is checked against these ones.
+    raw = received(encode_image(np.zeros((28, 28), dtype=np.uint8), "raw", encoding="raw"))
+    assert decode_message(raw).image.shape == (28, 28)
+    with pytest.raises(MessageDecodeError, match="784 pixels exceed the limit of 100"):
+        decode_message(raw, limits=DecodeLimits(max_pixels=100))
 
 
 def _messages(images, encoding, start=0):
