@@ -4,9 +4,11 @@ A message is payload bytes plus string attributes (Kafka headers, Pub/Sub attrib
 local queue's JSON envelope):
 
 * ``id``            -- required, unique per source; rows are keyed on (source, id).
-* ``content-type``  -- ``image/png``, ``image/jpeg`` or ``application/x-ndarray``.
-* ``dtype``/``shape`` -- only for ``application/x-ndarray``: ``uint8`` or ``float32`` (little
-  endian), shape ``H,W`` or ``H,W,C`` with C in 1, 3, 4; the payload is the C-order pixel bytes.
+* ``content-type``  -- ``image/png``, ``image/jpeg`` or, for pixel bytes,
+  ``application/x-ndarray; dtype=D; shape=S``: D is ``uint8`` or ``float32`` (little endian), S is
+  ``H,W`` or ``H,W,C`` with C in 1, 3, 4, and the payload is the C-order pixel bytes. D and S may
+  instead come as attributes of their own, ``dtype`` and ``shape`` (the first version of this
+  format); StreamData sends the parameters, two attributes fewer for every consumer to parse.
 * ``label``         -- optional true class index (an integer), for measuring accuracy.
 * ``produced-at``   -- optional producer timestamp, RFC 3339 / ISO 8601 (``...Z`` or offset).
 
@@ -33,6 +35,8 @@ JPEG = "image/jpeg"
 NDARRAY = "application/x-ndarray"
 CONTENT_TYPES = (PNG, JPEG, NDARRAY)
 _RAW_DTYPES = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}
+#: The longest content-type a message may have: the ``prediction.content_type`` column's width.
+MAX_CONTENT_TYPE = 64
 _PIL_FORMATS = {PNG: "PNG", JPEG: "JPEG"}
 
 
@@ -82,10 +86,8 @@ def encode_image(
         array = np.ascontiguousarray(image)
         if array.dtype != np.uint8:
             array = array.astype("<f4")
-        attributes.update(
-            {"content-type": NDARRAY, "dtype": "uint8" if array.dtype == np.uint8 else "float32",
-             "shape": ",".join(str(d) for d in array.shape)}
-        )
+        attributes["content-type"] = ndarray_type("uint8" if array.dtype == np.uint8 else "float32",
+                                                  array.shape)
         return OutgoingMessage(payload=array.tobytes(), attributes=attributes)
     if encoding == "png":
         attributes["content-type"] = PNG
@@ -101,6 +103,21 @@ def encode_image(
         attributes["content-type"] = JPEG
         return OutgoingMessage(payload=buffer.getvalue(), attributes=attributes)
     raise ValueError(f"unknown image encoding {encoding!r}; use png, jpeg or raw")
+
+
+def ndarray_type(dtype: str, shape: Sequence[int]) -> str:
+    """The content-type of raw pixel bytes: ``application/x-ndarray; dtype=uint8; shape=28,28``."""
+    return f"{NDARRAY}; dtype={dtype}; shape={','.join(str(int(d)) for d in shape)}"
+
+
+def stored_content_type(attributes: Mapping[str, str]) -> str:
+    """The content-type to store with a decoded message's payload: as received, except that raw
+    pixels sent with ``dtype`` and ``shape`` attributes get them as parameters, so that the stored
+    bytes say how to read them."""
+    content_type = attributes.get("content-type", "")
+    if content_type != NDARRAY:
+        return content_type
+    return _raw_layout(content_type, attributes.get("dtype"), attributes.get("shape"))[3]
 
 
 def _to_uint8(image: np.ndarray) -> np.ndarray:
@@ -199,8 +216,8 @@ def _pixels(message: ReceivedMessage, limits: DecodeLimits) -> Scanlines | _RawP
         if inflated is not None:
             return inflated
         return _decode_encoded(payload, content_type, limits)
-    if content_type == NDARRAY:
-        return _decode_raw(payload, attrs, limits)
+    if content_type.startswith(NDARRAY):
+        return _decode_raw(payload, content_type, attrs, limits)
     if content_type == JPEG:
         return _decode_encoded(payload, content_type, limits)
     raise _Invalid(f"unknown content-type {content_type!r}; expected one of {', '.join(CONTENT_TYPES)}")
@@ -230,11 +247,19 @@ def _one(pixels: Scanlines | _RawPixels | np.ndarray) -> np.ndarray:
     return pixels
 
 
-def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits) -> _RawPixels | np.ndarray:
-    dtype_name, shape_text = attrs.get("dtype", ""), attrs.get("shape", "")
-    if len(shape_text) > 64:  # also keeps what the cache below holds small
-        raise _Invalid(f"malformed shape {shape_text[:64]!r}...; expected H,W or H,W,C")
-    dtype, shape, expected = _raw_layout(dtype_name, shape_text, limits)
+def _decode_raw(payload: bytes, content_type: str, attrs: Mapping[str, str], limits: DecodeLimits
+                ) -> _RawPixels | np.ndarray:
+    dtype_name, shape_text = attrs.get("dtype"), attrs.get("shape")
+    # Checked before the cache below, which then holds only short strings.
+    if len(content_type) > MAX_CONTENT_TYPE:
+        raise _Invalid(f"content-type {content_type[:MAX_CONTENT_TYPE]!r}... is longer than "
+                       f"{MAX_CONTENT_TYPE} characters")
+    if len(dtype_name or "") > 16 or len(shape_text or "") > 32:
+        raise _Invalid(f"malformed dtype or shape attribute {(dtype_name or '')[:16]!r}, "
+                       f"{(shape_text or '')[:32]!r}; expected uint8 or float32, and H,W or H,W,C")
+    dtype, shape, expected, _ = _raw_layout(content_type, dtype_name, shape_text)
+    if shape[0] * shape[1] > limits.max_pixels:
+        raise _Invalid(f"{shape[0] * shape[1]} pixels exceed the limit of {limits.max_pixels}")
     if expected != len(payload):
         raise _Invalid(f"shape {shape} of {dtype.name} needs {expected} bytes but payload has {len(payload)}")
     if dtype.kind == "u":
@@ -246,11 +271,29 @@ def _decode_raw(payload: bytes, attrs: Mapping[str, str], limits: DecodeLimits) 
 
 
 @functools.lru_cache(maxsize=256)
-def _raw_layout(dtype_name: str, shape_text: str, limits: DecodeLimits) -> tuple[np.dtype, tuple[int, ...], int]:
-    """The dtype, shape and byte size that a raw image's attributes describe.
+def _raw_layout(content_type: str, dtype_attribute: str | None, shape_attribute: str | None
+                ) -> tuple[np.dtype, tuple[int, ...], int, str]:
+    """The dtype, shape, byte size and full content-type of raw pixels, from the content-type's
+    parameters or from the ``dtype`` and ``shape`` attributes.
 
-    Cached, as ``_timestamp`` is: a stream's images share one layout, and checking it cost a
-    third of decoding a raw image. (An invalid layout raises, and lru_cache does not keep it.)"""
+    Cached, as ``_timestamp`` is: a stream's images share one layout, and checking it per
+    message cost more than the rest of decoding a raw image. (An invalid layout raises, and
+    lru_cache does not keep it.)"""
+    media_type, *parameters = content_type.split(";")
+    if media_type.strip() != NDARRAY:
+        raise _Invalid(f"unknown content-type {content_type!r}; expected one of {', '.join(CONTENT_TYPES)}")
+    given = {"dtype": dtype_attribute, "shape": shape_attribute}
+    for parameter in parameters:
+        name, _, value = parameter.partition("=")
+        name, value = name.strip().lower(), value.strip()
+        if name not in given:
+            raise _Invalid(f"unknown parameter {name!r} in content-type {content_type!r}; "
+                           f"expected dtype and shape")
+        if given[name] is not None and given[name] != value:
+            raise _Invalid(f"content-type {content_type!r} says {name}={value} but the {name} "
+                           f"attribute says {given[name]!r}")
+        given[name] = value
+    dtype_name, shape_text = given["dtype"] or "", given["shape"] or ""
     dtype = _RAW_DTYPES.get(dtype_name)
     if dtype is None:
         raise _Invalid(f"unsupported dtype {dtype_name!r}; expected uint8 or float32")
@@ -260,10 +303,10 @@ def _raw_layout(dtype_name: str, shape_text: str, limits: DecodeLimits) -> tuple
         raise _Invalid(f"malformed shape {shape_text!r}; expected H,W or H,W,C") from None
     if len(shape) not in (2, 3) or min(shape) <= 0 or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
         raise _Invalid(f"unsupported shape {shape}; expected H,W or H,W,C with C in 1, 3, 4")
-    pixels = shape[0] * shape[1]
-    if pixels > limits.max_pixels:
-        raise _Invalid(f"{pixels} pixels exceed the limit of {limits.max_pixels}")
-    return dtype, shape, math.prod(shape) * dtype.itemsize  # math.prod: np.prod costs more
+    full_type = content_type if parameters else ndarray_type(dtype_name, shape)
+    if len(full_type) > MAX_CONTENT_TYPE:
+        raise _Invalid(f"content-type {full_type!r} is longer than {MAX_CONTENT_TYPE} characters")
+    return dtype, shape, math.prod(shape) * dtype.itemsize, full_type  # math.prod: np.prod costs more
 
 
 def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits) -> np.ndarray:

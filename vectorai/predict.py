@@ -27,7 +27,7 @@ import peewee as pw
 from vectorai import db as results_db
 from vectorai.errors import ImageError
 from vectorai.inference import OnnxClassifier
-from vectorai.messages import DecodeLimits, decode_messages
+from vectorai.messages import DecodeLimits, decode_messages, stored_content_type
 from vectorai.preprocess import preprocess_images
 from vectorai.transports.base import ReceivedMessage, Transport
 
@@ -183,7 +183,7 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 "message_id": message.attributes["id"][:255],
                 "position": message.position[:255],
                 "image": message.payload,
-                "content_type": message.attributes.get("content-type", ""),
+                "content_type": stored_content_type(message.attributes),
                 "predicted_class": cls,
                 "predicted_name": names[cls],
                 "confidence": confidence,

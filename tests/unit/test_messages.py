@@ -41,15 +41,27 @@ def test_jpeg_round_trip_is_close():
     assert np.abs(decoded.image.astype(int) - 120).max() <= 3
 
 
-def test_hand_written_message_in_documented_format_decodes():
+@pytest.mark.parametrize("layout", [
+    {"content-type": "application/x-ndarray; dtype=uint8; shape=3,4"},
+    {"content-type": "application/x-ndarray;dtype=uint8;shape=3,4"},
+    {"content-type": "application/x-ndarray", "dtype": "uint8", "shape": "3,4"},  # the format's first version
+])
+def test_hand_written_message_in_documented_format_decodes(layout):
     """What a producer in another language would send: raw bytes plus string attributes."""
     pixels = bytes(range(256))[:12]
-    message = ReceivedMessage("kafka", pixels, {"id": "ext-1", "content-type": "application/x-ndarray",
-                                                "dtype": "uint8", "shape": "3,4", "label": "2",
+    message = ReceivedMessage("kafka", pixels, {"id": "ext-1", **layout, "label": "2",
                                                 "produced-at": "2026-11-26T07:00:00+01:00"}, "p")
     decoded = decode_message(message, num_classes=3)
     assert decoded.image.shape == (3, 4) and decoded.image[2, 3] == 11
     assert decoded.produced_at == dt.datetime(2026, 11, 26, 6, 0, tzinfo=dt.timezone.utc)
+
+
+def test_raw_images_are_sent_with_dtype_and_shape_in_the_content_type():
+    colour = encode_image(np.zeros((4, 5, 3), np.uint8), "c", label=1, encoding="raw")
+    grey = encode_image(np.zeros((4, 5), np.float32), "g", encoding="raw")
+    assert colour.attributes["content-type"] == "application/x-ndarray; dtype=uint8; shape=4,5,3"
+    assert grey.attributes["content-type"] == "application/x-ndarray; dtype=float32; shape=4,5"
+    assert set(colour.attributes) == {"id", "produced-at", "label", "content-type"}
 
 
 def good_attrs(**over):
@@ -66,8 +78,16 @@ def good_attrs(**over):
     (b"\x00" * 5, good_attrs(), "needs 4 bytes"),
     (b"\x00" * 4, good_attrs(shape="2,x"), "malformed shape"),
     (b"\x00" * 4, good_attrs(shape="2,2,7"), "unsupported shape"),
-    (b"\x00" * 4, good_attrs(shape="0" * 100 + "2,2"), "malformed shape"),
+    (b"\x00" * 4, good_attrs(shape="0" * 100 + "2,2"), "malformed dtype or shape"),
     (b"\x00" * 4, good_attrs(dtype="float64"), "unsupported dtype"),
+    (b"\x00" * 4, good_attrs(**{"content-type": "application/x-ndarray; dtype=uint8; shape=2,3"}),
+     "says shape=2,3 but the shape attribute says '2,2'"),
+    (b"\x00" * 4, good_attrs(**{"content-type": "application/x-ndarray; order=F"}), "unknown parameter 'order'"),
+    (b"\x00" * 4, good_attrs(**{"content-type": "application/x-ndarray; shape=" + "2," * 30 + "2"}),
+     "longer than 64 characters"),
+    (b"\x00" * 4, {"id": "m1", "content-type": "application/x-ndarray; dtype=uint8"}, "malformed shape ''"),
+    (b"\x00" * 4, {"id": "m1", "content-type": "application/x-ndarrays; dtype=uint8; shape=2,2"},
+     "unknown content-type"),
     (np.array([np.nan, 0, 0, 0], dtype="<f4").tobytes(), good_attrs(dtype="float32"), "NaN"),
     (b"\x00" * 4, good_attrs(label="12"), "outside the model's 10 classes"),
     (b"\x00" * 4, good_attrs(label="cat"), "not an integer"),

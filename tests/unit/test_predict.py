@@ -64,6 +64,33 @@ def test_stream_to_database_with_poison_messages(tmp_path, classifier):
     assert summary["accuracy"] == 1.0 and sum(summary["per_class"].values()) == 40
 
 
+def test_a_stored_raw_image_can_be_read_back_with_its_stored_content_type(tmp_path, classifier):
+    model, _ = classifier
+    rng = np.random.default_rng(5)
+    grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
+    floats = rng.random((8, 8), dtype=np.float32)
+    sent = {"new": grey, "first-version": floats}
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([
+            encode_image(grey, "new", encoding="raw"),  # dtype and shape as content-type parameters
+            OutgoingMessage(floats.tobytes(), {"id": "first-version", "content-type": "application/x-ndarray",
+                                               "dtype": "float32", "shape": "8,8"}),
+        ])
+        producer.flush(5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        run_predictions([source], model, database, batch_size=16, timeout_ms=100)
+
+    rows = {r.message_id: r for r in results_db.Prediction.select()}
+    assert rows["new"].content_type == "application/x-ndarray; dtype=uint8; shape=8,8"
+    assert rows["first-version"].content_type == "application/x-ndarray; dtype=float32; shape=8,8"
+    for message_id, row in rows.items():
+        parameters = dict(part.strip().split("=") for part in row.content_type.split(";")[1:])
+        dtype = {"uint8": np.uint8, "float32": "<f4"}[parameters["dtype"]]
+        shape = tuple(int(d) for d in parameters["shape"].split(","))
+        np.testing.assert_array_equal(np.frombuffer(bytes(row.image), dtype).reshape(shape), sent[message_id])
+
+
 def test_redelivered_messages_are_not_stored_twice(tmp_path, classifier):
     model, _ = classifier
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
