@@ -112,10 +112,10 @@ def ndarray_type(dtype: str, shape: Sequence[int]) -> str:
 
 def stored_content_type(attributes: Mapping[str, str]) -> str:
     """The content-type to store with a decoded message's payload: as received, except that raw
-    pixels sent with ``dtype`` and ``shape`` attributes get them as parameters, so that the stored
-    bytes say how to read them."""
+    pixels always get ``dtype`` and ``shape`` parameters (whether they came as parameters or as
+    attributes), so that the stored bytes say how to read them."""
     content_type = attributes.get("content-type", "")
-    if content_type != NDARRAY:
+    if not content_type.startswith(NDARRAY):
         return content_type
     return _raw_layout(content_type, attributes.get("dtype"), attributes.get("shape"))[3]
 
@@ -273,8 +273,8 @@ def _decode_raw(payload: bytes, content_type: str, attrs: Mapping[str, str], lim
 @functools.lru_cache(maxsize=256)
 def _raw_layout(content_type: str, dtype_attribute: str | None, shape_attribute: str | None
                 ) -> tuple[np.dtype, tuple[int, ...], int, str]:
-    """The dtype, shape, byte size and full content-type of raw pixels, from the content-type's
-    parameters or from the ``dtype`` and ``shape`` attributes.
+    """The dtype, shape, byte size and full content-type (``ndarray_type``) of raw pixels, from
+    the content-type's parameters or from the ``dtype`` and ``shape`` attributes.
 
     Cached, as ``_timestamp`` is: a stream's images share one layout, and checking it per
     message cost more than the rest of decoding a raw image. (An invalid layout raises, and
@@ -303,7 +303,7 @@ def _raw_layout(content_type: str, dtype_attribute: str | None, shape_attribute:
         raise _Invalid(f"malformed shape {shape_text!r}; expected H,W or H,W,C") from None
     if len(shape) not in (2, 3) or min(shape) <= 0 or (len(shape) == 3 and shape[2] not in (1, 3, 4)):
         raise _Invalid(f"unsupported shape {shape}; expected H,W or H,W,C with C in 1, 3, 4")
-    full_type = content_type if parameters else ndarray_type(dtype_name, shape)
+    full_type = ndarray_type(dtype_name, shape)
     if len(full_type) > MAX_CONTENT_TYPE:
         raise _Invalid(f"content-type {full_type!r} is longer than {MAX_CONTENT_TYPE} characters")
     return dtype, shape, math.prod(shape) * dtype.itemsize, full_type  # math.prod: np.prod costs more

@@ -69,12 +69,14 @@ def test_a_stored_raw_image_can_be_read_back_with_its_stored_content_type(tmp_pa
     rng = np.random.default_rng(5)
     grey = rng.integers(0, 256, (8, 8), dtype=np.uint8)
     floats = rng.random((8, 8), dtype=np.float32)
-    sent = {"new": grey, "first-version": floats}
+    sent = {"new": grey, "first-version": floats, "mixed": grey}
     with open_transport("local", root=tmp_path, topic="t") as producer:
         producer.publish([
             encode_image(grey, "new", encoding="raw"),  # dtype and shape as content-type parameters
             OutgoingMessage(floats.tobytes(), {"id": "first-version", "content-type": "application/x-ndarray",
                                                "dtype": "float32", "shape": "8,8"}),
+            OutgoingMessage(grey.tobytes(), {"id": "mixed", "content-type": "application/x-ndarray;dtype=uint8",
+                                             "shape": "8,8"}),
         ])
         producer.flush(5)
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
@@ -84,6 +86,7 @@ def test_a_stored_raw_image_can_be_read_back_with_its_stored_content_type(tmp_pa
     rows = {r.message_id: r for r in results_db.Prediction.select()}
     assert rows["new"].content_type == "application/x-ndarray; dtype=uint8; shape=8,8"
     assert rows["first-version"].content_type == "application/x-ndarray; dtype=float32; shape=8,8"
+    assert rows["mixed"].content_type == "application/x-ndarray; dtype=uint8; shape=8,8"
     for message_id, row in rows.items():
         parameters = dict(part.strip().split("=") for part in row.content_type.split(";")[1:])
         dtype = {"uint8": np.uint8, "float32": "<f4"}[parameters["dtype"]]
