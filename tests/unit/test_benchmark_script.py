@@ -80,3 +80,34 @@ def test_the_ceilings_workers_share_the_batches_each_exactly_once():
         thread.join()
     assert errors == []
     assert sorted(item for mine in taken for item in mine) == list(range(20000))
+
+
+def test_a_ceiling_worker_that_fails_fails_the_measurement():
+    sys.path.insert(0, str(REPO / "benchmarks"))
+    try:
+        from throughput import measure_raw_onnxruntime
+    finally:
+        sys.path.remove(str(REPO / "benchmarks"))
+    import numpy as np
+    import pytest
+
+    class Model:
+        def __init__(self, worker_fails: bool) -> None:
+            self.worker_fails = worker_fails
+            self.calls = 0
+            self.lock = threading.Lock()
+
+        def predict_proba(self, batch):
+            with self.lock:
+                self.calls += 1
+            if self.worker_fails and threading.current_thread() is not threading.main_thread():
+                raise RuntimeError("worker broke")
+            return np.zeros((len(batch), 3), np.float32)
+
+    images = np.zeros((64, 8, 8, 1), np.float32)
+    with pytest.raises(RuntimeError, match="worker broke"):
+        measure_raw_onnxruntime(Model(worker_fails=True), images, 4, repeats=1, workers=3)
+    # Without failures, each of the 16 calls per pass is made once (after one warm-up call).
+    model = Model(worker_fails=False)
+    case = measure_raw_onnxruntime(model, images, 4, repeats=2, workers=3)
+    assert model.calls == 1 + 2 * 16 and case.images == 64
