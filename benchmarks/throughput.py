@@ -69,9 +69,11 @@ class Case:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self, raw_rate: float) -> dict[str, Any]:
+        beside = self.extra.get("ceiling_beside_images_per_second")
         return {"case": self.case, "kind": self.kind, "images": self.images,
                 "seconds": round(self.seconds, 4), "images_per_second": round(self.rate, 1),
                 "ratio_to_raw_onnxruntime": round(self.rate / raw_rate, 4) if raw_rate else None,
+                **({"ratio_to_ceiling_beside": round(self.rate / beside, 4)} if beside else {}),
                 **self.extra}
 
 
@@ -531,6 +533,19 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         raw = measure_ceiling(ways, batch, "first", raw_runs)
         cases.append(raw)
         log(f"{RAW}: {raw.rate:,.0f} images/s")
+        # The ceiling beside each end-to-end case: the usually fastest way again, right before
+        # and right after the case. How many cores this VM really gets changes within a run
+        # (the same measurement moved by up to 28% between a run's start and end), and a case is
+        # judged against the ceiling of its own minutes, the higher of the two.
+        beside_label = list(ways)[-1]  # side by side on the loop's chunks, where there are cores
+        beside = [raw_runs[f"first, {beside_label}"]]
+
+        def ceiling_now() -> float:
+            classifier, size, workers = ways[beside_label]
+            rate = measure_raw_onnxruntime(classifier, batch, size, workers=workers).rate
+            raw_runs[f"beside {len(beside)}, {beside_label}"] = round(rate, 1)
+            beside.append(rate)
+            return rate
 
         # 2 + 3. publish once per transport and encoding, then drain it once per database (each
         # in its own consumer group / subscription, into its own fresh database)
@@ -573,19 +588,22 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     skipped[name] = _failure(err)
                     log(f"{name} failed: {_failure(err)}")
                     continue
+                before = beside[-1]
                 cases.append(Case(name, "end to end", report.consumed, report.seconds, {
                     "transport": transport, "database": db, "encoding": encoding,
                     "predicted": report.predicted, "dead_letters": report.dead_letters,
                     "batches": report.batches,
-                    "accuracy": round(report.correct / report.labelled, 4) if report.labelled else None}))
-                log(f"{name}: {cases[-1].rate:,.0f} images/s ({report.predicted} rows)")
+                    "accuracy": round(report.correct / report.labelled, 4) if report.labelled else None,
+                    "ceiling_beside_images_per_second": round(max(before, ceiling_now()), 1)}))
+                log(f"{name}: {cases[-1].rate:,.0f} images/s ({report.predicted} rows), "
+                    f"ceiling beside it {cases[-1].extra['ceiling_beside_images_per_second']:,.0f}")
 
-        # The ceiling again: on a machine shared with the services, the best of the two runs is
-        # the honest (harder to reach) figure.
+        # The ceiling again: on a machine shared with the services, the best of every measurement
+        # is the honest (harder to reach) figure for the run.
         again = measure_ceiling(ways, batch, "last", raw_runs)
         log(f"{RAW} again: {again.rate:,.0f} images/s")
         raw.extra.update(images_per_second_per_run=raw_runs)
-        raw.seconds = min(raw.seconds, again.seconds)
+        raw.seconds = raw.images / max(raw_runs.values())  # the highest, beside the cases included
         del batch, ways, single
 
         # 4. the Keras baseline, in a subprocess so TensorFlow never shares this process
@@ -629,6 +647,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                for e in encodings},
             "peak memory 10x within 10% of 1x": abs(memory["growth"]) <= 0.10,
         },
+        "targets_judged_against": "the ceiling measured beside each case (ratio_to_ceiling_beside)",
     }
 
 
@@ -637,15 +656,17 @@ def _failure(err: BaseException) -> str:
 
 
 def _target(result: dict[str, Any] | None, ratio: float) -> bool | None:
-    return None if result is None else result["ratio_to_raw_onnxruntime"] >= ratio
+    """Met when the case reaches ``ratio`` of the ceiling measured beside it."""
+    return None if result is None else result["ratio_to_ceiling_beside"] >= ratio
 
 
 def format_table(summary: dict[str, Any]) -> str:
-    rows = [("case", "images", "images/s", "x raw ORT")]
+    rows = [("case", "images", "images/s", "x raw ORT", "x beside")]
     for r in summary["results"]:
         rows.append((r["case"], f"{r['images']:,}", f"{r['images_per_second']:,.1f}",
-                     f"{r['ratio_to_raw_onnxruntime']:.3f}"))
-    widths = [max(len(row[i]) for row in rows) for i in range(4)]
+                     f"{r['ratio_to_raw_onnxruntime']:.3f}",
+                     f"{r['ratio_to_ceiling_beside']:.3f}" if "ratio_to_ceiling_beside" in r else ""))
+    widths = [max(len(row[i]) for row in rows) for i in range(5)]
     lines = [" | ".join(cell.ljust(widths[0]) if i == 0 else cell.rjust(widths[i]) for i, cell in enumerate(row))
              for row in rows]
     lines.insert(1, "-+-".join("-" * w for w in widths))
@@ -656,8 +677,14 @@ def format_table(summary: dict[str, Any]) -> str:
         + f" (growth {memory['growth']:+.1%})")
     for name, reason in summary["skipped"].items():
         lines.append(f"skipped {name}: {reason}")
+    by_name = {r["case"]: r for r in summary["results"]}
     for name, met in summary["targets"].items():
-        lines.append(f"target {name}: {'met' if met else 'not measured' if met is None else 'NOT met'}")
+        line = f"target {name}: {'met' if met else 'not measured' if met is None else 'NOT met'}"
+        case = by_name.get("predict " + name.split(" >=")[0])
+        if case is not None and "ratio_to_ceiling_beside" in case:
+            line += (f" ({case['ratio_to_ceiling_beside']:.3f} of the ceiling beside it, "
+                     f"{case['ratio_to_raw_onnxruntime']:.3f} of the run's highest)")
+        lines.append(line)
     return "\n".join(lines)
 
 
