@@ -220,7 +220,11 @@ def _pixels(message: ReceivedMessage, limits: DecodeLimits) -> Scanlines | _RawP
         return _decode_raw(payload, content_type, attrs, limits)
     if content_type == JPEG:
         return _decode_encoded(payload, content_type, limits)
-    raise _Invalid(f"unknown content-type {content_type!r}; expected one of {', '.join(CONTENT_TYPES)}")
+    raise _unknown_type(content_type)
+
+
+def _unknown_type(content_type: str) -> _Invalid:
+    return _Invalid(f"unknown content-type {content_type!r}; expected one of {', '.join(CONTENT_TYPES)}")
 
 
 def _assemble(pixels: list[Scanlines | _RawPixels | np.ndarray]) -> np.ndarray | list[np.ndarray]:
@@ -281,7 +285,7 @@ def _raw_layout(content_type: str, dtype_attribute: str | None, shape_attribute:
     lru_cache does not keep it.)"""
     media_type, *parameters = content_type.split(";")
     if media_type.strip() != NDARRAY:
-        raise _Invalid(f"unknown content-type {content_type!r}; expected one of {', '.join(CONTENT_TYPES)}")
+        raise _unknown_type(content_type)
     given = {"dtype": dtype_attribute, "shape": shape_attribute}
     for parameter in parameters:
         name, _, value = parameter.partition("=")

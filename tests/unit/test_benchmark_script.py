@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import numpy as np
+import pytest
+
 from tests.unit.helpers import tiny_onnx_model
 from vectorai.inference import available_cores
 
 REPO = Path(__file__).resolve().parents[2]
+
+
+def _throughput():
+    """benchmarks/throughput.py as a module (it is a script, not part of the package)."""
+    if "throughput" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+        module = sys.modules["throughput"] = importlib.util.module_from_spec(spec)  # dataclasses need it
+        spec.loader.exec_module(module)
+    return sys.modules["throughput"]
 
 
 def test_benchmark_script_runs_on_tiny_input(tmp_path):
@@ -63,12 +76,7 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
 
 
 def test_the_ceilings_workers_share_the_batches_each_exactly_once():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from throughput import _shared
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    take = _shared(range(20000))
+    take = _throughput()._shared(range(20000))
     taken: list[list[int]] = [[] for _ in range(8)]
     errors: list[BaseException] = []
 
@@ -89,13 +97,7 @@ def test_the_ceilings_workers_share_the_batches_each_exactly_once():
 
 
 def test_a_ceiling_worker_that_fails_fails_the_measurement():
-    sys.path.insert(0, str(REPO / "benchmarks"))
-    try:
-        from throughput import measure_raw_onnxruntime
-    finally:
-        sys.path.remove(str(REPO / "benchmarks"))
-    import numpy as np
-    import pytest
+    measure_raw_onnxruntime = _throughput().measure_raw_onnxruntime
 
     class Model:
         def __init__(self, worker_fails: bool) -> None:
