@@ -63,6 +63,15 @@ class MessageDecodeError(VectoraiError):
         super().__init__(f"message {key or '<no id>'} from {source}: {reason}")
 
 
+class BatchError(VectoraiError):
+    """Something that concerns a whole batch failed (not one message: those are dead letters)."""
+
+    def __init__(self, batch: str, reason: str) -> None:
+        self.batch = batch
+        self.reason = reason
+        super().__init__(f"{batch}: {reason}")
+
+
 class TransportError(VectoraiError):
     """A broker is unreachable or refused an operation."""
 

@@ -13,6 +13,12 @@ local queue's JSON envelope):
 * ``produced-at``   -- optional producer timestamp, RFC 3339 / ISO 8601 (``...Z`` or offset).
 
 Nothing here ever unpickles, and sizes are checked before any pixel buffer is allocated.
+
+Everything done to one message -- checking its attributes, decoding, and, for an image that is
+not already the model's size, preprocessing -- runs inside one isolation boundary
+(``Failures.run``): *any* exception there makes that message a failure with a one-line reason,
+and never reaches the rest of the batch. No decoder needs a catch-all of its own, and a failure
+mode nobody listed (a Pillow ``SyntaxError``, a timestamp that overflows) cannot stop a stream.
 """
 
 from __future__ import annotations
@@ -21,13 +27,15 @@ import datetime as dt
 import functools
 import io
 import math
+import re
 from dataclasses import dataclass
-from typing import Mapping, NamedTuple, Sequence
+from typing import Callable, Mapping, NamedTuple, Sequence, TypeVar
 
 import numpy as np
 
 from vectorai.errors import MessageDecodeError
 from vectorai.png import Scanlines, encode_png, image_of, inflate_png, unfilter
+from vectorai.preprocess import PreprocessSpec, preprocess_image
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage
 
 PNG = "image/png"
@@ -38,6 +46,13 @@ _RAW_DTYPES = {"uint8": np.dtype("u1"), "float32": np.dtype("<f4")}
 #: The longest content-type a message may have: the ``prediction.content_type`` column's width.
 MAX_CONTENT_TYPE = 64
 _PIL_FORMATS = {PNG: "PNG", JPEG: "JPEG"}
+#: The longest id a message may have: the ``message_id`` columns' width. A longer one is a
+#: failure, never truncated (two ids sharing 255 characters would be merged into one row).
+MAX_ID = 255
+#: The longest failure reason kept: enough for any message this module words, and a bound on
+#: what a third-party exception's text (which may echo the payload) can put in the database.
+MAX_REASON = 500
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
@@ -133,6 +148,35 @@ class _Invalid(Exception):
     """Why one message of a batch cannot be decoded; becomes a failure or a MessageDecodeError."""
 
 
+_OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9A-Fa-f]+>")
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line, at most MAX_REASON characters, that says why a message failed.
+
+    Our own reasons are kept as worded; any other exception is named by its type and text, with
+    object reprs (``<_io.BytesIO object at 0x...>``) cut to the type, and NUL characters and
+    lone surrogates escaped, so that the reason can always be stored as text."""
+    text = str(err) if isinstance(err, _Invalid) else f"{type(err).__name__}: {err}".rstrip(": ")
+    text = " ".join(_OBJECT_REPR.sub(r"<\1>", text).split())
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return text if len(text) <= MAX_REASON else text[:MAX_REASON - 3] + "..."
+
+
+class Failures(list):
+    """The messages of a batch that failed, each with its reason: ``list[(message, reason)]``."""
+
+    def run(self, message: ReceivedMessage, step: Callable[..., _T], *args: object) -> _T | None:
+        """``step(*args)`` for one message: its result, or None with the message recorded here.
+
+        The one isolation boundary for per-message work (see the module's docstring)."""
+        try:
+            return step(*args)
+        except Exception as err:  # noqa: BLE001 - by design: any failure of one message is its own
+            self.append((message, failure_reason(err)))
+            return None
+
+
 class _RawPixels(NamedTuple):
     """A uint8 ndarray payload, checked and not yet copied: a batch of them becomes one array."""
 
@@ -150,29 +194,35 @@ class DecodedImages:
     labels: list[int | None]
     produced_at: list[dt.datetime | None]
     #: The messages that could not be decoded, each with the reason.
-    failures: list[tuple[ReceivedMessage, str]]
+    failures: Failures
 
 
 def decode_messages(
-    messages: Sequence[ReceivedMessage], num_classes: int | None = None, limits: DecodeLimits = DecodeLimits()
+    messages: Sequence[ReceivedMessage], num_classes: int | None = None, limits: DecodeLimits = DecodeLimits(),
+    spec: PreprocessSpec | None = None,
 ) -> DecodedImages:
     """Turn a batch of received messages into images; a message that cannot be decoded is a
     failure with the reason, and never stops the rest.
 
     Each message is checked and inflated on its own, but the pixels of a uniform batch are put
     together in one step (``png.unfilter``, one join of raw payloads): per image, those numpy
-    calls cost as much as inflating it."""
+    calls cost as much as inflating it.
+
+    With the model's ``spec``, every image that is not uint8 at the model's height and width is
+    preprocessed (``preprocess_image``) as soon as it is decoded, one at a time: so a batch never
+    holds more than one full-size image, whatever its messages declare (256 4096x4096 RGBA PNGs
+    would otherwise be 16 GiB of pixels at once). The result is already float32 in [0, 1] at the
+    model's shape, which preprocessing leaves as it is."""
     decoded: list[ReceivedMessage] = []
     pixels: list[Scanlines | _RawPixels | np.ndarray] = []
     labels: list[int | None] = []
     stamps: list[dt.datetime | None] = []
-    failures: list[tuple[ReceivedMessage, str]] = []
+    failures = Failures()
     for message in messages:
-        try:
-            image, label, stamp = _decode_parts(message, num_classes, limits)
-        except _Invalid as err:
-            failures.append((message, str(err)))
+        parts = failures.run(message, _decode_parts, message, num_classes, limits, spec)
+        if parts is None:
             continue
+        image, label, stamp = parts
         decoded.append(message)
         pixels.append(image)
         labels.append(label)
@@ -184,27 +234,67 @@ def decode_message(
     message: ReceivedMessage, num_classes: int | None = None, limits: DecodeLimits = DecodeLimits()
 ) -> DecodedMessage:
     """Turn a received message into an image; raise MessageDecodeError naming what is wrong."""
-    try:
-        pixels, label, stamp = _decode_parts(message, num_classes, limits)
-    except _Invalid as err:
-        raise MessageDecodeError(message.source, message.attributes.get("id"), str(err)) from None
+    failures = Failures()
+    parts = failures.run(message, _decode_parts, message, num_classes, limits, None)
+    if parts is None:
+        key = message.attributes.get("id")
+        raise MessageDecodeError(message.source, key if isinstance(key, str) else None, failures[0][1])
+    pixels, label, stamp = parts
     return DecodedMessage(message=message, image=_one(pixels), label=label, produced_at=stamp)
 
 
-def _decode_parts(message: ReceivedMessage, num_classes: int | None, limits: DecodeLimits
+def _decode_parts(message: ReceivedMessage, num_classes: int | None, limits: DecodeLimits,
+                  spec: PreprocessSpec | None,
                   ) -> tuple[Scanlines | _RawPixels | np.ndarray, int | None, dt.datetime | None]:
+    """Everything one message needs before the model: run inside the isolation boundary."""
     attrs = message.attributes
-    return (_pixels(message, limits), _parse_label(attrs.get("label"), num_classes),
-            _parse_timestamp(attrs.get("produced-at")))
+    _check_attributes(attrs)
+    label = _parse_label(attrs.get("label"), num_classes)
+    stamp = _parse_timestamp(attrs.get("produced-at"))
+    pixels = _pixels(message, limits)
+    if spec is not None and not _at_model_size(pixels, spec):
+        pixels = preprocess_image(_one(pixels), spec)
+    return pixels, label, stamp
+
+
+def _check_attributes(attrs: Mapping[str, object]) -> None:
+    for name, value in attrs.items():
+        if type(value) is not str:  # a local queue's JSON null or number: never str()'d into "None"
+            raise _Invalid(f"attribute {str(name)[:64]!r} is {_json_type(value)}, not a string")
+    key = attrs.get("id")
+    if not key:
+        raise _Invalid("missing 'id' attribute")
+    if len(key) > MAX_ID:
+        raise _Invalid(f"'id' of {len(key)} characters is longer than {MAX_ID}; it is never truncated, "
+                       f"which could merge it with another message's id")
+    if "\x00" in key:
+        raise _Invalid("'id' contains a NUL character, which no database text column can store")
+    if not key.isascii():
+        try:
+            key.encode("utf-8")
+        except UnicodeEncodeError:
+            # A lone surrogate: a Kafka key that was not UTF-8, or broken text from a producer.
+            raise _Invalid(f"'id' {key.encode('utf-8', 'backslashreplace').decode()[:80]!r} is not "
+                           f"valid UTF-8 text") from None
+
+
+def _json_type(value: object) -> str:
+    names = {type(None): "null", bool: "a boolean", int: "a number", float: "a number",
+             list: "an array", dict: "an object"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _at_model_size(pixels: Scanlines | _RawPixels | np.ndarray, spec: PreprocessSpec) -> bool:
+    """Whether an image is uint8 at the model's height and width: the compact form a uniform
+    batch is converted from in one numpy step."""
+    if type(pixels) is Scanlines:
+        return pixels.height == spec.height and pixels.width == spec.width
+    shape = pixels.shape if type(pixels) is _RawPixels else (pixels.shape if pixels.dtype == np.uint8 else ())
+    return shape[:2] == (spec.height, spec.width)
 
 
 def _pixels(message: ReceivedMessage, limits: DecodeLimits) -> Scanlines | _RawPixels | np.ndarray:
     attrs = message.attributes
-    key = attrs.get("id")
-    if not key:
-        raise _Invalid("missing 'id' attribute")
-    if "\x00" in key:
-        raise _Invalid("'id' contains a NUL character, which no database text column can store")
     payload = message.payload
     if not payload:
         raise _Invalid("empty payload")
@@ -358,15 +448,23 @@ def _parse_label(value: str | None, num_classes: int | None) -> int | None:
 def _parse_timestamp(value: str | None) -> dt.datetime | None:
     if not value:
         return None
+    if len(value) > 64:
+        raise _Invalid(f"produced-at {value[:64]!r}... is not an ISO 8601 timestamp")
     try:
         return _timestamp(value)
     except ValueError:
         raise _Invalid(f"produced-at {value!r} is not an ISO 8601 timestamp") from None
+    except OverflowError:
+        raise _Invalid(f"produced-at {value!r} is out of range in UTC") from None
 
 
 @functools.lru_cache(maxsize=1024)
 def _timestamp(value: str) -> dt.datetime:
-    # Cached: a producer usually stamps many messages alike (StreamData stamps a whole run), and
-    # parsing cost as much per message as the rest of the attributes together.
+    """The timestamp in UTC. Converted here, inside the isolation boundary: a valid stamp can
+    still overflow on the way to UTC (0001-01-01T00:00:00+01:00).
+
+    Cached: a producer usually stamps many messages alike (StreamData stamps a whole run), and
+    parsing cost as much per message as the rest of the attributes together. (Only strings of
+    at most 64 characters reach the cache.)"""
     stamp = dt.datetime.fromisoformat(value.replace("Z", "+00:00"))
-    return stamp if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)
+    return stamp.astimezone(dt.timezone.utc) if stamp.tzinfo else stamp.replace(tzinfo=dt.timezone.utc)

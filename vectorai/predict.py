@@ -3,7 +3,9 @@
 Per batch: onnxruntime calls of ``CHUNK`` images, one database transaction, then one
 acknowledgement. A message that cannot be decoded goes to the dead-letter table in the same
 transaction and is acknowledged with its batch, so it neither blocks the run nor comes back
-forever.
+forever. Every per-message step runs inside ``messages.Failures.run``, so no message can fail
+the run; only what concerns a whole batch (the database, the model, the transport) does, and
+its error names the batch's source and positions.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import gc
+import hashlib
 import json
 import logging
 import threading
@@ -25,9 +28,9 @@ import numpy as np
 import peewee as pw
 
 from vectorai import db as results_db
-from vectorai.errors import ImageError
+from vectorai.errors import BatchError, VectoraiError
 from vectorai.inference import OnnxClassifier
-from vectorai.messages import DecodeLimits, decode_messages, stored_content_type
+from vectorai.messages import MAX_ID, DecodeLimits, Failures, decode_messages, stored_content_type
 from vectorai.preprocess import preprocess_images
 from vectorai.transports.base import ReceivedMessage, Transport
 
@@ -49,6 +52,8 @@ class RunReport:
     consumed: int = 0
     predicted: int = 0
     already_predicted: int = 0
+    #: Messages whose id came again later in the same batch: one row is stored for the id.
+    duplicates: int = 0
     dead_letters: int = 0
     batches: int = 0
     per_class: Counter = field(default_factory=Counter)
@@ -63,6 +68,7 @@ class RunReport:
             "consumed": self.consumed,
             "predicted": self.predicted,
             "already_predicted": self.already_predicted,
+            "duplicates": self.duplicates,
             "dead_letters": self.dead_letters,
             "batches": self.batches,
             "per_class": dict(sorted(self.per_class.items())),
@@ -76,22 +82,65 @@ class RunReport:
 
 
 def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
-    if value is None:
-        return None
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None)
+    # Decoding has put every stamp in UTC already (where an overflow is one message's failure).
+    return None if value is None else value.replace(tzinfo=None)
+
+
+#: The dead-letter table's ``attributes`` holds at most this many characters, always valid JSON.
+DEAD_LETTER_ATTRIBUTES_CAP = 4096
+_ATTRIBUTE_VALUE_CAP = 512
 
 
 def _dead_letter(message: ReceivedMessage, reason: str, now: dt.datetime) -> dict[str, object]:
+    attributes = json.dumps(dict(message.attributes), default=repr)  # ASCII: lone surrogates escaped
+    payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload or b"")
+    key = message.attributes.get("id")
     return {
         "source": message.source,
-        "message_id": (message.key or None) and str(message.key)[:255].replace("\x00", "\ufffd"),
+        # Kept only when it can be stored as it is; the raw id is in ``attributes`` either way.
+        "message_id": key if _storable_id(key) else None,
         "position": message.position[:255],
+        # What the message was, not only where: a position can come again with other content
+        # (a recreated Kafka topic, a new local queue file), and that poison must be stored too,
+        # while a redelivery of the same message must not be.
+        "fingerprint": hashlib.sha256(b"%d:%s:%s" % (len(attributes), attributes.encode(), payload)).hexdigest(),
         "reason": reason,
-        "attributes": json.dumps(dict(message.attributes))[:4096],
-        "payload": bytes(message.payload[: results_db.DEAD_LETTER_PAYLOAD_CAP]),
-        "payload_size": len(message.payload),
+        "attributes": _capped_json(message.attributes, attributes),
+        "payload": payload[: results_db.DEAD_LETTER_PAYLOAD_CAP],
+        "payload_size": len(payload),
         "received_at": now,
     }
+
+
+def _storable_id(key: object) -> bool:
+    if not isinstance(key, str) or not key or len(key) > MAX_ID or "\x00" in key:
+        return False
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate
+        return False
+    return True
+
+
+def _capped_json(attributes: object, full: str) -> str:
+    """The attributes as JSON of at most DEAD_LETTER_ATTRIBUTES_CAP characters: as they came
+    when they fit, else each value cut to a bounded length and, past the cap, the remaining
+    names dropped, with ``"...": "N attributes, M characters"`` saying what was cut."""
+    if len(full) <= DEAD_LETTER_ATTRIBUTES_CAP:
+        return full
+    items = attributes.items() if isinstance(attributes, dict) else dict(attributes).items()
+    kept: dict[str, object] = {}
+    note = json.dumps({"...": f"{len(items)} attributes, {len(full)} characters in all"})
+    budget = DEAD_LETTER_ATTRIBUTES_CAP - len(note)
+    for name, value in items:
+        entry = {str(name)[:64]: value[:_ATTRIBUTE_VALUE_CAP] if isinstance(value, str) else value}
+        size = len(json.dumps(entry, default=repr))
+        if size > budget:
+            break
+        kept.update(entry)
+        budget -= size
+    kept["..."] = f"{len(items)} attributes, {len(full)} characters in all"
+    return json.dumps(kept, default=repr)
 
 
 @dataclass
@@ -108,6 +157,8 @@ class DecodedBatch:
     pixels: np.ndarray
     dead: list[dict[str, object]]
     received_at: dt.datetime
+    #: Messages left out because their id came earlier in the same batch.
+    duplicates: int = 0
 
 
 @dataclass
@@ -118,6 +169,7 @@ class ClassifiedBatch:
     messages: Sequence[ReceivedMessage]
     rows: list[dict[str, object]]
     dead: list[dict[str, object]]
+    duplicates: int = 0
 
 
 def decode_batch(
@@ -126,30 +178,36 @@ def decode_batch(
 ) -> DecodedBatch:
     """Decode and preprocess a batch into one array; poison goes to ``dead`` with the reason."""
     now = results_db.utc_now()
-    images = decode_messages(messages, len(classifier.class_names), limits)
-    dead = [_dead_letter(message, reason, now) for message, reason in images.failures]
+    spec = classifier.spec
+    images = decode_messages(messages, len(classifier.class_names), limits, spec)
+    failures = images.failures
     decoded, labels, stamps, pixels = images.messages, images.labels, images.produced_at, images.images
+    duplicates = 0
     keep = _first_of_each_id(decoded)
     if keep is not None:  # the same id twice in one batch (a re-sent sample): one row is enough
+        duplicates = len(decoded) - len(keep)
         decoded, labels, stamps = _select(keep, decoded, labels, stamps)
         pixels = pixels[keep] if isinstance(pixels, np.ndarray) else [pixels[i] for i in keep]
     batch = np.empty((0,), dtype=np.float32)
     if decoded:
         try:
-            batch = preprocess_images(pixels, classifier.spec)
-        except ImageError:
-            # Some image in the batch is bad: find it one by one, keep the rest.
+            batch = preprocess_images(pixels, spec)
+        except Exception:  # noqa: BLE001 - some image is bad: find it one by one, keep the rest
             good: list[int] = []
             rows = []
             for i, message in enumerate(decoded):
-                try:
-                    rows.append(preprocess_images([pixels[i]], classifier.spec)[0])
+                row = failures.run(message, _preprocess_one, pixels[i], spec)
+                if row is not None:
+                    rows.append(row)
                     good.append(i)
-                except ImageError as err:
-                    dead.append(_dead_letter(message, str(err), now))
             decoded, labels, stamps = _select(good, decoded, labels, stamps)
             batch = np.stack(rows) if rows else batch
-    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now)
+    dead = [_dead_letter(message, reason, now) for message, reason in failures]
+    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates)
+
+
+def _preprocess_one(image: np.ndarray, spec) -> np.ndarray:
+    return preprocess_images([image], spec)[0]
 
 
 def _first_of_each_id(messages: Sequence[ReceivedMessage]) -> list[int] | None:
@@ -180,7 +238,7 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 produced[stamp] = _naive_utc(stamp)
             rows.append({
                 "source": message.source,
-                "message_id": message.attributes["id"][:255],
+                "message_id": message.attributes["id"],  # at most MAX_ID: longer ones are dead letters
                 "position": message.position[:255],
                 "image": message.payload,
                 "content_type": stored_content_type(message.attributes),
@@ -192,13 +250,14 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 "produced_at": produced[stamp],
                 "predicted_at": batch.received_at,
             })
-    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead)
+    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates)
 
 
 def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
     report.batches += 1
     report.predicted += new
     report.already_predicted += len(batch.rows) - new
+    report.duplicates += batch.duplicates
     report.dead_letters += len(batch.dead)
     # Counter.update counts an iterable in C; a loop of += per row cost a µs per image.
     report.per_class.update(map(itemgetter("predicted_name"), batch.rows))
@@ -314,6 +373,25 @@ class _Inference:
 
 
 @contextlib.contextmanager
+def _batch_context(source: Transport, messages: Sequence[ReceivedMessage]) -> Iterator[None]:
+    """Name the batch (source, positions) in an error that concerns all of it. Our own errors
+    keep their type, with the batch put in front of their one line; anything else becomes a
+    BatchError, so that Luigi still shows one line."""
+    try:
+        yield
+    except VectoraiError as err:
+        err.args = (f"{_describe_batch(source, messages)}: {err}",)
+        raise
+    except Exception as err:  # noqa: BLE001 - wrapped, not swallowed
+        raise BatchError(_describe_batch(source, messages), f"{type(err).__name__}: {err}") from err
+
+
+def _describe_batch(source: Transport, messages: Sequence[ReceivedMessage]) -> str:
+    where = messages[0].position if len(messages) == 1 else f"{messages[0].position} .. {messages[-1].position}"
+    return f"batch of {len(messages)} from {source.name} ({where})"
+
+
+@contextlib.contextmanager
 def _fewer_young_collections(threshold: int) -> Iterator[None]:
     """Raise the garbage collector's youngest-generation threshold to at least ``threshold``
     for the duration, then put it back (unless someone else changed it meanwhile).
@@ -360,9 +438,10 @@ def run_predictions(
         nonlocal last_progress
         decoded, job = in_flight[0]
         following = in_flight[1][1] if len(in_flight) > 1 else None
-        batch = label_batch(decoded, job.result(spare=following), classifier)
-        _record(report, batch, results_db.write_results(database, batch.rows, batch.dead))
-        batch.source.acknowledge(batch.messages)
+        with _batch_context(decoded.source, decoded.messages):
+            batch = label_batch(decoded, job.result(spare=following), classifier)
+            _record(report, batch, results_db.write_results(database, batch.rows, batch.dead))
+            batch.source.acknowledge(batch.messages)
         in_flight.popleft()
         last_progress = time.perf_counter()
         log.info("batch of %d from %s committed (%d so far)", len(batch.messages), batch.source.name,
@@ -383,8 +462,9 @@ def run_predictions(
                     messages = source.consume_batch(want, 0 if in_flight else timeout_ms)
                     if messages:
                         report.consumed += len(messages)
-                        decoded = decode_batch(source, messages, classifier, limits)
-                        in_flight.append((decoded, inference.submit(decoded)))
+                        with _batch_context(source, messages):
+                            decoded = decode_batch(source, messages, classifier, limits)
+                            in_flight.append((decoded, inference.submit(decoded)))
                     elif not in_flight:
                         active.remove(source)  # nothing new for timeout_ms: drained
                 elif active:

@@ -63,7 +63,7 @@ class LocalTransport(Transport):
         if not self._pending:
             return
         now = time.time()
-        rows = [(m.key, json.dumps(dict(m.attributes)), m.payload, now) for m in self._pending]
+        rows = [(_key_column(m.key), json.dumps(dict(m.attributes)), m.payload, now) for m in self._pending]
         try:
             self._synchronous("FULL")
             self._db.execute("BEGIN IMMEDIATE")
@@ -108,9 +108,10 @@ class LocalTransport(Transport):
             attrs = json.loads(attributes)
             if not isinstance(attrs, dict):
                 raise ValueError("not an object")
-            attrs = {str(k): str(v) for k, v in attrs.items()}
         except ValueError:
             attrs = {}  # decoded later as a poison message (no id), never dropped silently
+        # Values stay as the producer wrote them: the decoder refuses one that is not a string,
+        # where str() would have turned an id of null into "None" and 1 into "1" (another id).
         return ReceivedMessage(source=self.name, payload=payload, attributes=attrs,
                                position=f"{self.topic}@{offset}", handle=offset)
 
@@ -149,3 +150,16 @@ class LocalTransport(Transport):
 
     def close(self) -> None:
         self._db.close()
+
+
+def _key_column(key: object) -> str | None:
+    """The ``key`` column, for people reading the queue file (consumers read ``attributes``): the
+    id when it is storable text, else NULL. A bad id still goes out, for the consumer to
+    dead-letter with its reason, instead of failing the producer's whole flush."""
+    if not isinstance(key, str):
+        return None
+    try:
+        key.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return key
