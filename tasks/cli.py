@@ -17,18 +17,19 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.config import database
     from vectorai import db as results_db
     from vectorai.errors import VectoraiError
+    from vectorai.redact import mask_error, mask_url
 
     url = args.database_url or database().resolved_url()
     try:
         results_db.connect(url, database().connect_timeout_s)
     except VectoraiError as err:
-        print(f"vectorai-results: {err}", file=sys.stderr)
+        print(f"vectorai-results: {mask_error(str(err), url)}", file=sys.stderr)
         return 1
     summary = results_db.summary()
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
         return 0
-    print(f"database: {results_db.mask_url(url)}")
+    print(f"database: {mask_url(url)}")
     print(f"predictions: {summary['predictions']}   dead letters: {summary['dead_letters']}   "
           f"labelled accuracy: {_percent(summary['accuracy'])}")
     print("per class: " + ", ".join(f"{name}={count}" for name, count in sorted(summary["per_class"].items())))

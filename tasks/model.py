@@ -67,6 +67,7 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
         from vectorai.export import export_onnx, log_onnx_to_mlflow
         from vectorai.preprocess import PreprocessSpec, preprocess_images
         from vectorai.prepare import load_splits
+        from vectorai.tracking import use_tracking_uri
 
         train_dir = Path(self.input().path)
         summary = read_json(train_dir / "metrics.json")
@@ -87,5 +88,7 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
                            "argmax_mismatches": parity.argmax_mismatches},
                 "test_accuracy": summary["metrics"]["test_accuracy"], "mlflow_run_id": summary["mlflow_run_id"],
             })
-            log_onnx_to_mlflow(mlflow().resolved_uri(), summary["mlflow_run_id"],
+            # use_tracking_uri: a password in an http(s) URI goes to MLflow's own variables, so
+            # nothing MLflow prints or raises here can show it.
+            log_onnx_to_mlflow(use_tracking_uri(mlflow().resolved_uri()), summary["mlflow_run_id"],
                                [out / "model.onnx", out / "model.json"])

@@ -8,7 +8,7 @@ from pathlib import Path
 import luigi
 from luigi.util import inherits, requires
 
-from tasks.common import VectoraiTaskMixin, params_hash, write_json
+from tasks.common import VectoraiTaskMixin, check_name_part, inside, name_part, params_hash, write_json
 from tasks.config import database, paths, stream, transport_settings
 from tasks.data import SplitData
 from tasks.model import ExportOnnx
@@ -31,7 +31,8 @@ class StreamData(VectoraiTaskMixin, luigi.Task):
         return self.transport or stream().transport
 
     def output(self) -> luigi.LocalTarget:
-        name = f"{self.transport_name}-{stream().topic}-{params_hash(self)}.json"
+        # name_part: never a path outside the data folder, even before run() rejects the name.
+        name = f"{name_part(self.transport_name)}-{name_part(stream().topic)}-{params_hash(self)}.json"
         return luigi.LocalTarget(paths().data / "stream" / "manifests" / name)
 
     def run(self) -> None:
@@ -39,6 +40,8 @@ class StreamData(VectoraiTaskMixin, luigi.Task):
         from vectorai.streaming import publish_images
         from vectorai.transports import open_transport
 
+        check_name_part("stream.topic", stream().topic)
+        inside(paths().data, Path(self.output().path), "stream.topic")
         sample_path = Path(self.sample_file) if self.sample_file else Path(self.clone(SplitData).output().path) / "stream.npz"
         sample = load_stream_sample(sample_path, limit=self.count or None)
         cfg = stream()
@@ -92,17 +95,21 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         # No validation here: an error raised while Luigi checks completeness is logged as a
         # traceback; run() validates the sources and fails with one line instead.
         label = re.sub(r"[^A-Za-z0-9._-]+", "+", self.sources or stream().transport)
-        return luigi.LocalTarget(paths().data / "reports" / f"predict-{label}-{self.run_at}-{params_hash(self)}.json")
+        name = f"predict-{label}-{name_part(self.run_at)}-{params_hash(self)}.json"
+        return luigi.LocalTarget(paths().data / "reports" / name)
 
     def run(self) -> None:
-        from vectorai.db import connect, mask_url
+        from vectorai.db import connect
         from vectorai.errors import ConfigError
         from vectorai.inference import OnnxClassifier
         from vectorai.messages import DecodeLimits
         from vectorai.predict import run_predictions
         from vectorai.preprocess import PreprocessSpec
+        from vectorai.redact import mask_url
         from vectorai.transports import open_transport
 
+        check_name_part("PredictTask.run_at", self.run_at)
+        inside(paths().data, Path(self.output().path), "PredictTask.run_at")
         for setting, value, least in (("predict_batch_size", self.predict_batch_size, 1),
                                       ("stream_timeout_ms", self.stream_timeout_ms, 0),
                                       ("max_messages", self.max_messages, 0),
