@@ -8,7 +8,6 @@ produce a second row.
 from __future__ import annotations
 
 import datetime as dt
-import re
 import weakref
 from operator import itemgetter
 from pathlib import Path
@@ -18,6 +17,7 @@ import peewee as pw
 
 from vectorai import pg_copy
 from vectorai.errors import DatabaseError
+from vectorai.redact import mask_error, mask_url  # noqa: F401 - mask_url is part of this module's API
 
 database_proxy = pw.DatabaseProxy()
 
@@ -53,11 +53,17 @@ class Prediction(_Base):
 
 
 class DeadLetter(_Base):
-    """A message that could not be classified, with why, where it came from and its bytes."""
+    """A message that could not be classified, with why, where it came from and its bytes.
+
+    Unique on (source, position, fingerprint): a redelivered message is stored once, and new
+    poison at a position that came before (a recreated Kafka topic, a new local queue file,
+    whose offsets start again) is stored too. ``fingerprint`` is the SHA-256 of its attributes
+    and whole payload."""
 
     source = pw.CharField(max_length=32)
     message_id = pw.CharField(max_length=255, null=True)
     position = pw.CharField(max_length=255)
+    fingerprint = pw.CharField(max_length=64, default="")
     reason = pw.TextField()
     attributes = pw.TextField()
     payload = pw.BlobField()
@@ -65,17 +71,12 @@ class DeadLetter(_Base):
     received_at = pw.DateTimeField()
 
     class Meta:
-        indexes = ((("source", "position"), True),)
+        indexes = ((("source", "position", "fingerprint"), True),)
 
 
 MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter)
 #: Advisory lock key held while the tables are created (any constant; "vectorai" in ASCII).
 _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
-
-
-def mask_url(url: str) -> str:
-    """The URL with any password replaced, safe for logs and error messages."""
-    return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", url)
 
 
 def sqlite_url(path: Path) -> str:
@@ -110,10 +111,27 @@ def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
                 # ("duplicate key ... pg_type_typname_nsp_index") despite IF NOT EXISTS: one at a
                 # time, under a transaction-scoped advisory lock.
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
+            _upgrade_dead_letters(db)
             db.create_tables(MODELS, safe=True)
     except (pw.PeeweeException, RuntimeError, ValueError, OSError) as err:
-        raise DatabaseError(safe, _first_line(err)) from None
+        # URL parsers and drivers may echo the URL or the password itself (peewee's "has no
+        # database name" does).
+        raise DatabaseError(safe, mask_error(_first_line(err), url)) from None
     return db
+
+
+def _upgrade_dead_letters(db: pw.Database) -> None:
+    """Give a dead-letter table made by an earlier version its ``fingerprint`` column, and its
+    unique key the fingerprint, in place: its rows stay as they are (fingerprint '')."""
+    table = DeadLetter._meta.table_name
+    if not db.table_exists(table) or "fingerprint" in {c.name for c in db.get_columns(table)}:
+        return
+    from playhouse.migrate import SchemaMigrator, migrate
+
+    migrator = SchemaMigrator.from_database(db)
+    migrate(migrator.add_column(table, "fingerprint", DeadLetter.fingerprint),
+            migrator.drop_index(table, f"{table}_source_position"))
+    # create_tables(safe=True), right after, makes the new unique index.
 
 
 def _first_line(err: BaseException) -> str:
