@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LUIGI  := $(VENV)/bin/luigi
 
-.PHONY: setup demo test unit services-up services-down bench luigid clean
+.PHONY: setup demo test unit fuzz services-up services-down bench luigid clean
 
 setup: $(VENV)/.installed
 
@@ -25,6 +25,11 @@ test: setup
 
 unit: setup
 	$(PY) -m pytest tests/unit
+
+# The decoder's fuzz test with new random batches, far past the fixed budget `make test` runs
+# (FUZZ_EXAMPLES=200000 for a night). A failure prints the smallest batch that breaks it.
+fuzz: setup
+	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-30000} $(PY) -m pytest tests/unit/test_fuzz_decode.py
 
 services-up: setup
 	$(PY) -m services up

@@ -11,7 +11,9 @@ What it measures (each as images/s and as a ratio to the raw onnxruntime figure)
    acknowledge) per transport and database, through the same library calls PredictTask makes;
 3. StreamData's publishing rate per transport (``vectorai.streaming.publish_images``);
 4. Keras ``model.predict`` per image and per batch (when the model's ``keras/model.keras`` exists);
-5. PredictTask's peak memory (ru_maxrss of a fresh process) for one batch of messages and for ten.
+5. PredictTask's peak memory (ru_maxrss of a fresh process) for one batch of messages and for ten,
+   and for one batch of hostile ones: 4096x4096 RGBA PNGs (64 KiB each on the wire, 64 MiB of
+   pixels each), which must stay under 1 GiB with every message predicted or dead-lettered.
 
 The images are real MNIST digits (the ``mnist-sample`` built-in) repeated to ``--images`` with
 unique ids. Services it needs are taken from KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL /
@@ -374,6 +376,36 @@ def measure_memory(model_path: Path, workdir: Path, images: np.ndarray, labels: 
     return result
 
 
+#: The hostile batch of the memory section: this many pixels a side, RGBA, all zero.
+LARGE_SIDE = 4096
+LARGE_BUDGET_MIB = 1024
+
+
+def measure_large_images(model_file: Path, workdir: Path, count: int, batch_size: int,
+                         threads: int | None = None) -> dict[str, Any]:
+    """Peak RSS of the predict path (local queue + SQLite, a fresh process) over ``count``
+    LARGE_SIDE x LARGE_SIDE RGBA PNGs, each at the ``max_pixels`` limit, in batches of
+    ``batch_size``: every one must be predicted or dead-lettered within LARGE_BUDGET_MIB."""
+    from vectorai.png import encode_png
+    from vectorai.transports import open_transport
+    from vectorai.transports.base import OutgoingMessage
+
+    payload = encode_png(np.zeros((LARGE_SIDE, LARGE_SIDE, 4), np.uint8))
+    settings = {"root": workdir / "queues", "topic": f"large-{uuid.uuid4().hex[:8]}"}
+    with open_transport("local", **settings) as producer:
+        producer.publish(OutgoingMessage(payload, {"id": f"large-{i}", "content-type": "image/png"})
+                         for i in range(count))
+        producer.flush(60)
+    started = time.perf_counter()
+    out = _run_worker(["memory", "--model", str(model_file), "--queue-root", str(settings["root"]), "--topic",
+                       settings["topic"], "--database", str(workdir / f"{settings['topic']}.sqlite"),
+                       "--batch-size", str(batch_size)] + (["--threads", str(threads)] if threads else []))
+    return {"messages": count, "side": LARGE_SIDE, "bytes_each": len(payload), "batch_size": batch_size,
+            "consumed": out["consumed"], "predicted": out["predicted"], "dead_letters": out["dead_letters"],
+            "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1),
+            "seconds": round(time.perf_counter() - started, 1)}
+
+
 # --- subprocess workers (TensorFlow and memory measurements stay out of this process) ---------
 
 
@@ -413,7 +445,8 @@ def _worker(argv: list[str]) -> int:
         with open_transport("local", root=args.queue_root, topic=args.topic) as source:
             report = run_predictions([source], classifier, database, batch_size=args.batch_size, timeout_ms=200)
         database.close()
-        result = {"consumed": report.consumed, "peak_rss_kib": _peak_rss_kib(),
+        result = {"consumed": report.consumed, "predicted": report.predicted + report.already_predicted,
+                  "dead_letters": report.dead_letters, "peak_rss_kib": _peak_rss_kib(),
                   "final_rss_kib": _proc_status_kib("VmRSS")}
     print(json.dumps(result))
     return 0
@@ -623,6 +656,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         memory = measure_memory(model_dir, workdir, images, labels, args.batch_size, encodings[0], (1, 10),
                                 args.threads)
         log("peak memory: " + ", ".join(f"{r['messages']} messages {r['peak_rss_mib']} MiB" for r in memory["runs"]))
+        memory["large"] = measure_large_images(model_dir / "model.onnx", workdir, 4 if args.tiny else args.batch_size,
+                                               args.batch_size, args.threads)
+        log(f"peak memory, {memory['large']['messages']} {LARGE_SIDE}x{LARGE_SIDE} PNGs: "
+            f"{memory['large']['peak_rss_mib']} MiB")
 
     import onnxruntime
 
@@ -646,6 +683,10 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             **{f"local+sqlite ({e}) >= 50% of raw": _target(by_name.get(f"predict local+sqlite ({e})"), 0.50)
                for e in encodings},
             "peak memory 10x within 10% of 1x": abs(memory["growth"]) <= 0.10,
+            f"peak memory of {LARGE_SIDE}x{LARGE_SIDE} PNGs under {LARGE_BUDGET_MIB} MiB, each predicted or "
+            f"dead-lettered": memory["large"]["peak_rss_mib"] < LARGE_BUDGET_MIB
+            and memory["large"]["consumed"] == memory["large"]["messages"]
+            == memory["large"]["predicted"] + memory["large"]["dead_letters"],
         },
         "targets_judged_against": "the ceiling measured beside each case (ratio_to_ceiling_beside)",
     }
@@ -675,6 +716,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append("peak memory (local+sqlite): " + ", ".join(
         f"{r['messages']:,} messages {r['peak_rss_mib']:.1f} MiB" for r in memory["runs"])
         + f" (growth {memory['growth']:+.1%})")
+    large = memory["large"]
+    lines.append(f"peak memory, {large['messages']:,} {large['side']}x{large['side']} RGBA PNGs of "
+                 f"{large['bytes_each'] // 1024} KiB in batches of {large['batch_size']}: {large['peak_rss_mib']:.1f} MiB "
+                 f"({large['predicted']} predicted, {large['dead_letters']} dead letters, {large['seconds']} s)")
     for name, reason in summary["skipped"].items():
         lines.append(f"skipped {name}: {reason}")
     by_name = {r["case"]: r for r in summary["results"]}

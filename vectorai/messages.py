@@ -154,9 +154,10 @@ _OBJECT_REPR = re.compile(r"<([A-Za-z_][\w.]*) object at 0x[0-9A-Fa-f]+>")
 def failure_reason(err: BaseException) -> str:
     """One line, at most MAX_REASON characters, that says why a message failed.
 
-    Our own reasons are kept as worded; any other exception is named by its type and text, with
-    object reprs (``<_io.BytesIO object at 0x...>``) cut to the type, and NUL characters and
-    lone surrogates escaped, so that the reason can always be stored as text."""
+    Our own reasons are kept as worded, any other exception is named by its type and text; in
+    either, object reprs (``<_io.BytesIO object at 0x...>``, which Pillow's errors quote) are cut
+    to the type, and NUL characters and lone surrogates escaped, so that the reason can always
+    be stored as text."""
     text = str(err) if isinstance(err, _Invalid) else f"{type(err).__name__}: {err}".rstrip(": ")
     text = " ".join(_OBJECT_REPR.sub(r"<\1>", text).split())
     text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")

@@ -78,14 +78,16 @@ def test_a_broken_png_and_an_overflowing_timestamp_are_dead_letters_and_the_rest
     good = _good(40)
     stamp = encode_image(np.zeros((8, 8), np.uint8), "old-stamp")
     old = OutgoingMessage(stamp.payload, {**stamp.attributes, "produced-at": "0001-01-01T00:00:00+01:00"})
-    poison = [OutgoingMessage(broken_png(), {"id": "broken", "content-type": "image/png"}), old]
+    poison = [OutgoingMessage(broken_png(), {"id": "broken", "content-type": "image/png"}), old,
+              OutgoingMessage(b"GIF89a", {"id": "not-png", "content-type": "image/png"})]
     report = _run(tmp_path, model, good[:20] + poison + good[20:])
 
     assert sorted(p.message_id for p in results_db.Prediction.select()) == sorted(f"good-{i}" for i in range(40))
     reasons = {key: d.reason for (key, _), d in _dead().items()}
     assert reasons["broken"].startswith("SyntaxError: broken PNG file")
     assert reasons["old-stamp"] == "produced-at '0001-01-01T00:00:00+01:00' is out of range in UTC"
-    assert report.predicted == 40 and report.dead_letters == 2 and _balanced(report)
+    assert reasons["not-png"] == "cannot decode image: cannot identify image file <_io.BytesIO>"
+    assert report.predicted == 40 and report.dead_letters == 3 and _balanced(report)
 
 
 def test_any_exception_of_one_message_is_its_dead_letter_named_by_type_without_object_reprs(
@@ -226,3 +228,16 @@ def test_a_batch_failure_names_the_source_and_positions_of_the_batch(tmp_path, c
             run_predictions([source], model, database, batch_size=10, timeout_ms=50)
         assert source.lag() == 5
     assert str(err.value).startswith("batch of 5 from local (t@1 .. t@5): database sqlite:///")
+
+
+def test_a_batch_of_huge_pngs_stays_within_the_memory_budget(tmp_path):
+    """16 4096x4096 RGBA PNGs in one batch (64 KiB each on the wire, 1 GiB of pixels together):
+    each is reduced to the model's size as soon as it is decoded, so a fresh PredictTask process
+    stays under 1 GiB and predicts every one. (The benchmark runs the same with 256.)"""
+    from tests.unit.test_benchmark_script import _throughput
+
+    tiny_onnx_model(tmp_path / "model.onnx", height=28, width=28, channels=1, classes=10)
+    bench = _throughput()
+    result = bench.measure_large_images(tmp_path / "model.onnx", tmp_path, count=16, batch_size=16)
+    assert result["consumed"] == 16 and result["predicted"] == 16 and result["dead_letters"] == 0
+    assert result["peak_rss_mib"] < bench.LARGE_BUDGET_MIB, result
