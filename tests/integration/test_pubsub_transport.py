@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import socket
+import threading
 import time
 
 import numpy as np
@@ -156,3 +158,90 @@ def test_zero_timeout_takes_only_what_is_there_and_strands_nothing(pubsub_settin
             received += batch
         assert sorted(m.key for m in received) == sorted(m.key for m in outgoing)
         assert transport.consume_batch(max_messages=10, timeout_ms=1000) == []
+
+
+def _pull_for(transport: PubSubTransport, seconds: float) -> list:
+    """Everything ``transport`` receives in the next ``seconds``, acknowledged as it comes."""
+    received = []
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        batch = transport.consume_batch(max_messages=100, timeout_ms=int(min(remaining, 2.0) * 1000))
+        transport.acknowledge(batch)
+        received += batch
+    return received
+
+
+def _lease_warnings(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records
+            if r.levelno == logging.WARNING and r.name == "vectorai.transports.pubsub"]
+
+
+def test_batch_held_past_the_deadline_is_not_redelivered(pubsub_settings, caplog):
+    outgoing = [encode_image(img, f"held-{i}") for i, img in enumerate(_images(20))]
+    # The subscription exists with the shortest deadline the service allows (the emulator would
+    # take 1 s, which would make the test unlike production); the holder is configured
+    # for 60 s, so it must notice and time its leases on the subscription's 10 s instead.
+    with PubSubTransport(**pubsub_settings, ack_deadline_s=10) as other:
+        other.publish(outgoing)
+        other.flush(timeout_s=30)
+        with caplog.at_level(logging.WARNING, logger="vectorai.transports.pubsub"):
+            holder = PubSubTransport(**pubsub_settings, ack_deadline_s=60)
+        [mismatch] = _lease_warnings(caplog)
+        assert pubsub_settings["subscription"] in mismatch
+        assert "10s" in mismatch and "ack_deadline_s=60s" in mismatch
+        with holder:
+            held = _consume_all(holder, len(outgoing))
+            assert sorted(m.key for m in held) == sorted(m.key for m in outgoing)
+            pulled_at = time.monotonic()
+
+            # Two and a half deadlines of a slow batch: another consumer gets none of it.
+            assert _pull_for(other, 25.0) == []
+            assert time.monotonic() - pulled_at >= 25.0
+
+            holder.acknowledge(held)
+            other.publish([encode_image(_images(1)[0], "fresh")])
+            other.flush(timeout_s=30)
+            # A full deadline after the acknowledgement: only the new message arrives.
+            assert [m.key for m in _pull_for(other, 11.0)] == ["fresh"]
+    assert len(_lease_warnings(caplog)) == 1  # no failed extensions along the way
+    # Closing both transports stopped their lease keepers.
+    assert not [t for t in threading.enumerate() if t.name.endswith(pubsub_settings["subscription"])]
+
+
+def test_message_never_acknowledged_is_let_go_after_max_lease(pubsub_settings, caplog):
+    outgoing = [encode_image(img, f"forgotten-{i}") for i, img in enumerate(_images(3))]
+    with PubSubTransport(**pubsub_settings, ack_deadline_s=10) as other, \
+            PubSubTransport(**pubsub_settings, ack_deadline_s=10, max_lease_s=12) as holder:
+        other.publish(outgoing)
+        other.flush(timeout_s=30)
+        with caplog.at_level(logging.WARNING, logger="vectorai.transports.pubsub"):
+            assert len(_consume_all(holder, len(outgoing))) == 3  # and never acknowledged
+            pulled_at = time.monotonic()
+            # Extended once (at ~7 s, to ~17 s), then no more: past 12 s the keeper lets go.
+            redelivered = _consume_all(other, len(outgoing), timeout_s=30.0)
+            came_back_after = time.monotonic() - pulled_at
+            other.acknowledge(redelivered)
+    assert sorted(m.key for m in redelivered) == sorted(m.key for m in outgoing)
+    assert 12.0 < came_back_after < 25.0
+    assert any(w.startswith("stopped extending 3 Pub/Sub messages") and pubsub_settings["subscription"] in w
+               for w in _lease_warnings(caplog))
+
+
+def test_failed_lease_extension_is_logged_not_raised(pubsub_settings, caplog, monkeypatch):
+    from google.cloud import pubsub_v1
+
+    with PubSubTransport(**pubsub_settings, ack_deadline_s=10) as transport:
+        transport.publish([encode_image(_images(1)[0], "orphan")])
+        transport.flush(timeout_s=30)
+        held = _consume_all(transport, 1)
+        # Someone deletes the subscription while the batch is being processed.
+        monkeypatch.setenv("PUBSUB_EMULATOR_HOST", pubsub_settings["emulator_host"])
+        with pubsub_v1.SubscriberClient() as admin:
+            admin.delete_subscription(request={"subscription": transport.subscription_path}, timeout=10)
+        with caplog.at_level(logging.WARNING, logger="vectorai.transports.pubsub"):
+            time.sleep(8.0)  # past the first extension, due ~6.7 s into the 10 s deadline
+        with pytest.raises(TransportError) as caught:
+            transport.acknowledge(held)  # the loop learns of it here, from its own call
+    [failed] = [w for w in _lease_warnings(caplog) if w.startswith("could not extend")]
+    assert pubsub_settings["subscription"] in failed and pubsub_settings["emulator_host"] in failed
+    assert pubsub_settings["subscription"] in str(caught.value)
