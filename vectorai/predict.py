@@ -375,12 +375,12 @@ class _Inference:
 @contextlib.contextmanager
 def _batch_context(source: Transport, messages: Sequence[ReceivedMessage]) -> Iterator[None]:
     """Name the batch (source, positions) in an error that concerns all of it. Our own errors
-    keep their type, with the batch put in front of their one line; anything else becomes a
+    keep their type and their one line, the batch added at its end; anything else becomes a
     BatchError, so that Luigi still shows one line."""
     try:
         yield
     except VectoraiError as err:
-        err.args = (f"{_describe_batch(source, messages)}: {err}",)
+        err.args = (f"{err} (in the {_describe_batch(source, messages)}, released for redelivery)",)
         raise
     except Exception as err:  # noqa: BLE001 - wrapped, not swallowed
         raise BatchError(_describe_batch(source, messages), f"{type(err).__name__}: {err}") from err
