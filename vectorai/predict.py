@@ -447,6 +447,7 @@ def run_predictions(
         log.info("batch of %d from %s committed (%d so far)", len(batch.messages), batch.source.name,
                  report.consumed)
 
+    unqueued: tuple[Transport, Sequence[ReceivedMessage]] | None = None
     with _fewer_young_collections(YOUNG_OBJECTS_PER_MESSAGE * batch_size):
         try:
             turn = 0
@@ -462,9 +463,11 @@ def run_predictions(
                     messages = source.consume_batch(want, 0 if in_flight else timeout_ms)
                     if messages:
                         report.consumed += len(messages)
+                        unqueued = (source, messages)  # released too if decoding fails
                         with _batch_context(source, messages):
                             decoded = decode_batch(source, messages, classifier, limits)
                             in_flight.append((decoded, inference.submit(decoded)))
+                        unqueued = None
                     elif not in_flight:
                         active.remove(source)  # nothing new for timeout_ms: drained
                 elif active:
@@ -474,13 +477,13 @@ def run_predictions(
                 if len(in_flight) > 1 or (in_flight and not messages):
                     complete_oldest()
         except BaseException:
-            for decoded, _ in reversed(in_flight):
+            batches = [(decoded.source, decoded.messages) for decoded, _ in reversed(in_flight)]
+            for batch_source, batch in ([unqueued] if unqueued else []) + batches:  # newest first
                 try:
-                    decoded.source.release(decoded.messages)
+                    batch_source.release(batch)
                 except Exception as err:  # noqa: BLE001 - the first error is the one to report
                     # Unreleased messages still come back, only later (a Pub/Sub ack deadline).
-                    log.warning("could not release %d messages from %s: %s", len(decoded.messages),
-                                decoded.source.name, err)
+                    log.warning("could not release %d messages from %s: %s", len(batch), batch_source.name, err)
             raise
         finally:
             inference.close()

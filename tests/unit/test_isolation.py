@@ -242,3 +242,33 @@ def test_a_batch_of_huge_pngs_stays_within_the_memory_budget(tmp_path):
     result = bench.measure_large_images(tmp_path / "model.onnx", tmp_path, count=16, batch_size=16)
     assert result["consumed"] == 16 and result["predicted"] == 16 and result["dead_letters"] == 0
     assert result["peak_rss_mib"] < bench.LARGE_BUDGET_MIB, result
+
+
+def test_a_batch_that_fails_before_the_model_is_released_and_named(tmp_path, classifier, monkeypatch):
+    """Not a message's fault (here: the process runs out of memory while preparing the batch):
+    the run fails with one line naming the batch, and the same consumer gets the batch again."""
+    from vectorai import predict
+    from vectorai.errors import BatchError
+
+    model, _ = classifier
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish(_good(12))
+        producer.flush(5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    real = predict.decode_batch
+    calls = []
+
+    def failing_first(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise MemoryError("cannot allocate the batch")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "decode_batch", failing_first)
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        with pytest.raises(BatchError) as err:
+            run_predictions([source], model, database, batch_size=5, timeout_ms=50)
+        assert str(err.value) == "batch of 5 from local (t@1 .. t@5): MemoryError: cannot allocate the batch"
+        again = run_predictions([source], model, database, batch_size=5, timeout_ms=50)
+    assert again.predicted + again.already_predicted == 12
+    assert results_db.Prediction.select().count() == 12
