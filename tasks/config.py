@@ -103,7 +103,10 @@ class pubsub(luigi.Config):  # noqa: N801
     emulator_host = luigi.Parameter(default="", description="host:port of the emulator; empty: $PUBSUB_EMULATOR_HOST")
     connect_timeout_s = luigi.FloatParameter(default=10.0, description="Fail when Pub/Sub does not answer within this time")
     ack_deadline_s = luigi.IntParameter(default=60, description="Seconds a pulled message stays leased before "
-                                        "Pub/Sub redelivers it (10-600)")
+                                        "Pub/Sub redelivers it (10-600); PredictTask extends the lease while "
+                                        "the message's batch is processed")
+    max_lease_s = luigi.FloatParameter(default=3600.0, description="Longest a pulled message is kept leased "
+                                       "without being acknowledged or released; 0: never extend")
 
     def settings(self) -> dict[str, object]:
         return {
@@ -113,6 +116,7 @@ class pubsub(luigi.Config):  # noqa: N801
             "emulator_host": _env_or(self.emulator_host, "PUBSUB_EMULATOR_HOST") or None,
             "connect_timeout_s": self.connect_timeout_s,
             "ack_deadline_s": self.ack_deadline_s,
+            "max_lease_s": self.max_lease_s,
         }
 
 
