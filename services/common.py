@@ -161,10 +161,14 @@ class DefaultInstance:
     through a small JSON file naming its work dir."""
 
     def __init__(self, name: str, create: Callable[[Path, int | None], Server],
-                 load: Callable[[Path], Server], stub: Callable[[Path], Server]) -> None:
+                 load: Callable[[Path], Server], stub: Callable[[Path], Server],
+                 workdir_parent: Path | None = STATE_DIR) -> None:
+        """``workdir_parent``: where each start's fresh work dir is made; None is the system temp
+        dir, for a server that runs as another user and may not be able to enter the checkout."""
         self.name = name
         self.instance_file = STATE_DIR / f"{name.lower()}.json"
         self._create, self._load, self._stub = create, load, stub
+        self._workdir_parent = workdir_parent
 
     def current(self) -> Server | None:
         try:
@@ -180,7 +184,11 @@ class DefaultInstance:
         if current is not None:
             current.remove()
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        workdir = Path(tempfile.mkdtemp(prefix=f"{self.name.lower()}-", dir=STATE_DIR))
+        if self._workdir_parent is None:  # shared temp dir: the prefix says whose it is
+            workdir = Path(tempfile.mkdtemp(prefix=f"vectorai-{self.name.lower()}-"))
+        else:
+            self._workdir_parent.mkdir(parents=True, exist_ok=True)
+            workdir = Path(tempfile.mkdtemp(prefix=f"{self.name.lower()}-", dir=self._workdir_parent))
         try:
             server = self._create(workdir, port)
             self.instance_file.write_text(json.dumps({"workdir": str(workdir)}))

@@ -5,8 +5,11 @@ starts ``postgres`` and creates the ``vectorai`` database; ``stop()`` / ``restar
 data dir and port, so tests can take the database away mid-run and bring it back.
 
 The module-level functions drive one default cluster recorded in ``STATE_DIR/postgresql.json``,
-so ``python -m services down`` in another shell can stop it. Tests that want a cluster of
-their own use :class:`PostgresCluster` with their own work dir.
+so ``python -m services down`` in another shell can stop it. Its work dir is not under the
+checkout but a private one (0700, owned by the server's user) in the system temp dir: run as
+root, the server runs as ``postgres``, which cannot enter a checkout under /root or any 0700
+home; and the Unix socket's path must stay under 108 bytes, which a deep checkout would pass.
+Tests that want a cluster of their own use :class:`PostgresCluster` with their own work dir.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import pwd
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +79,18 @@ def _run_as_user() -> str | None:
     return SUPERUSER
 
 
+def _check_reachable(workdir: Path, user: str) -> None:
+    """Fail with the reason and the fix, before initdb fails with a bare "Permission denied",
+    when the server's user cannot enter and write ``workdir`` (a folder above it is private)."""
+    probe = subprocess.run(["runuser", "-u", user, "--", "test", "-x", str(workdir), "-a", "-w", str(workdir)],
+                           capture_output=True)
+    if probe.returncode != 0:
+        raise ServiceError(
+            f"PostgreSQL: the server runs as {user!r}, which cannot enter and write {workdir}: a folder "
+            f"above it is private to another user (e.g. /root or a 0700 home); give the cluster a work "
+            f"dir outside it, e.g. one made by tempfile.mkdtemp() under {tempfile.gettempdir()}")
+
+
 @dataclass
 class PostgresCluster:
     """One cluster: a work dir holding data, socket and log, and the loopback port it listens on."""
@@ -90,6 +106,7 @@ class PostgresCluster:
         user = _run_as_user()
         if user is not None:
             shutil.chown(workdir, user)
+            _check_reachable(workdir, user)
         cluster = cls(workdir=workdir, port=port or free_port())
         cluster._run(["initdb", "-D", str(cluster.data_dir), "-U", SUPERUSER, "--auth=trust",
                       "--no-sync", "--encoding=UTF8", "--locale=C"])
@@ -136,6 +153,7 @@ class PostgresCluster:
         self.process.start(
             [str(BIN_DIR / "postgres"), "-D", str(self.data_dir), "-k", str(self.workdir),
              "-h", "127.0.0.1", "-p", str(self.port)],
+            cwd=self.workdir,  # not the caller's, which the server's user may not be able to enter
             user=_run_as_user(),
         )
         wait_ready(self.process, self._accepts_connections, timeout_s,
@@ -190,7 +208,8 @@ class PostgresCluster:
 # --- the default cluster, shared by `python -m services` commands in any shell ----------------
 
 
-_DEFAULT = DefaultInstance("PostgreSQL", PostgresCluster.create, PostgresCluster.load, lambda workdir: PostgresCluster(workdir, 0))
+_DEFAULT = DefaultInstance("PostgreSQL", PostgresCluster.create, PostgresCluster.load,
+                           lambda workdir: PostgresCluster(workdir, 0), workdir_parent=None)
 start = _DEFAULT.start
 stop = _DEFAULT.stop
 restart = _DEFAULT.restart

@@ -4,10 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Print the results; a reader that stops early (``vectorai-results | head``) ends it quietly."""
+    try:
+        try:
+            return _print_results(argv)
+        finally:
+            # Flushed here, not at interpreter exit (also after --help's SystemExit), so a closed
+            # pipe is caught below instead of printing "Exception ignored ... BrokenPipeError".
+            sys.stdout.flush()
+    except BrokenPipeError:
+        # The reader has all it wanted. Point stdout at devnull so the final flush at exit cannot
+        # fail again (the recipe in the Python docs' note on SIGPIPE), and exit 0 as a pipeline
+        # under `set -o pipefail` expects of a reader-truncated listing.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return 0
+
+
+def _print_results(argv: list[str] | None) -> int:
     parser = argparse.ArgumentParser(prog="vectorai-results", description=__doc__)
     parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite file")
     parser.add_argument("--limit", type=int, default=10, help="how many recent predictions to list")

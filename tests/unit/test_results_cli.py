@@ -1,0 +1,59 @@
+"""``vectorai-results`` piped into a reader that stops early (``| head``) ends quietly."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+from vectorai import db
+
+REPO = Path(__file__).resolve().parents[2]
+ROWS = 2000  # ~190 KB of listing: more than a pipe holds, so the writer is still writing when head exits
+
+
+def _results_database(path: Path) -> str:
+    url = db.sqlite_url(path)
+    database = db.connect(url)
+    now = dt.datetime(2026, 11, 30, 10, 0, 0)
+    rows = [{
+        "source": "local", "message_id": f"message-{i:05d}", "position": f"t@{i}", "image": b"\x00",
+        "content_type": "image/png", "predicted_class": i % 10, "predicted_name": str(i % 10),
+        "confidence": 0.9, "true_label": i % 10, "model_version": "v1", "produced_at": now,
+        "predicted_at": now + dt.timedelta(seconds=i),
+    } for i in range(ROWS)]
+    assert db.write_results(database, rows, []) == ROWS
+    database.close()
+    return url
+
+
+def test_piped_into_head_it_ends_without_a_traceback(tmp_path):
+    url = _results_database(tmp_path / "results.sqlite")
+    command = (f"{shlex.quote(sys.executable)} -m tasks.cli --database-url {shlex.quote(url)} "
+               f"--limit {ROWS} | head -1")
+    # pipefail: the status is the listing's own, not head's.
+    proc = subprocess.run(["bash", "-o", "pipefail", "-c", command], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+    assert proc.stdout.startswith("database: sqlite:///"), proc.stdout
+    assert proc.stdout.count("\n") == 1
+    assert proc.stderr == ""
+    assert proc.returncode == 0
+
+
+def test_a_reader_gone_before_the_first_line_is_no_error(tmp_path):
+    url = _results_database(tmp_path / "results.sqlite")
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before anything is written: the first write fails
+    try:
+        proc = subprocess.run([sys.executable, "-m", "tasks.cli", "--database-url", url, "--json"],
+                              cwd=tmp_path, stdout=write_end, stderr=subprocess.PIPE, text=True,
+                              timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    finally:
+        os.close(write_end)
+
+    assert proc.stderr == ""
+    assert proc.returncode == 0
