@@ -2,8 +2,9 @@
 
 Offsets are committed only in ``acknowledge``, which callers invoke after their results are
 durably stored, so a crash between consuming and storing redelivers the batch (at-least-once).
-Every network wait is bounded by ``connect_timeout_ms``: an unreachable broker raises
-TransportError naming the bootstrap servers instead of hanging.
+Partitions that a rebalance takes away leave the pending commits, so a member never commits a
+partition another member owns now. Every network wait is bounded by ``connect_timeout_ms``: an
+unreachable broker raises TransportError naming the bootstrap servers instead of hanging.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import deque
+from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from vectorai.errors import TransportError
@@ -29,6 +31,18 @@ READ_AHEAD_BATCHES = 4
 #: before waiting for new ones, and on close). A commit per 256-message batch cost the broker and
 #: this process together about 4 ms of CPU: a twentieth of what the whole loop spends.
 COMMIT_INTERVAL_S = 0.5
+
+
+@dataclass(eq=False, slots=True)
+class _Claim:
+    """One partition for as long as this member holds it: from the rebalance that assigns it to
+    the one that revokes it. Each message carries the claim it was read under, so an
+    acknowledgement that comes after its partition was revoked (a batch that was still in the
+    predict loop) is told apart, even when a later rebalance gave the partition back."""
+
+    partition: Any  # kafka.TopicPartition
+    position_prefix: str  # "topic/partition@"
+    revoked: bool = False
 
 
 class KafkaTransport(Transport):
@@ -77,11 +91,13 @@ class KafkaTransport(Transport):
         self._pending: list[Any] = []
         # Records polled but not handed out yet (see READ_AHEAD_BATCHES), in offset order.
         self._read_ahead: deque[ReceivedMessage] = deque()
-        # Per partition: the lowest offset handed out by consume_batch and not yet acknowledged,
-        # and the highest handed out (offsets within a partition are handed out in order).
-        self._unacked_from: dict[Any, int] = {}
-        self._handed_out: dict[Any, int] = {}
-        self._partitions: dict[tuple[str, int], tuple[Any, str]] = {}
+        # Per claimed partition: the lowest offset handed out by consume_batch and not yet
+        # acknowledged, and the highest handed out (offsets within a partition are handed out
+        # in order).
+        self._unacked_from: dict[_Claim, int] = {}
+        self._handed_out: dict[_Claim, int] = {}
+        # The claim on each partition this member holds now, by (topic, partition).
+        self._claims: dict[tuple[str, int], _Claim] = {}
         # Offsets acknowledged but not yet confirmed by a synchronous commit, and the latest
         # asynchronous commit sent for them.
         self._unconfirmed: dict[Any, Any] = {}
@@ -173,8 +189,8 @@ class KafkaTransport(Transport):
     def _poll(self, consumer, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
         from kafka.errors import KafkaError
 
-        if self._read_ahead:  # a rebalance may have taken some of its partitions since
-            self._drop_read_ahead({m.handle[0] for m in self._read_ahead} - consumer.assignment())
+        # What was read ahead is always of partitions this member holds: a rebalance that
+        # revokes one drops its messages (_partitions_revoked).
         if not self._read_ahead:
             try:
                 records = consumer.poll(timeout_ms=timeout_ms, max_records=max_messages * READ_AHEAD_BATCHES)
@@ -185,15 +201,15 @@ class KafkaTransport(Transport):
         take = min(max_messages, len(self._read_ahead))
         batch = [self._read_ahead.popleft() for _ in range(take)]
         for message in batch:
-            partition, offset = message.handle
-            self._unacked_from.setdefault(partition, offset)
-            self._handed_out[partition] = offset
+            claim, offset = message.handle
+            self._unacked_from.setdefault(claim, offset)
+            self._handed_out[claim] = offset
         return batch
 
-    def _drop_read_ahead(self, partitions: set) -> None:
-        """Forget what was read ahead from ``partitions`` (revoked, or about to be re-read)."""
-        if partitions:
-            self._read_ahead = deque(m for m in self._read_ahead if m.handle[0] not in partitions)
+    def _drop_read_ahead(self, claims: set[_Claim]) -> None:
+        """Forget what was read ahead under ``claims`` (revoked, or about to be re-read)."""
+        if claims and self._read_ahead:
+            self._read_ahead = deque(m for m in self._read_ahead if m.handle[0] not in claims)
 
     @staticmethod
     def _lagging(consumer) -> bool:
@@ -229,23 +245,32 @@ class KafkaTransport(Transport):
         at-least-once and rows exactly-once.
 
         Kafka offsets are a watermark: this also marks lower offsets of the same partition as done,
-        so acknowledge every message of a batch (poison ones included) once it is dealt with."""
+        so acknowledge every message of a batch (poison ones included) once it is dealt with.
+
+        Messages of a partition that a rebalance has taken from this member since they were
+        consumed commit nothing: the partition's new owner (perhaps this member again) reads on
+        from the offset committed at the rebalance, and a commit from here could move its
+        commits backwards. Their rows are stored; the redelivered copies are ignored."""
         if not messages:
             return
         from kafka import OffsetAndMetadata
         from kafka.errors import KafkaError
 
-        highest: dict[Any, int] = {}
+        highest: dict[_Claim, int] = {}
         for message in messages:
-            partition, offset = message.handle
-            highest[partition] = max(offset, highest.get(partition, -1))
+            claim, offset = message.handle
+            highest[claim] = max(offset, highest.get(claim, -1))
+        for claim in [claim for claim in highest if claim.revoked]:
+            del highest[claim]
+        if not highest:
+            return
         self._unconfirmed.update(
-            {partition: OffsetAndMetadata(offset + 1, "", -1) for partition, offset in highest.items()})
-        for partition, offset in highest.items():
-            if self._handed_out.get(partition, -1) > offset:
-                self._unacked_from[partition] = offset + 1
+            {claim.partition: OffsetAndMetadata(offset + 1, "", -1) for claim, offset in highest.items()})
+        for claim, offset in highest.items():
+            if self._handed_out.get(claim, -1) > offset:
+                self._unacked_from[claim] = offset + 1
             else:
-                self._unacked_from.pop(partition, None)
+                self._unacked_from.pop(claim, None)
         # One asynchronous commit at a time, of every offset acknowledged so far: a newer commit
         # supersedes an older one, and piling them up fills the connection's in-flight limit.
         if self._sent_commit is not None and not self._sent_commit.is_done:
@@ -294,21 +319,47 @@ class KafkaTransport(Transport):
         """Seek back to the lowest unacknowledged offset of each partition, to redeliver from there."""
         if self._consumer is None:
             return
-        lowest: dict[Any, int] = {}
+        lowest: dict[_Claim, int] = {}
         for message in messages:
-            partition, offset = message.handle
-            lowest[partition] = min(offset, lowest.get(partition, offset))
+            claim, offset = message.handle
+            lowest[claim] = min(offset, lowest.get(claim, offset))
         # What was read ahead of these partitions lies beyond the seek: it is read again after
         # the released messages, in order (handing it out first would let an acknowledgement
         # commit past them).
         self._drop_read_ahead(set(lowest))
-        assigned = self._consumer.assignment()
-        for partition, offset in lowest.items():
-            if partition not in assigned:
-                continue  # now owned by another member, which starts from the committed offset
-            self._consumer.seek(partition, min(offset, self._unacked_from.get(partition, offset)))
-            self._unacked_from.pop(partition, None)
-            self._handed_out.pop(partition, None)
+        for claim, offset in lowest.items():
+            if claim.revoked:
+                continue  # its owner now reads on from the committed offset
+            self._consumer.seek(claim.partition, min(offset, self._unacked_from.get(claim, offset)))
+            self._unacked_from.pop(claim, None)
+            self._handed_out.pop(claim, None)
+
+    async def _partitions_revoked(self, consumer, revoked: set, commit: bool) -> None:
+        """Let go of ``revoked`` at the start of a rebalance (or on close), while this member
+        still owns them: commit what was acknowledged of them (``commit``: unless the group has
+        already dropped this member), then forget their offsets, claims and read-ahead, so no
+        commit of them is sent once another member may own them.
+
+        kafka-python runs this on its network thread while the thread that called poll or close
+        waits for it, so nothing else touches this transport meanwhile."""
+        from kafka.errors import KafkaError
+
+        offsets = {tp: self._unconfirmed.pop(tp) for tp in revoked if tp in self._unconfirmed}
+        if offsets and commit:
+            try:
+                await consumer.commit_async(offsets)
+            except KafkaError as err:
+                # Best effort: the next owner redelivers from the last committed offset and the
+                # database ignores the rows it has.
+                log.warning("offsets of group %s not committed before a rebalance (%s); the next "
+                            "owner will redeliver them and duplicates are ignored", self.group,
+                            _describe(err))
+        claims = {claim for tp in revoked if (claim := self._claims.pop((tp.topic, tp.partition), None))}
+        for claim in claims:
+            claim.revoked = True
+            self._unacked_from.pop(claim, None)
+            self._handed_out.pop(claim, None)
+        self._drop_read_ahead(claims)
 
     @property
     def assigned_partitions(self) -> list[str]:
@@ -336,7 +387,7 @@ class KafkaTransport(Transport):
                 max_partition_fetch_bytes=16 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
             )
-            self._consumer.subscribe([self.topic])
+            self._consumer.subscribe([self.topic], listener=_rebalance_listener(self, self._consumer))
             self._refresh_metadata()
         return self._consumer
 
@@ -356,26 +407,23 @@ class KafkaTransport(Transport):
             log.debug("metadata refresh for topic %s failed: %s", self.topic, _describe(err))
 
     def _received(self, record) -> ReceivedMessage:
-        partition = self._partitions.get((record.topic, record.partition))
-        if partition is None:
+        claim = self._claims.get((record.topic, record.partition))
+        if claim is None:
             from kafka import TopicPartition
 
-            partition = self._partitions[(record.topic, record.partition)] = (
+            claim = self._claims[(record.topic, record.partition)] = _Claim(
                 TopicPartition(record.topic, record.partition), f"{record.topic}/{record.partition}@")
         try:
             # The strict decode, with no keyword arguments, costs half the lenient one; only a
             # header that is not UTF-8 text (or has no value) needs the lenient one.
             attributes = {name: value.decode() for name, value in record.headers}
         except (UnicodeDecodeError, AttributeError, TypeError):
-            # surrogateescape, not replace: bytes that are not UTF-8 stay distinguishable (as lone
-            # surrogates, which the decoder refuses with a reason) instead of turning into U+FFFD,
-            # which would make two different keys one id.
-            attributes = {name: str(value or b"", "utf-8", "surrogateescape") for name, value in record.headers or ()}
+            attributes = {name: str(value or b"", "utf-8", "replace") for name, value in record.headers or ()}
         if "id" not in attributes and record.key is not None:
-            attributes["id"] = str(record.key, "utf-8", "surrogateescape")
+            attributes["id"] = str(record.key, "utf-8", "replace")
         offset = record.offset
-        return ReceivedMessage(SOURCE, record.value or b"", attributes, partition[1] + str(offset),
-                               (partition[0], offset))
+        return ReceivedMessage(SOURCE, record.value or b"", attributes, claim.position_prefix + str(offset),
+                               (claim, offset))
 
     # --- shared ----------------------------------------------------------------------------
 
@@ -432,6 +480,9 @@ class KafkaTransport(Transport):
         self._read_ahead.clear()  # never handed out, so never acknowledged: the next run reads it
         self._unacked_from.clear()
         self._handed_out.clear()
+        for claim in self._claims.values():
+            claim.revoked = True  # a batch still in flight must not commit on a later consumer
+        self._claims.clear()
         self._unconfirmed.clear()
         self._sent_commit = None
         if producer is not None:
@@ -443,6 +494,27 @@ class KafkaTransport(Transport):
                 _force_close(producer)
         if consumer is not None:
             consumer.close(autocommit=False, timeout_ms=self.connect_timeout_ms)
+
+
+def _rebalance_listener(transport: KafkaTransport, consumer):
+    """The rebalance listener that has ``transport`` let go of the partitions ``consumer`` loses.
+
+    Asynchronous, so that the commit it sends is awaited on kafka-python's network thread,
+    heartbeats going on meanwhile, and is answered before this member rejoins the group."""
+    from kafka import AsyncConsumerRebalanceListener
+
+    class Listener(AsyncConsumerRebalanceListener):
+        async def on_partitions_revoked(self, revoked) -> None:
+            await transport._partitions_revoked(consumer, revoked, commit=True)
+
+        async def on_partitions_assigned(self, assigned) -> None:
+            pass  # claims are made as the partitions' first messages arrive
+
+        async def on_partitions_lost(self, lost) -> None:
+            # The group has dropped this member already: a commit would be refused.
+            await transport._partitions_revoked(consumer, lost, commit=False)
+
+    return Listener()
 
 
 def _describe(err: BaseException | None) -> str:
