@@ -202,3 +202,36 @@ def test_committed_offsets_never_move_backwards_when_members_join_and_leave(
         assert not backwards, f"{partition}: a commit moved back ({backwards[:3]}) in {offsets}"
         assert offsets[-1] == ends[partition], f"{partition}: last commit {offsets[-1]} of {ends[partition]}"
     assert sum(len(offsets) for offsets in history.values()) > 8, "too few commits to show anything"
+
+
+def test_a_member_without_partitions_does_not_wait_out_the_rebalance_grace(kafka_bootstrap, topic, group):
+    """With more members than partitions, one member holds none. Asked for what has arrived it
+    answers at once, and asked to wait it waits its timeout, not the 30 s a join may take: in
+    a kafka,pubsub run the loop asks it between Pub/Sub batches."""
+    from kafka.structs import MemberState
+
+    _publish(kafka_bootstrap, topic, 10, partitions=1)
+    members = [_Member(kafka_bootstrap, topic, group) for _ in range(2)]
+    try:
+        def settled() -> bool:
+            states = [m.transport._consumer.group_metadata() for m in members if m.transport._consumer]
+            return (len(states) == 2 and len({state.generation_id for state in states}) == 1
+                    and all(state.state == MemberState.STABLE for state in states)
+                    and sorted(p for m in members for p in m.partitions()) == [f"{topic}/0"])
+
+        _wait_for(settled, "the group never settled with the partition on one member", members)
+    finally:
+        for member in members:
+            member.stop()  # each stays in the group: nothing rebalances from here on
+    try:
+        [idle] = [member.transport for member in members if not member.partitions()]
+        timings = []
+        for timeout_ms in (0, 1000, 0):
+            started = time.monotonic()
+            assert idle.consume_batch(10, timeout_ms) == []
+            timings.append((timeout_ms, round(time.monotonic() - started, 3)))
+        # Loose bounds for a loaded 2-core machine; waiting out the grace took over 30 s.
+        assert all(seconds < 5 for _, seconds in timings), timings
+    finally:
+        for member in members:
+            member.transport.close()

@@ -158,19 +158,20 @@ class KafkaTransport(Transport):
     def consume_batch(self, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
         """Up to ``max_messages``, waiting at most ``timeout_ms`` for new ones.
 
-        The wait is for *new* messages: while this member is still joining its group, or its
-        partitions hold messages it has not fetched yet (a broker that is recovering), it keeps
-        polling for up to REBALANCE_GRACE_S more rather than report a stream that is not drained
-        as empty."""
+        The wait is for *new* messages: while a join of this member's group is ahead or under
+        way, or its partitions hold messages it has not fetched yet (a broker that is
+        recovering), it keeps polling for up to REBALANCE_GRACE_S more rather than report a
+        stream that is not drained as empty. A member that has joined and was given no
+        partitions (the group has more members than the topic has partitions) has nothing to
+        wait for."""
         consumer = self._get_consumer()
         if timeout_ms > 0:
             self._confirm_commits()  # about to wait: make what was acknowledged durable first
         deadline = time.monotonic() + timeout_ms / 1000
         while True:
             remaining_ms = int((deadline - time.monotonic()) * 1000)
-            # Until the group has given this member its partitions (a first join, or a broker
-            # that just came back), "no messages" means "not listening yet", not "drained".
-            joining = self._joining_group() or not consumer.assignment()
+            # Until this member has joined, "no messages" means "not listening yet", not "drained".
+            joining = self._joining_group()
             behind = False
             if timeout_ms <= 0 and not joining:
                 # "Only what has arrived": one non-blocking poll, no end-offset round trip.
@@ -224,15 +225,20 @@ class KafkaTransport(Transport):
             return False  # cannot tell; treat as drained, the next run picks up the rest
 
     def _joining_group(self) -> bool:
-        """Whether a JoinGroup/SyncGroup round is in flight for this member.
+        """Whether a join of the group is ahead of this member or under way: it has not joined
+        yet, was dropped from the group, was told of a rebalance, or a JoinGroup/SyncGroup round
+        is in flight. A member that has joined and was given no partitions is not joining.
 
         kafka-python 3.0.12 drops the result of a join that completes between two polls and
         starts another one; when the dropped member is the group leader that is a new rebalance,
         and members polling with short timeouts can rebalance each other forever. Polling on
         until the join completes avoids that. This reads private state, hence the getattr."""
         coordinator = getattr(self._consumer, "_coordinator", None)
+        if coordinator is None:
+            return False
         task = getattr(coordinator, "_join_task", None)
-        return task is not None and not getattr(task, "is_done", True)
+        return (not coordinator.stable() or coordinator.need_rejoin()
+                or (task is not None and not getattr(task, "is_done", True)))
 
     def acknowledge(self, messages: Sequence[ReceivedMessage]) -> None:
         """Commit, per partition, the offset after the highest acknowledged one.
