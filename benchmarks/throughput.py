@@ -156,8 +156,10 @@ class Services:
             from services.postgres import PostgresCluster as Instance
         self.log(f"starting {name} ...")
         STATE_DIR.mkdir(parents=True, exist_ok=True)
-        # Under STATE_DIR, not /tmp: PostgreSQL runs as an unprivileged user that must reach it.
-        instance = Instance.create(Path(tempfile.mkdtemp(prefix=f"bench-{name}-", dir=STATE_DIR)))
+        # PostgreSQL's under the system temp dir, not the checkout: run as root, the server runs
+        # as an unprivileged user that cannot enter a checkout in a 0700 home.
+        parent = None if name == "postgres" else STATE_DIR
+        instance = Instance.create(Path(tempfile.mkdtemp(prefix=f"vectorai-bench-{name}-", dir=parent)))
         self._stops.append((name, instance.remove))
         return instance.start()
 

@@ -49,10 +49,14 @@ class _Source:
 
 @lru_cache(maxsize=1)
 def _classifier() -> OnnxClassifier:
+    import atexit
+    import shutil
     import tempfile
     from pathlib import Path
 
-    path = Path(tempfile.mkdtemp(prefix="vectorai-fuzz-")) / "model.onnx"
+    folder = tempfile.mkdtemp(prefix="vectorai-fuzz-")
+    atexit.register(shutil.rmtree, folder, True)  # cached for the session, so not a tmp_path
+    path = Path(folder) / "model.onnx"
     tiny_onnx_model(path, height=28, width=28, channels=1, classes=10)
     return OnnxClassifier(path, threads=1)
 
