@@ -123,6 +123,37 @@ def test_broker_restarted_during_stream_and_predict(fault_project, kafka_broker)
     assert_exactly_once(project)
 
 
+def test_broker_stopped_while_predict_waits_for_messages(fault_project, kafka_broker, kafka_bootstrap):
+    """PredictTask has stored the whole stream and waits for new messages when the broker goes
+    away: the run fails with one line and writes no report, rather than ending as if the stream
+    were drained. With the broker back, a new run takes every message sent since, exactly once."""
+    project = fault_project
+    group = project.config["stream"]["group"]
+    project.luigi("StreamData", "--count", "1000")
+    predictor = project.spawn("PredictTask", "--run-at", "outage", "--stream-timeout-ms", "300000")
+    try:
+        wait_for_rows(project.pg, 1000, predictor)
+        # Committed right before the wait begins: the run is waiting now.
+        deadline = time.monotonic() + 60
+        while committed_offsets(kafka_bootstrap, group) < 1000:
+            assert time.monotonic() < deadline, "the run never committed what it stored"
+            time.sleep(0.2)
+        kafka_broker.stop(graceful=False)
+        output, _ = predictor.communicate(timeout=90)
+    finally:
+        if predictor.poll() is None:
+            predictor.kill()
+            predictor.wait()
+    assert predictor.returncode != 0, output[-3000:]
+    assert "vectorai error: transport kafka: cannot consume from topic" in output, output[-3000:]
+    assert not list((project.data / "reports").glob("*-outage-*.json"))
+
+    kafka_broker.restart()
+    project.luigi("StreamData")  # the whole sample: the first 1000 again, and 2000 new
+    drain(project, "after-outage")
+    assert_exactly_once(project)
+
+
 def test_postgres_stopped_during_predict(fault_project, postgres_server, kafka_bootstrap):
     project = fault_project
     group = project.config["stream"]["group"]

@@ -274,3 +274,29 @@ def test_broker_outage_fails_flush_and_commit_then_redelivers(kafka_broker, topi
         again = _drain(consumer, 3, timeout_s=60)
         consumer.acknowledge(again)
     assert sorted(m.key for m in again) == sorted(m.key for m in batch)
+
+
+def test_broker_outage_while_waiting_for_messages_fails_the_wait(kafka_broker, topic):
+    """Waiting for new messages when the broker goes away raises TransportError soon after
+    connect_timeout_ms, instead of returning nothing once the wait is over, which the predict
+    loop would take for a drained stream."""
+    group = f"group-{uuid.uuid4().hex[:8]}"
+    _publish(kafka_broker.address, topic, 3)
+    with _transport(kafka_broker.address, topic, group=group, connect_timeout_ms=3000) as consumer:
+        consumer.acknowledge(_drain(consumer, 3))
+        assert consumer.consume_batch(3, timeout_ms=500) == []  # drained, and all of it committed
+        kafka_broker.stop()
+        started = time.monotonic()
+        with pytest.raises(TransportError, match=f"cannot consume from topic {topic} "
+                                                 f"\\(bootstrap servers {kafka_broker.address}\\)"):
+            consumer.consume_batch(3, timeout_ms=120_000)
+        waited = time.monotonic() - started
+    assert waited < 30, f"the outage was noticed after {waited:.1f}s"
+
+    kafka_broker.restart()
+    _publish(kafka_broker.address, topic, 2)
+    with _transport(kafka_broker.address, topic, group=group) as consumer:
+        # The member that saw the outage never left the group, so this one waits out its session.
+        after = _drain(consumer, 2, timeout_s=60)
+        consumer.acknowledge(after)
+    assert [m.position for m in after] == [f"{topic}/0@3", f"{topic}/0@4"]

@@ -4,7 +4,8 @@ Offsets are committed only in ``acknowledge``, which callers invoke after their 
 durably stored, so a crash between consuming and storing redelivers the batch (at-least-once).
 Partitions that a rebalance takes away leave the pending commits, so a member never commits a
 partition another member owns now. Every network wait is bounded by ``connect_timeout_ms``: an
-unreachable broker raises TransportError naming the bootstrap servers instead of hanging.
+unreachable broker raises TransportError naming the bootstrap servers instead of hanging, or
+instead of passing for a drained stream.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ READ_AHEAD_BATCHES = 4
 #: before waiting for new ones, and on close). A commit per 256-message batch cost the broker and
 #: this process together about 4 ms of CPU: a twentieth of what the whole loop spends.
 COMMIT_INTERVAL_S = 0.5
+#: A wait for messages polls for at most this long at a time and, when a poll comes back empty,
+#: checks that a broker is still within reach: kafka-python retries an unreachable cluster
+#: quietly until the poll's timeout, and then returns nothing, just as from a drained stream.
+OUTAGE_CHECK_MS = 1000
 
 
 @dataclass(eq=False, slots=True)
@@ -163,29 +168,57 @@ class KafkaTransport(Transport):
         recovering), it keeps polling for up to REBALANCE_GRACE_S more rather than report a
         stream that is not drained as empty. A member that has joined and was given no
         partitions (the group has more members than the topic has partitions) has nothing to
-        wait for."""
+        wait for. While it waits, no broker reachable for ``connect_timeout_ms`` raises
+        TransportError: an outage is not a drained stream."""
         consumer = self._get_consumer()
         if timeout_ms > 0:
             self._confirm_commits()  # about to wait: make what was acknowledged durable first
         deadline = time.monotonic() + timeout_ms / 1000
+        unreachable_since: float | None = None
         while True:
-            remaining_ms = int((deadline - time.monotonic()) * 1000)
             # Until this member has joined, "no messages" means "not listening yet", not "drained".
             joining = self._joining_group()
-            behind = False
             if timeout_ms <= 0 and not joining:
                 # "Only what has arrived": one non-blocking poll, no end-offset round trip.
                 return self._poll(consumer, max_messages, 0)
-            if remaining_ms <= 0:
+            remaining_ms = int((deadline - time.monotonic()) * 1000)
+            behind = False
+            if remaining_ms <= 0 and unreachable_since is None:
                 if remaining_ms <= -REBALANCE_GRACE_S * 1000:
                     return []
                 behind = not joining and self._lagging(consumer)
                 if not (joining or behind):
                     return []
-            batch = self._poll(consumer, max_messages, max(remaining_ms, 200 if joining or behind else 0))
+            waiting_on = joining or behind or unreachable_since is not None
+            poll_ms = min(max(remaining_ms, 200 if waiting_on else 0), OUTAGE_CHECK_MS)
+            batch = self._poll(consumer, max_messages, poll_ms)
             # poll can return early with nothing (a rebalance, a metadata refresh): keep waiting.
             if batch:
                 return batch
+            # Only a cluster that stays out of reach fails the wait: a broker that restarts
+            # within connect_timeout_ms, or a moving group coordinator, does not.
+            cause = self._unreachable()
+            if cause is None:
+                unreachable_since = None
+            elif unreachable_since is None:
+                unreachable_since = time.monotonic()
+            elif time.monotonic() - unreachable_since >= self.connect_timeout_ms / 1000:
+                raise self._error(f"cannot consume from topic {self.topic}",
+                                  f"{cause} for {self.connect_timeout_ms / 1000:g}s")
+
+    def _unreachable(self) -> str | None:
+        """Why this member cannot reach its cluster now, or None when it can (or cannot tell).
+
+        This reads the client's private state, hence the getattr."""
+        client = getattr(self._consumer, "_client", None)
+        coordinator = getattr(self._consumer, "_coordinator", None)
+        if client is None or coordinator is None:
+            return None
+        if not any(client.connected(broker.node_id) for broker in client.cluster.brokers()):
+            return "no broker connected"
+        if coordinator.coordinator_unknown():
+            return f"no coordinator known for group {self.group}"
+        return None
 
     def _poll(self, consumer, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
         from kafka.errors import KafkaError
@@ -468,9 +501,9 @@ class KafkaTransport(Transport):
         except KafkaError as err:
             raise self._error("cannot connect", err) from None
 
-    def _error(self, what: str, err: BaseException | None) -> TransportError:
-        return TransportError(
-            SOURCE, f"{what} (bootstrap servers {self.bootstrap_servers}): {_describe(err)}")
+    def _error(self, what: str, cause: BaseException | str | None) -> TransportError:
+        reason = cause if isinstance(cause, str) else _describe(cause)
+        return TransportError(SOURCE, f"{what} (bootstrap servers {self.bootstrap_servers}): {reason}")
 
     def close(self) -> None:
         if self._consumer is not None:
