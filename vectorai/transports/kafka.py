@@ -457,9 +457,12 @@ class KafkaTransport(Transport):
             # header that is not UTF-8 text (or has no value) needs the lenient one.
             attributes = {name: value.decode() for name, value in record.headers}
         except (UnicodeDecodeError, AttributeError, TypeError):
-            attributes = {name: str(value or b"", "utf-8", "replace") for name, value in record.headers or ()}
+            # surrogateescape, not replace: bytes that are not UTF-8 stay distinguishable (as lone
+            # surrogates, which the decoder refuses with a reason) instead of turning into U+FFFD,
+            # which would make two different keys one id.
+            attributes = {name: str(value or b"", "utf-8", "surrogateescape") for name, value in record.headers or ()}
         if "id" not in attributes and record.key is not None:
-            attributes["id"] = str(record.key, "utf-8", "replace")
+            attributes["id"] = str(record.key, "utf-8", "surrogateescape")
         offset = record.offset
         return ReceivedMessage(SOURCE, record.value or b"", attributes, claim.position_prefix + str(offset),
                                (claim, offset))
