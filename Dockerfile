@@ -26,10 +26,10 @@ COPY . /app
 ARG EXTRAS=train,kafka,pubsub,postgres
 
 # constraints.txt pins the versions CI tested. The pip cache mount keeps reinstalls
-# fast when only the code changed. SQLAlchemy is for luigid's task history
-# (luigi.db_task_history), which the pipeline itself does not need.
+# fast when only the code changed. The `scheduler` extra (SQLAlchemy, prometheus-client)
+# is for luigid's task history and /metrics, which the pipeline itself does not need.
 RUN --mount=type=cache,target=/root/.cache/pip \
-    pip install -c constraints.txt -e ".[${EXTRAS}]" sqlalchemy \
+    pip install -c constraints.txt -e ".[${EXTRAS},scheduler]" \
     && mkdir -p /app/data /app/models /var/lib/luigid \
     && chown vectorai /app/data /app/models /var/lib/luigid
 

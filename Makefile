@@ -40,8 +40,17 @@ services-down:
 bench: setup
 	$(PY) benchmarks/throughput.py
 
+# The central scheduler, configured by docker/luigid.cfg (retries, /metrics). With
+# LUIGI_TASK_HISTORY_DB set to an SQLAlchemy URL, e.g.
+#   LUIGI_TASK_HISTORY_DB=postgresql+psycopg2://vectorai:<password>@localhost:5432/luigi make luigid
+# it records every task's history there (/history); without it, none. The URL stays in the
+# environment, so it is neither echoed here nor written to any file.
+LUIGID_PORT      ?= 8082
+LUIGID_STATE_DIR ?= data/luigid
 luigid: setup
-	$(VENV)/bin/luigid --port 8082
+	@mkdir -p $(LUIGID_STATE_DIR)
+	LUIGI_CONFIG_PATH=docker/luigid.cfg LUIGID_RECORD_TASK_HISTORY=$(if $(LUIGI_TASK_HISTORY_DB),true,false) \
+	    $(VENV)/bin/luigid --port $(LUIGID_PORT) --state-path $(LUIGID_STATE_DIR)/state.pickle
 
 clean:
 	rm -rf data/processed data/stream data/reports data/mlflow data/predictions.sqlite* models/*/ .services

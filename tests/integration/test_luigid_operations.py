@@ -1,0 +1,314 @@
+"""Operating luigid as the compose stack and `make luigid` configure it (docker/luigid.cfg):
+task history in a real PostgreSQL, retries of a batch run whose broker is down, and luigid's own
+Prometheus /metrics. Every test runs a real luigid on a free loopback port and real workers."""
+
+from __future__ import annotations
+
+import configparser
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from services.common import free_port, port_open
+from tests.conftest import REPO, new_project, pg_rows, unique_name
+
+pytestmark = [pytest.mark.luigid, pytest.mark.postgres]
+
+LUIGID_CFG = REPO / "docker" / "luigid.cfg"
+CHAIN = {"SplitData", "TrainModel", "ExportOnnx", "StreamData", "PredictTask"}
+
+
+def history_url(database_url: str) -> str:
+    """The SQLAlchemy URL for a ``postgresql://`` one: SQLAlchemy 2.1 takes a bare postgresql://
+    for psycopg 3, which is not installed, so the driver is named as docker/luigid.cfg says."""
+    scheme, sep, rest = database_url.partition("://")
+    assert sep and scheme == "postgresql", database_url
+    return f"postgresql+psycopg2://{rest}"
+
+
+@dataclass
+class Luigid:
+    """A real luigid reading docker/luigid.cfg, with only the timings a test needs changed."""
+
+    workdir: Path
+    env: dict[str, str]
+    history_db: str = ""  # postgresql:// URL of the history database, when there is one
+    overrides: dict[str, str] = field(default_factory=dict)
+    port: int = field(default_factory=free_port)
+    proc: subprocess.Popen | None = None
+
+    @property
+    def log(self) -> Path:
+        return self.workdir / "luigid.log"
+
+    def write_config(self) -> Path:
+        # Raw (no interpolation), so the ${...} references reach luigid as the committed file has them.
+        config = configparser.ConfigParser(interpolation=None)
+        config.read(LUIGID_CFG, encoding="utf-8")
+        for key, value in self.overrides.items():
+            config.set("scheduler", key, value)
+        path = self.workdir / "luigid.cfg"
+        with open(path, "w", encoding="utf-8") as fh:
+            config.write(fh)
+        return path
+
+    def start(self) -> "Luigid":
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("LUIGI")}
+        env.update({"LUIGI_CONFIG_PATH": str(self.write_config()), **self.env})
+        # cwd is the test's own dir, so no luigi.cfg of the checkout is read as well.
+        with open(self.log, "ab") as log:
+            self.proc = subprocess.Popen(
+                [str(Path(sys.executable).parent / "luigid"), "--port", str(self.port), "--address", "127.0.0.1",
+                 "--state-path", str(self.workdir / "state.pickle")],
+                cwd=self.workdir, env=env, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not port_open(self.port):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"luigid did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: luigid saves its state, as `docker compose stop` makes it
+            self.proc.wait(timeout=30)
+        self.proc = None
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def get(self, path: str) -> tuple[int, str]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}{path}", timeout=20) as response:
+                return response.status, response.read().decode("utf-8", "replace")
+        except urllib.error.HTTPError as err:
+            return err.code, err.read().decode("utf-8", "replace")
+
+    def api(self, method: str, payload: dict) -> dict:
+        status, body = self.get(f"/api/{method}?" + urllib.parse.urlencode({"data": json.dumps(payload)}))
+        assert status == 200, body[-2000:]
+        return json.loads(body)["response"]
+
+    def tasks(self, status: str) -> dict[str, str]:
+        """task_id -> family of the tasks luigid holds in ``status``."""
+        listed = self.api("task_list", {"status": status, "upstream_status": "", "search": ""})
+        return {task_id: task["name"] for task_id, task in listed.items()}
+
+    def metrics(self) -> dict[tuple[str, str], float]:
+        """(sample name, family label) -> value, parsed from /metrics with Prometheus' own parser."""
+        from prometheus_client.parser import text_string_to_metric_families
+
+        status, body = self.get("/metrics")
+        assert status == 200, body[-2000:]
+        return {(sample.name, sample.labels.get("family", "")): sample.value
+                for family in text_string_to_metric_families(body) for sample in family.samples}
+
+    def worker_args(self) -> list[str]:
+        return ["--scheduler-host", "127.0.0.1", "--scheduler-port", str(self.port)]
+
+
+@pytest.fixture
+def luigid_with_history(tmp_path, pg_database):
+    server = Luigid(tmp_path / "luigid", env={"LUIGID_RECORD_TASK_HISTORY": "true",
+                                             "LUIGI_TASK_HISTORY_DB": history_url(pg_database)},
+                    history_db=pg_database)
+    yield server.start()
+    server.stop()
+
+
+def history(database_url: str) -> dict[str, list[dict]]:
+    """Family -> its task records (events oldest first, parameters), read from luigi's tables."""
+    records: dict[str, list[dict]] = {}
+    for task in pg_rows(database_url, "SELECT id, task_id, name, host FROM tasks ORDER BY id"):
+        events = pg_rows(database_url, f"SELECT event_name FROM task_events WHERE task_id = {task['id']} "
+                                       "ORDER BY ts, id")
+        params = pg_rows(database_url, f"SELECT name, value FROM task_parameters WHERE task_id = {task['id']}")
+        records.setdefault(task["name"], []).append({
+            **task, "events": [e["event_name"] for e in events], "params": {p["name"]: p["value"] for p in params}})
+    return records
+
+
+def assert_history_pages(server: Luigid, records: dict[str, list[dict]]) -> None:
+    """The pages a user opens: /history (latest runs), by name, and one task's events by id."""
+    status, page = server.get("/history")
+    assert status == 200, page[-3000:]
+    for family in CHAIN:
+        assert f">{family}</a>" in page, f"{family} missing from /history"
+    status, page = server.get("/history/by_name/PredictTask")
+    assert status == 200, page[-3000:]
+    assert page.count(">PredictTask</a>") == len(records["PredictTask"])
+    for record in records["PredictTask"]:
+        status, page = server.get(f"/history/by_id/{record['id']}")
+        assert status == 200, page[-3000:]
+        # Its parameters, and its events newest first.
+        assert re.search(rf"<td>run_at</td>\s*<td>{re.escape(record['params']['run_at'])}</td>", page), page[-3000:]
+        shown = re.findall(r"<td>(PENDING|RUNNING|DONE|FAILED|DISABLED)</td>", page)
+        assert shown[::-1] == record["events"], (shown, record["events"])
+
+
+def test_history_in_postgresql_holds_the_chain_and_survives_a_restart(tmp_path, luigid_with_history):
+    server = luigid_with_history
+    # A fresh project (a quick 1-epoch model), so every task of the chain runs through luigid.
+    project = new_project(tmp_path / "fresh")
+    project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", *server.worker_args(), local=False)
+
+    records = history(server.history_db)
+    assert set(records) == CHAIN
+    for family, [record] in records.items():
+        # Each task once, with the life it had: scheduled, run on this machine, done.
+        assert record["events"] == ["PENDING", "RUNNING", "DONE"], (family, record["events"])
+        assert record["host"], family
+    assert records["SplitData"][0]["params"]["dataset"] == "mnist-sample"
+    assert records["TrainModel"][0]["params"]["epochs"] == "1"
+    assert records["PredictTask"][0]["params"]["run_at"] == "adhoc"
+    assert_history_pages(server, records)
+
+    # luigid's own counters: every task of the chain started and finished once, none failed.
+    metrics = server.metrics()
+    for family in CHAIN:
+        assert metrics[("luigi_task_started_total", family)] == 1, family
+        assert metrics[("luigi_task_done_total", family)] == 1, family
+        assert metrics.get(("luigi_task_failed_total", family), 0) == 0, family
+
+    server.restart()
+    assert history(server.history_db) == records
+    assert_history_pages(server, records)
+    # Its state file brought the finished graph back too.
+    assert set(server.tasks("DONE").values()) == CHAIN
+
+    # The restarted luigid goes on recording into the same tables.
+    project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", "--run-at", "after-restart",
+                  *server.worker_args(), local=False)
+    predictions = history(server.history_db)["PredictTask"]
+    assert [r["params"]["run_at"] for r in predictions] == ["adhoc", "after-restart"]
+    assert predictions[1]["events"] == ["PENDING", "RUNNING", "DONE"]
+    assert_history_pages(server, history(server.history_db))
+
+
+def stored_ids(database_url: str) -> list[str]:
+    """message_id of every prediction row; none before PredictTask has created its table."""
+    if pg_rows(database_url, "SELECT to_regclass('prediction') IS NULL AS missing")[0]["missing"]:
+        return []
+    return [r["message_id"] for r in pg_rows(database_url, "SELECT message_id FROM prediction")]
+
+
+@pytest.mark.kafka
+def test_predict_failed_while_the_broker_is_down_is_retried_and_completes(
+        project, luigid_with_history, kafka_broker, kafka_bootstrap):
+    server = luigid_with_history
+    # Only the delay is shortened (five minutes in production); retry_count and
+    # prune_on_get_work are the committed ones. luigid must be restarted to read it.
+    server.overrides["retry_delay"] = "8"
+    server.restart()
+
+    project.set("stream", transport="kafka", topic=unique_name("retry"), group=unique_name("group"))
+    project.set("kafka", bootstrap_servers=kafka_bootstrap, connect_timeout_ms=3000)
+    project.set("PredictTask", require_stream="false", stream_timeout_ms=3000)
+    project.env["DATABASE_URL"] = server.history_db
+    project.luigi("StreamData")
+    [manifest] = (project.data / "stream" / "manifests").glob("*.json")
+    sent = json.loads(manifest.read_text())["count"]
+    assert sent > 0
+
+    kafka_broker.stop()
+    # As cron would run it, plus --worker-keep-alive: the worker waits for the retry instead of exiting.
+    worker = project.spawn("PredictTask", "--run-at", "retried", "--worker-keep-alive",
+                           *server.worker_args(), local=False)
+    try:
+        deadline = time.monotonic() + 120
+        while "PredictTask" not in server.tasks("FAILED").values():
+            assert worker.poll() is None, f"the worker exited instead of waiting:\n{worker.stdout.read()[-4000:]}"
+            assert time.monotonic() < deadline, "PredictTask did not fail with the broker down"
+            time.sleep(0.5)
+        assert not stored_ids(server.history_db), "the failed attempt stored predictions"
+        kafka_broker.restart()
+        output, _ = worker.communicate(timeout=300)
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
+    assert worker.returncode == 0, output[-4000:]
+    assert "vectorai error: transport kafka" in output, output[-4000:]  # the first attempt's failure
+    assert "failed tasks but they all succeeded in a retry" in output, output[-4000:]
+
+    ids = stored_ids(server.history_db)
+    assert len(ids) == len(set(ids)) == sent
+    [report] = [json.loads(p.read_text()) for p in (project.data / "reports").glob("*-retried-*.json")]
+    assert report["consumed"] == report["predicted"] == sent
+
+    [record] = history(server.history_db)["PredictTask"]
+    events = record["events"]
+    assert events[0] == "PENDING" and events[-1] == "DONE" and "FAILED" in events, events
+    assert events.count("FAILED") < 3, events  # retried before retry_count disabled it
+
+    metrics = server.metrics()
+    assert metrics[("luigi_task_failed_total", "PredictTask")] == events.count("FAILED")
+    assert metrics[("luigi_task_done_total", "PredictTask")] == 1
+    assert metrics[("luigi_task_started_total", "PredictTask")] == events.count("RUNNING")
+
+
+def run_make_luigid(tmp_path: Path, port: int, env: dict[str, str]) -> subprocess.Popen:
+    """`make luigid` as a user runs it, on a free port and a state file of the test's own.
+    --assume-old: setup's venv is already installed; make must not reinstall it."""
+    log = open(tmp_path / "make-luigid.log", "ab")
+    base = {k: v for k, v in os.environ.items() if not k.startswith(("LUIGI", "MAKE"))}
+    return subprocess.Popen(
+        ["make", "--no-print-directory", "-C", str(REPO), f"--assume-old={Path(sys.prefix) / '.installed'}",
+         "luigid", f"VENV={sys.prefix}", f"LUIGID_PORT={port}", f"LUIGID_STATE_DIR={tmp_path / 'state'}"],
+        env={**base, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+
+
+def stop_group(proc: subprocess.Popen, port: int) -> None:
+    """SIGTERM to make's own process group (start_new_session), so luigid under it gets it too;
+    make exits at once, luigid once it has saved its state and closed its port."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=30)
+    deadline = time.monotonic() + 30
+    while port_open(port):
+        assert time.monotonic() < deadline, "luigid did not stop on SIGTERM"
+        time.sleep(0.2)
+
+
+@pytest.mark.parametrize("with_history", [True, False], ids=["history-db-given", "no-history-db"])
+def test_make_luigid_takes_the_history_database_from_the_environment(tmp_path, pg_database, with_history):
+    port = free_port()
+    env = {"LUIGI_TASK_HISTORY_DB": history_url(pg_database)} if with_history else {}
+    proc = run_make_luigid(tmp_path, port, env)
+    try:
+        deadline = time.monotonic() + 60
+        while not port_open(port):
+            assert proc.poll() is None and time.monotonic() < deadline, \
+                (tmp_path / "make-luigid.log").read_text()[-3000:]
+            time.sleep(0.2)
+        server = Luigid(tmp_path, env={}, port=port)
+        status, page = server.get("/history")
+        tables = {r["tablename"] for r in pg_rows(pg_database, "SELECT tablename FROM pg_tables "
+                                                               "WHERE schemaname = 'public'")}
+        if with_history:
+            assert status == 200 and "Luigi Task History" in page, page[-2000:]
+            assert {"tasks", "task_events", "task_parameters"} <= tables
+        else:
+            # No history kept: the page has nothing to show and the database is left alone.
+            assert status != 200
+            assert not tables
+        # Retries and metrics come from docker/luigid.cfg either way.
+        assert server.get("/metrics")[0] == 200
+        # The URL may hold a password: make must not echo it.
+        assert history_url(pg_database) not in (tmp_path / "make-luigid.log").read_text()
+    finally:
+        stop_group(proc, port)
+    assert (tmp_path / "state" / "state.pickle").exists(), "luigid's state was not saved where make said"
