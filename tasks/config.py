@@ -21,10 +21,20 @@ class paths(luigi.Config):  # noqa: N801 - luigi maps the class name to the [pat
     data_dir = luigi.Parameter(default="data", description="Data root (external/, processed/, "
                                "stream/, reports/); relative paths are relative to the working directory")
     models_dir = luigi.Parameter(default="models", description="Where trained and exported models go")
+    metrics_dir = luigi.Parameter(default="", description="Where PredictTask writes its Prometheus text file "
+                                  "(node_exporter's --collector.textfile.directory); empty: <data_dir>/metrics; "
+                                  "'none': no file")
 
     @property
     def data(self) -> Path:
         return Path(self.data_dir)
+
+    @property
+    def metrics(self) -> Path | None:
+        """The Prometheus text file folder, or None when turned off."""
+        if self.metrics_dir.strip().lower() == "none":
+            return None
+        return Path(self.metrics_dir) if self.metrics_dir else self.data / "metrics"
 
     @property
     def models(self) -> Path:

@@ -10,6 +10,7 @@ from luigi.util import requires
 from tasks.common import VectoraiTaskMixin, params_hash, read_json, write_json
 from tasks.config import mlflow, paths
 from tasks.data import SplitData
+from tasks.live import LiveStatus
 
 
 @requires(SplitData)
@@ -36,19 +37,28 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
 
     def run(self) -> None:
         from vectorai.prepare import load_splits
-        from vectorai.training import TrainConfig, train_model
+        from vectorai.tracking import describe_run, run_page_url
+        from vectorai.training import TrainConfig, TrainProgress, train_model
 
         splits = load_splits(Path(self.input().path))
         config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                              seed=self.seed, image_height=self.image_size, image_width=self.image_size,
                              channels=self.channels)
-        with self.output().temporary_path() as tmp:
+        tracking_uri = mlflow().resolved_uri()
+
+        with LiveStatus(self) as live, self.output().temporary_path() as tmp:
+            def show(progress: TrainProgress) -> None:
+                run = describe_run(tracking_uri, progress.experiment_id, progress.run_id)
+                live.update(f"{progress.describe()}\n{run}", progress.percent,
+                            run_page_url(tracking_uri, progress.experiment_id, progress.run_id))
+
             train_model(
                 splits.train, splits.val, splits.test, config, Path(tmp),
-                tracking_uri=mlflow().resolved_uri(), experiment=mlflow().experiment,
+                tracking_uri=tracking_uri, experiment=mlflow().experiment,
                 artifact_dir=mlflow().artifact_dir, run_name=self.model_name,
                 extra_params={"dataset": self.dataset, "val_fraction": self.val_fraction,
                               "test_fraction": self.test_fraction, "model_name": self.model_name},
+                progress=show,
             )
 
 
@@ -64,13 +74,28 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
         return luigi.LocalTarget(Path(self.input().path).parent / "onnx")
 
     def run(self) -> None:
+        from vectorai.tracking import describe_run, run_page_url
+
+        train_dir = Path(self.input().path)
+        summary = read_json(train_dir / "metrics.json")
+        tracking_uri = mlflow().resolved_uri()
+        with LiveStatus(self) as live:
+            # The ONNX model is logged to TrainModel's run: that is the page to link. A model
+            # trained before metrics.json named the experiment gets the run id alone.
+            run_id, experiment_id = summary["mlflow_run_id"], summary.get("mlflow_experiment_id")
+            if experiment_id:
+                live.update(f"exporting to ONNX\n{describe_run(tracking_uri, experiment_id, run_id)}",
+                            tracking_url=run_page_url(tracking_uri, experiment_id, run_id))
+            else:
+                live.update(f"exporting to ONNX\nMLflow run {run_id}")
+            self._export(train_dir, summary, tracking_uri)
+
+    def _export(self, train_dir: Path, summary: dict, tracking_uri: str) -> None:
         from vectorai.export import export_onnx, log_onnx_to_mlflow
         from vectorai.preprocess import PreprocessSpec, preprocess_images
         from vectorai.prepare import load_splits
         from vectorai.tracking import use_tracking_uri
 
-        train_dir = Path(self.input().path)
-        summary = read_json(train_dir / "metrics.json")
         spec = PreprocessSpec.from_dict(summary["preprocess"])
         test = load_splits(Path(self.requires().input().path)).test
         model_name = train_dir.parent.name
@@ -90,5 +115,6 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
             })
             # use_tracking_uri: a password in an http(s) URI goes to MLflow's own variables, so
             # nothing MLflow prints or raises here can show it.
-            log_onnx_to_mlflow(use_tracking_uri(mlflow().resolved_uri()), summary["mlflow_run_id"],
+            log_onnx_to_mlflow(use_tracking_uri(tracking_uri), summary["mlflow_run_id"],
                                [out / "model.onnx", out / "model.json"])
+

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import luigi
 from luigi.util import inherits, requires
@@ -11,7 +13,13 @@ from luigi.util import inherits, requires
 from tasks.common import VectoraiTaskMixin, check_name_part, inside, name_part, params_hash, write_json
 from tasks.config import database, paths, stream, transport_settings
 from tasks.data import SplitData
+from tasks.live import LiveStatus, count, predict_status
 from tasks.model import ExportOnnx
+
+if TYPE_CHECKING:
+    from vectorai.predict import RunReport
+
+log = logging.getLogger("luigi-interface")
 
 
 @requires(ExportOnnx)
@@ -45,12 +53,18 @@ class StreamData(VectoraiTaskMixin, luigi.Task):
         sample_path = Path(self.sample_file) if self.sample_file else Path(self.clone(SplitData).output().path) / "stream.npz"
         sample = load_stream_sample(sample_path, limit=self.count or None)
         cfg = stream()
-        with open_transport(self.transport_name, **transport_settings(self.transport_name)) as transport:
+
+        with LiveStatus(self) as live, \
+                open_transport(self.transport_name, **transport_settings(self.transport_name)) as transport:
+            def show(sent: int, confirmed: int, total: int) -> None:
+                live.update(f"sent {count(sent)} of {count(total)}, confirmed {count(confirmed)} "
+                            f"({self.transport_name} {cfg.topic})", 100.0 * confirmed / total if total else 100.0)
+
             # Ids name what was sent (dataset or sample file + index): re-sending the same images
             # gives the same ids, a different file never collides with the split's sample.
             label = Path(self.sample_file).stem if self.sample_file else self.clone(SplitData).dataset_label
             ids = publish_images(transport, sample.images, sample.labels, dataset=label,
-                                 encoding=cfg.encoding, timeout_s=cfg.publish_timeout_s)
+                                 encoding=cfg.encoding, timeout_s=cfg.publish_timeout_s, progress=show)
         write_json(self.output(), {"transport": self.transport_name, "topic": cfg.topic, "count": len(ids),
                                    "sample": str(sample_path), "encoding": cfg.encoding, "ids": ids})
 
@@ -91,14 +105,37 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
             return parse_sources(self.sources, "PredictTask.sources")
         return parse_sources(stream().transport, "stream.transport")
 
+    @property
+    def job_label(self) -> str:
+        """The sources as one safe name: part of the report's name and the metrics file's."""
+        return re.sub(r"[^A-Za-z0-9._-]+", "+", self.sources or stream().transport)
+
     def output(self) -> luigi.LocalTarget:
         # No validation here: an error raised while Luigi checks completeness is logged as a
         # traceback; run() validates the sources and fails with one line instead.
-        label = re.sub(r"[^A-Za-z0-9._-]+", "+", self.sources or stream().transport)
-        name = f"predict-{label}-{name_part(self.run_at)}-{params_hash(self)}.json"
+        name = f"predict-{self.job_label}-{name_part(self.run_at)}-{params_hash(self)}.json"
         return luigi.LocalTarget(paths().data / "reports" / name)
 
+    #: The model version of this run once its model is loaded, for the metrics of a failure.
+    _model_version = ""
+
     def run(self) -> None:
+        """Predict and write the report; after a success or a failure alike, the Prometheus text
+        file (``[paths] metrics_dir``)."""
+        try:
+            with LiveStatus(self) as live:
+                report, database_url = self._predict(live)
+                message, _ = predict_status(report, self.max_messages or None)
+                live.update(f"done in {report.seconds:.1f} s\n{message}", 100)
+            write_json(self.output(), {**report.to_dict(), "sources": self.source_names, "database": database_url,
+                                       "run_at": self.run_at})
+        except BaseException:
+            self._record_failure()
+            raise
+        self._record_success(report)
+
+    def _predict(self, live: LiveStatus) -> tuple[RunReport, str]:
+        """The run's report and the database URL it wrote to (masked)."""
         from vectorai.db import connect
         from vectorai.errors import ConfigError
         from vectorai.inference import OnnxClassifier
@@ -123,7 +160,10 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
             classifier.expect_spec(PreprocessSpec(self.image_size, self.image_size, self.channels))
         else:
             classifier = OnnxClassifier(Path(self.input()["model"].path) / "model.onnx", threads=threads)
+        self._model_version = classifier.info.version
         url = db_cfg.resolved_url()
+        live.update(f"reading {', '.join(self.source_names)} with model {classifier.info.version}",
+                    0 if self.max_messages else None)
         db = connect(url, db_cfg.connect_timeout_s)
         transports = []
         try:
@@ -132,10 +172,40 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
             report = run_predictions(
                 transports, classifier, db, batch_size=self.predict_batch_size, timeout_ms=self.stream_timeout_ms,
                 limits=DecodeLimits(cfg.max_message_bytes, cfg.max_pixels), max_messages=self.max_messages or None,
+                # At most once a second, after a commit; LiveStatus only stores it for its thread.
+                progress=lambda so_far: live.update(*predict_status(so_far, self.max_messages or None)),
             )
         finally:
             for transport in transports:
                 transport.close()
             db.close()
-        write_json(self.output(), {**report.to_dict(), "sources": self.source_names, "database": mask_url(url),
-                                   "run_at": self.run_at})
+        return report, mask_url(url)
+
+    def _record_success(self, report: RunReport) -> None:
+        from vectorai.metrics import record_success
+
+        folder = paths().metrics
+        if folder is not None:
+            self._write_metrics(lambda: record_success(folder, self.job_label, report))
+
+    def _record_failure(self) -> None:
+        from vectorai.metrics import record_failure
+
+        folder = paths().metrics
+        if folder is None:
+            return
+        try:
+            sources = self.source_names
+        except Exception:  # noqa: BLE001 - the sources are what failed; the label still names the job
+            sources = [self.job_label]
+        self._write_metrics(lambda: record_failure(folder, self.job_label, sources, self._model_version))
+
+    def _write_metrics(self, write: Callable[[], Path]) -> None:
+        # Monitoring must not change the run's outcome: results are committed (or the original
+        # error is on its way) by now. A file that stops being updated shows as a stale
+        # last-success time, which is what the alert watches.
+        try:
+            write()
+        except Exception as err:  # noqa: BLE001
+            log.warning("%s: could not write its metrics file in %s: %s: %s", self.task_id, paths().metrics,
+                        type(err).__name__, err)

@@ -20,9 +20,9 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from operator import itemgetter
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import peewee as pw
@@ -46,6 +46,18 @@ YOUNG_OBJECTS_PER_MESSAGE = 100
 
 
 @dataclass
+class SourceCounts:
+    """One source's share of a run: ``consumed = predicted + already_predicted + duplicates +
+    dead_letters`` once its batches are committed."""
+
+    consumed: int = 0
+    predicted: int = 0
+    already_predicted: int = 0
+    duplicates: int = 0
+    dead_letters: int = 0
+
+
+@dataclass
 class RunReport:
     """What one PredictTask run did; written as its JSON target."""
 
@@ -62,6 +74,15 @@ class RunReport:
     correct: int = 0
     seconds: float = 0.0
     model_version: str = ""
+    #: The counts per source name, added to once per batch (never per message).
+    by_source: dict[str, SourceCounts] = field(default_factory=dict)
+
+    def source(self, name: str) -> SourceCounts:
+        """The counts of source ``name``, created at zero."""
+        counts = self.by_source.get(name)
+        if counts is None:
+            counts = self.by_source[name] = SourceCounts()
+        return counts
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -78,6 +99,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.consumed / self.seconds, 1) if self.seconds > 0 else None,
             "model_version": self.model_version,
+            "by_source": {name: asdict(counts) for name, counts in sorted(self.by_source.items())},
         }
 
 
@@ -259,6 +281,11 @@ def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
     report.already_predicted += len(batch.rows) - new
     report.duplicates += batch.duplicates
     report.dead_letters += len(batch.dead)
+    counts = report.source(batch.source.name)
+    counts.predicted += new
+    counts.already_predicted += len(batch.rows) - new
+    counts.duplicates += batch.duplicates
+    counts.dead_letters += len(batch.dead)
     # Counter.update counts an iterable in C; a loop of += per row cost a µs per image.
     report.per_class.update(map(itemgetter("predicted_name"), batch.rows))
     report.per_source.update(map(itemgetter("source"), batch.rows))
@@ -419,6 +446,8 @@ def run_predictions(
     timeout_ms: int,
     limits: DecodeLimits = DecodeLimits(),
     max_messages: int | None = None,
+    progress: Callable[[RunReport], None] | None = None,
+    progress_interval_s: float = 1.0,
 ) -> RunReport:
     """Drain every source until each has had nothing new for ``timeout_ms``.
 
@@ -427,15 +456,21 @@ def run_predictions(
     model runs on a background thread one batch ahead of the database (at most two batches are
     in memory; see ``_Inference``). If anything fails, every batch not yet acknowledged is
     released for redelivery and the error propagates.
+
+    ``progress``, when given, is called with the report so far (``seconds`` up to the last
+    commit) after a committed batch, at most once per ``progress_interval_s``: the clock is
+    read after each commit anyway, so watching a run costs nothing per message. It runs on the
+    loop's thread, so it must return quickly; an exception from it fails the run.
     """
     report = RunReport(model_version=classifier.info.version)
     started = last_progress = time.perf_counter()
+    next_report = started + progress_interval_s
     active = list(sources)
     in_flight: deque[tuple[DecodedBatch, _Job]] = deque()
     inference = _Inference(classifier)
 
     def complete_oldest() -> None:
-        nonlocal last_progress
+        nonlocal last_progress, next_report
         decoded, job = in_flight[0]
         following = in_flight[1][1] if len(in_flight) > 1 else None
         with _batch_context(decoded.source, decoded.messages):
@@ -444,6 +479,10 @@ def run_predictions(
             batch.source.acknowledge(batch.messages)
         in_flight.popleft()
         last_progress = time.perf_counter()
+        if progress is not None and last_progress >= next_report:
+            report.seconds = last_progress - started
+            progress(report)
+            next_report = last_progress + progress_interval_s
         log.info("batch of %d from %s committed (%d so far)", len(batch.messages), batch.source.name,
                  report.consumed)
 
@@ -463,6 +502,7 @@ def run_predictions(
                     messages = source.consume_batch(want, 0 if in_flight else timeout_ms)
                     if messages:
                         report.consumed += len(messages)
+                        report.source(source.name).consumed += len(messages)
                         unqueued = (source, messages)  # released too if decoding fails
                         with _batch_context(source, messages):
                             decoded = decode_batch(source, messages, classifier, limits)

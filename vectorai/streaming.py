@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Sequence
+import time
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -25,13 +26,24 @@ def publish_images(
     encoding: str,
     timeout_s: float,
     chunk: int = 1000,
+    progress: Callable[[int, int, int], None] | None = None,
+    confirm_interval_s: float = 1.0,
 ) -> list[str]:
     """Publish every image and wait until the transport confirmed all of them.
 
     Returns the ids sent. Raises TransportError when any message was not confirmed, in which
     case the caller must not record the stream as sent.
+
+    ``progress(sent, confirmed, total)`` is called after each chunk of ``chunk`` images and
+    once all are confirmed. With it, the transport is also flushed after a chunk once
+    ``confirm_interval_s`` has passed since the last flush, so that ``confirmed`` moves during a
+    long send: one wait for the broker a second, where a flush per chunk would stop the
+    producer's pipelining every thousand images. Without it nothing is flushed until the end.
     """
     ids: list[str] = []
+    total = len(images)
+    confirmed = 0
+    next_flush = time.monotonic() + confirm_interval_s
     produced_at = dt.datetime.now(dt.timezone.utc)
     for start in range(0, len(images), chunk):
         batch = []
@@ -42,5 +54,13 @@ def publish_images(
                                       produced_at=produced_at))
             ids.append(ident)
         transport.publish(batch)
+        if progress is not None:
+            if time.monotonic() >= next_flush:
+                transport.flush(timeout_s)
+                confirmed = len(ids)
+                next_flush = time.monotonic() + confirm_interval_s
+            progress(len(ids), confirmed, total)
     transport.flush(timeout_s)
+    if progress is not None:
+        progress(len(ids), len(ids), total)
     return ids

@@ -6,7 +6,7 @@ import contextlib
 import os
 from pathlib import Path
 from typing import Iterator
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from vectorai.errors import ConfigError
 from vectorai.redact import mask_error, mask_url
@@ -28,18 +28,48 @@ def use_tracking_uri(tracking_uri: str) -> str:
     """
     import mlflow
 
-    uri = tracking_uri
+    uri, userinfo = _split_credentials(tracking_uri)
+    if userinfo is not None:
+        user, _, password = userinfo.partition(":")
+        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
+        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def _split_credentials(tracking_uri: str) -> tuple[str, str | None]:
+    """An http(s) URI without its user information, and that user information (None when it
+    has none or is not http(s))."""
     if tracking_uri.startswith(("http://", "https://")):
         scheme, _, rest = tracking_uri.partition("://")
         # The last '@' ends the user information, as in vectorai.redact.mask_url.
         userinfo, at, hostpart = rest.rpartition("@")
         if at:
-            user, _, password = userinfo.partition(":")
-            os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
-            os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
-            uri = f"{scheme}://{hostpart}"
-    mlflow.set_tracking_uri(uri)
-    return uri
+            return f"{scheme}://{hostpart}", userinfo
+    return tracking_uri, None
+
+
+def run_page_url(tracking_uri: str, experiment_id: str, run_id: str) -> str | None:
+    """The run's page in the MLflow UI when ``tracking_uri`` is an MLflow server (http/https),
+    with no user or password in it (it is shown to everyone who opens the scheduler); None for
+    stores that have no page of their own."""
+    uri, _ = _split_credentials(tracking_uri)
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return f"{uri.rstrip('/')}/#/experiments/{quote(experiment_id, safe='')}/runs/{quote(run_id, safe='')}"
+
+
+def describe_run(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """One line naming an MLflow run and how to open it: its page on a server, else the
+    ``mlflow ui`` command that serves the store (with any password masked) and the page's
+    address under that command's default port."""
+    page = run_page_url(tracking_uri, experiment_id, run_id)
+    if page is not None:
+        return f"MLflow run {run_id}: {page}"
+    if tracking_uri.startswith("databricks"):
+        return f"MLflow run {run_id} in {mask_url(tracking_uri)}"
+    return (f"MLflow run {run_id}: mlflow ui --backend-store-uri {mask_url(tracking_uri)}, then "
+            f"http://127.0.0.1:5000/#/experiments/{experiment_id}/runs/{run_id}")
 
 
 @contextlib.contextmanager

@@ -10,7 +10,7 @@ import json
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -33,6 +33,33 @@ class TrainConfig:
     @property
     def spec(self) -> PreprocessSpec:
         return PreprocessSpec(self.image_height, self.image_width, self.channels)
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Where training stands: sent once when the MLflow run has started (``epoch`` 0, no
+    metrics yet) and after every epoch."""
+
+    epoch: int
+    epochs: int
+    #: The epoch's ``loss``, ``accuracy``, ``val_loss`` and ``val_accuracy`` (empty at epoch 0).
+    metrics: dict[str, float]
+    run_id: str
+    experiment_id: str
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.epoch / self.epochs if self.epochs else 0.0
+
+    def describe(self) -> str:
+        """``epoch 3/10: loss 0.1234, accuracy 0.9650, val_loss 0.0800, val_accuracy 0.9812``."""
+        if not self.epoch:
+            return f"epoch 0/{self.epochs}: training"
+        shown = ", ".join(f"{name} {self.metrics[name]:.4f}" for name in _SHOWN_METRICS if name in self.metrics)
+        return f"epoch {self.epoch}/{self.epochs}: {shown}"
+
+
+_SHOWN_METRICS = ("loss", "accuracy", "val_loss", "val_accuracy")
 
 
 @dataclass(frozen=True)
@@ -80,9 +107,12 @@ def train_model(
     artifact_dir: Path | None,
     run_name: str,
     extra_params: dict[str, Any] | None = None,
+    progress: Callable[[TrainProgress], None] | None = None,
 ) -> TrainResult:
     """Train on ``train``, validate on ``val`` each epoch, evaluate on ``test``; write
-    ``model.keras``, ``metrics.json``, plots into ``out_dir`` and log all of it to MLflow."""
+    ``model.keras``, ``metrics.json``, plots into ``out_dir`` and log all of it to MLflow.
+
+    ``progress`` is called when the MLflow run has started and after each epoch."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import mlflow
@@ -97,6 +127,10 @@ def train_model(
     out_dir.mkdir(parents=True, exist_ok=True)
 
     class _LogEpoch(keras.callbacks.Callback):
+        def __init__(self, run_id: str, experiment_id: str) -> None:
+            super().__init__()
+            self._run_id, self._experiment_id = run_id, experiment_id
+
         def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
             logs = logs or {}
             mlflow.log_metrics(
@@ -108,15 +142,21 @@ def train_model(
                 },
                 step=epoch + 1,
             )
+            if progress is not None:
+                shown = {name: float(logs[name]) for name in _SHOWN_METRICS if name in logs}
+                progress(TrainProgress(epoch + 1, config.epochs, shown, self._run_id, self._experiment_id))
 
     with mlflow_run(tracking_uri, experiment, artifact_dir, run_name) as run:
+        run_id, experiment_id = run.info.run_id, run.info.experiment_id
+        if progress is not None:  # the run can be opened before the first epoch ends, minutes later
+            progress(TrainProgress(0, config.epochs, {}, run_id, experiment_id))
         mlflow.log_params({**asdict(config), **(extra_params or {}),
                            "num_classes": num_classes, "train_size": len(train),
                            "val_size": len(val), "test_size": len(test)})
         fit = model.fit(
             x_train, train.labels, validation_data=(x_val, val.labels),
             epochs=config.epochs, batch_size=config.batch_size, shuffle=True, verbose=2,
-            callbacks=[_LogEpoch()],
+            callbacks=[_LogEpoch(run_id, experiment_id)],
         )
         test_loss, test_accuracy = model.evaluate(x_test, test.labels, batch_size=256, verbose=0)
         predicted = np.argmax(model.predict(x_test, batch_size=256, verbose=0), axis=1)
@@ -137,7 +177,8 @@ def train_model(
         _plot_confusion(confusion, train.class_names, out_dir / "confusion_matrix.png")
         summary = {"metrics": metrics, "history": history, "confusion_matrix": confusion,
                    "class_names": list(train.class_names), "preprocess": spec.to_dict(),
-                   "config": asdict(config), "mlflow_run_id": run.info.run_id}
+                   "config": asdict(config), "mlflow_run_id": run_id,
+                   "mlflow_experiment_id": experiment_id}
         (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
         for name in ("model.keras", "learning_curves.png", "confusion_matrix.png", "metrics.json"):
             mlflow.log_artifact(str(out_dir / name))
