@@ -11,6 +11,7 @@ instead of passing for a drained stream.
 from __future__ import annotations
 
 import logging
+import re
 import time
 from collections import deque
 from dataclasses import dataclass
@@ -499,10 +500,23 @@ class KafkaTransport(Transport):
     def _connect(self, client_class, **config: Any):
         from kafka.errors import KafkaError
 
+        failures = _BootstrapFailures(self._client_config["bootstrap_servers"])
+        manager_log = logging.getLogger("kafka.net.manager")
+        manager_log.addHandler(failures)
         try:
             return client_class(**self._client_config, **config)
         except KafkaError as err:
-            raise self._error("cannot connect", err) from None
+            # kafka-python retries a broker that refuses us (a wrong password, a certificate it
+            # cannot verify) until the timeout and then says only "Unable to bootstrap": name the
+            # broker and why it refused, which it logged on the way.
+            reason = _describe(err)
+            if failures.last is not None:
+                gave_up = (f"gave up after {self.connect_timeout_ms / 1000:g}s" if type(err).__name__ == "KafkaTimeoutError"
+                           else reason)
+                reason = f"{failures.last}; {gave_up}"
+            raise self._error("cannot connect", reason) from None
+        finally:
+            manager_log.removeHandler(failures)
 
     def _error(self, what: str, cause: BaseException | str | None) -> TransportError:
         reason = cause if isinstance(cause, str) else _describe(cause)
@@ -559,12 +573,46 @@ def _rebalance_listener(transport: KafkaTransport, consumer):
     return Listener()
 
 
+class _BootstrapFailures(logging.Handler):
+    """Keeps the last reason kafka-python logged for a failed bootstrap connection, as
+    "broker HOST:PORT: Error: text" (it names bootstrap brokers ``bootstrap-N``, the N-th of
+    the configured list)."""
+
+    def __init__(self, servers: Sequence[str]) -> None:
+        super().__init__(logging.WARNING)
+        self.servers = list(servers)
+        self.last: str | None = None
+
+    _cause: BaseException | None = None
+
+    def emit(self, record: logging.LogRecord) -> None:
+        args = record.args if isinstance(record.args, tuple) else ()
+        message = str(record.msg)
+        if message.startswith("Connection failed:") and args and isinstance(args[0], BaseException):
+            # Logged just before the bootstrap failure with the real cause (a SASL refusal),
+            # which the bootstrap failure then reports only as "socket disconnected".
+            self._cause = args[0]
+            return
+        if not message.startswith("Bootstrap connection to") or len(args) < 2:
+            return
+        node, cause = args[0], self._cause or args[1]
+        self._cause = None
+        broker = str(node)
+        if broker.startswith("bootstrap-") and broker[len("bootstrap-"):].isdigit():
+            index = int(broker[len("bootstrap-"):])
+            if index < len(self.servers):
+                broker = self.servers[index]
+        reason = _describe(cause) if isinstance(cause, BaseException) else str(cause)
+        self.last = f"broker {broker} refused the connection: {' '.join(reason.split())}"
+
+
 def _describe(err: BaseException | None) -> str:
     """One readable line for a kafka-python error, whose ``str`` is often just its class name."""
     if err is None:
         return "unknown error"
     name = type(err).__name__
-    text = str(err).strip()
+    # kafka-python's broker errors read "[Error 58] Name: Name: text".
+    text = re.sub(rf"^(\[Error -?\d+\]\s*)?({re.escape(name)}:?\s*)*", "", str(err).strip())
     for noise in (f"{name}: ", name, "None"):  # kafka-python repeats the class name
         text = text.removeprefix(noise).strip()
     if name in ("KafkaTimeoutError", "NoBrokersAvailable") and not text:
