@@ -74,7 +74,25 @@ class DeadLetter(_Base):
         indexes = ((("source", "position", "fingerprint"), True),)
 
 
-MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter)
+class ShadowPrediction(_Base):
+    """A second model's prediction for a message the primary model classified (shadow scoring):
+    compare the two before moving the ``champion`` alias. Unique on (source, message_id,
+    model_version), so a redelivery is stored once per model."""
+
+    source = pw.CharField(max_length=32)
+    message_id = pw.CharField(max_length=255)
+    model_version = pw.CharField(max_length=255)
+    predicted_class = pw.IntegerField()
+    predicted_name = pw.CharField(max_length=255)
+    confidence = pw.FloatField()
+    true_label = pw.IntegerField(null=True)
+    predicted_at = pw.DateTimeField()
+
+    class Meta:
+        indexes = ((("source", "message_id", "model_version"), True),)
+
+
+MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter, ShadowPrediction)
 #: Advisory lock key held while the tables are created (any constant; "vectorai" in ASCII).
 _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 
@@ -139,19 +157,21 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
-def write_results(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict]) -> int:
-    """Insert one batch's rows in one transaction; rows already present are ignored.
+def write_results(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict],
+                  shadow: Sequence[dict] = ()) -> int:
+    """Insert one batch's rows (and its shadow model's) in one transaction; rows already present
+    are ignored.
 
     Returns how many prediction rows were new. Raises DatabaseError, with nothing committed,
     when the database fails, so the caller must not acknowledge the batch.
     """
     try:
         try:
-            return _write(db, predictions, dead_letters, copy=True)
+            return _write(db, predictions, dead_letters, shadow, copy=True)
         except _AlreadyStored:
             # A redelivery, or another consumer got there first: the batch again, in a new
             # transaction, skipping the rows that are stored.
-            return _write(db, predictions, dead_letters, copy=False)
+            return _write(db, predictions, dead_letters, shadow, copy=False)
     except pw.PeeweeException as err:
         raise DatabaseError(mask_url(_url_of(db)), _first_line(err)) from None
 
@@ -160,14 +180,16 @@ class _AlreadyStored(Exception):
     """COPY met a row whose unique key is stored already; its transaction is rolled back."""
 
 
-def _write(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict], copy: bool) -> int:
-    if copy and not dead_letters and isinstance(db, pw.PostgresqlDatabase) and not db.in_transaction():
+def _write(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict], shadow: Sequence[dict],
+           copy: bool) -> int:
+    if copy and not dead_letters and not shadow and isinstance(db, pw.PostgresqlDatabase) and not db.in_transaction():
         # Peewee's PostgreSQL connections autocommit, so a lone COPY is a transaction of its own:
         # all its rows or none, durable when it returns. One round trip instead of three (BEGIN,
         # COPY, COMMIT), each a wait for a server that shares the cores with the model.
         return _insert_new_rows(db, Prediction, predictions, copy)
     with db.atomic():
         new = _insert_new_rows(db, Prediction, predictions, copy)
+        _insert_new_rows(db, ShadowPrediction, shadow, copy)
         for chunk in _chunks(dead_letters, 500):
             DeadLetter.insert_many(chunk).on_conflict_ignore().execute()
     return new

@@ -28,7 +28,7 @@ import numpy as np
 import peewee as pw
 
 from vectorai import db as results_db
-from vectorai.errors import BatchError, VectoraiError
+from vectorai.errors import BatchError, ModelError, VectoraiError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import MAX_ID, DecodeLimits, Failures, decode_messages, stored_content_type
 from vectorai.preprocess import preprocess_images
@@ -76,6 +76,12 @@ class RunReport:
     model_version: str = ""
     #: The counts per source name, added to once per batch (never per message).
     by_source: dict[str, SourceCounts] = field(default_factory=dict)
+    #: Shadow scoring (a second model on every batch): its version, how many rows both scored,
+    #: on how many they agreed (same class name), and its own correct ones among the labelled.
+    shadow_model_version: str = ""
+    shadow_scored: int = 0
+    shadow_agreed: int = 0
+    shadow_correct: int = 0
 
     def source(self, name: str) -> SourceCounts:
         """The counts of source ``name``, created at zero."""
@@ -100,6 +106,12 @@ class RunReport:
             "images_per_second": round(self.consumed / self.seconds, 1) if self.seconds > 0 else None,
             "model_version": self.model_version,
             "by_source": {name: asdict(counts) for name, counts in sorted(self.by_source.items())},
+            **({"shadow": {
+                "model_version": self.shadow_model_version,
+                "scored": self.shadow_scored,
+                "agreement": (self.shadow_agreed / self.shadow_scored) if self.shadow_scored else None,
+                "accuracy": (self.shadow_correct / self.labelled) if self.labelled else None,
+            }} if self.shadow_model_version else {}),
         }
 
 
@@ -192,6 +204,8 @@ class ClassifiedBatch:
     rows: list[dict[str, object]]
     dead: list[dict[str, object]]
     duplicates: int = 0
+    #: The shadow model's rows for the same messages (``shadow_prediction``), when it runs.
+    shadow_rows: list[dict[str, object]] = field(default_factory=list)
 
 
 def decode_batch(
@@ -273,6 +287,29 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 "predicted_at": batch.received_at,
             })
     return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates)
+
+
+def shadow_rows(batch: ClassifiedBatch, probabilities: np.ndarray, shadow: OnnxClassifier) -> list[dict[str, object]]:
+    """The shadow model's rows for the messages ``batch`` has rows for (the same order)."""
+    if not batch.rows:
+        return []
+    classes = probabilities.argmax(axis=1)
+    confidences = probabilities[np.arange(len(classes)), classes]
+    names, version = shadow.class_names, shadow.info.version
+    return [{
+        "source": row["source"], "message_id": row["message_id"], "model_version": version,
+        "predicted_class": cls, "predicted_name": names[cls], "confidence": confidence,
+        "true_label": row["true_label"], "predicted_at": row["predicted_at"],
+    } for row, cls, confidence in zip(batch.rows, classes.tolist(), confidences.tolist())]
+
+
+def _record_shadow(report: RunReport, batch: ClassifiedBatch) -> None:
+    report.shadow_scored += len(batch.shadow_rows)
+    for row, shadow in zip(batch.rows, batch.shadow_rows):
+        # By class name: the two models may list their classes in another order.
+        report.shadow_agreed += row["predicted_name"] == shadow["predicted_name"]
+        if row["true_label"] is not None:
+            report.shadow_correct += shadow["predicted_class"] == row["true_label"]
 
 
 def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
@@ -413,6 +450,10 @@ def _batch_context(source: Transport, messages: Sequence[ReceivedMessage]) -> It
         raise BatchError(_describe_batch(source, messages), f"{type(err).__name__}: {err}") from err
 
 
+def _describe_spec(spec) -> str:
+    return f"{spec.height}x{spec.width}x{spec.channels}"
+
+
 def _describe_batch(source: Transport, messages: Sequence[ReceivedMessage]) -> str:
     where = messages[0].position if len(messages) == 1 else f"{messages[0].position} .. {messages[-1].position}"
     return f"batch of {len(messages)} from {source.name} ({where})"
@@ -448,6 +489,7 @@ def run_predictions(
     max_messages: int | None = None,
     progress: Callable[[RunReport], None] | None = None,
     progress_interval_s: float = 1.0,
+    shadow: OnnxClassifier | None = None,
 ) -> RunReport:
     """Drain every source until each has had nothing new for ``timeout_ms``.
 
@@ -461,8 +503,16 @@ def run_predictions(
     commit) after a committed batch, at most once per ``progress_interval_s``: the clock is
     read after each commit anyway, so watching a run costs nothing per message. It runs on the
     loop's thread, so it must return quickly; an exception from it fails the run.
+
+    ``shadow``, when given, also classifies every batch (on the loop's thread, after the primary
+    model): its rows go to ``shadow_prediction`` in the same transaction, and the report gives
+    the agreement between the two and the shadow's accuracy. Without it nothing here changes.
     """
-    report = RunReport(model_version=classifier.info.version)
+    if shadow is not None and shadow.spec != classifier.spec:
+        raise ModelError(shadow.info.version, f"the shadow model expects {_describe_spec(shadow.spec)} images but "
+                         f"the model it shadows expects {_describe_spec(classifier.spec)}")
+    report = RunReport(model_version=classifier.info.version,
+                       shadow_model_version=shadow.info.version if shadow is not None else "")
     started = last_progress = time.perf_counter()
     next_report = started + progress_interval_s
     active = list(sources)
@@ -475,7 +525,11 @@ def run_predictions(
         following = in_flight[1][1] if len(in_flight) > 1 else None
         with _batch_context(decoded.source, decoded.messages):
             batch = label_batch(decoded, job.result(spare=following), classifier)
-            _record(report, batch, results_db.write_results(database, batch.rows, batch.dead))
+            if shadow is not None and batch.rows:
+                batch.shadow_rows = shadow_rows(batch, shadow.predict_proba(decoded.pixels), shadow)
+                _record_shadow(report, batch)
+            _record(report, batch, results_db.write_results(database, batch.rows, batch.dead,
+                                                            batch.shadow_rows))
             batch.source.acknowledge(batch.messages)
         in_flight.popleft()
         last_progress = time.perf_counter()

@@ -133,3 +133,25 @@ def test_processes_starting_together_create_the_tables_once(pg_database):
         outcomes = pool.map(_connect_and_close, [pg_database] * 6)
     assert outcomes == ["ok"] * 6
     assert pg_rows(pg_database, "SELECT COUNT(*) AS n FROM prediction") == [{"n": 0}]
+
+
+def test_shadow_rows_are_written_with_their_batch_and_never_twice(pg_database):
+    """Shadow scoring on PostgreSQL: the shadow model's rows go in the batch's transaction (COPY
+    first; the insert-or-ignore path when either table already has some of them)."""
+    def shadow_row(message_id: str, version: str) -> dict:
+        return {"source": "kafka", "message_id": message_id, "model_version": version, "predicted_class": 2,
+                "predicted_name": "two", "confidence": 0.5, "true_label": 2,
+                "predicted_at": dt.datetime(2026, 11, 26, 8, 30)}
+
+    database = db.connect(pg_database)
+    try:
+        assert db.write_results(database, [_row("a"), _row("b")], [], [shadow_row("a", "s/1"), shadow_row("b", "s/1")]) == 2
+        # A redelivery with a new shadow model: no new prediction, the new model's rows stored.
+        assert db.write_results(database, [_row("a"), _row("b")], [],
+                                [shadow_row("a", "s/1"), shadow_row("a", "s/2"), shadow_row("b", "s/2")]) == 0
+    finally:
+        database.close()
+    shadow = pg_rows(pg_database, "SELECT message_id, model_version FROM shadow_prediction ORDER BY 1, 2")
+    assert [(r["message_id"], r["model_version"]) for r in shadow] == [("a", "s/1"), ("a", "s/2"), ("b", "s/1"),
+                                                                      ("b", "s/2")]
+    assert len(pg_rows(pg_database)) == 2

@@ -1,0 +1,85 @@
+"""Shadow scoring: a second model classifies every batch beside the primary one, into
+``shadow_prediction`` in the same transaction, and the report says how often the two agree."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from tests.unit.helpers import expected_classes, tiny_onnx_model
+from vectorai import db as results_db
+from vectorai.errors import ModelError
+from vectorai.inference import OnnxClassifier
+from vectorai.messages import encode_image
+from vectorai.predict import run_predictions
+from vectorai.preprocess import preprocess_images
+from vectorai.transports import open_transport
+from vectorai.transports.base import OutgoingMessage
+
+
+def _stream(tmp_path, images, labels):
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([encode_image(im, f"m{i}", label=int(lb)) for i, (im, lb) in enumerate(zip(images, labels))]
+                         + [OutgoingMessage(b"junk", {"id": "bad", "content-type": "image/png"})])
+        producer.flush(5)
+
+
+def test_a_shadow_model_scores_every_batch_and_the_report_gives_agreement_and_both_accuracies(tmp_path):
+    primary_weights = tiny_onnx_model(tmp_path / "primary.onnx", seed=0)
+    shadow_weights = tiny_onnx_model(tmp_path / "shadow.onnx", seed=1)
+    primary, shadow = OnnxClassifier(tmp_path / "primary.onnx"), OnnxClassifier(tmp_path / "shadow.onnx")
+    shadow.info = dataclasses.replace(shadow.info, version="tiny-v2")
+    images = np.random.default_rng(2).integers(0, 256, (50, 8, 8), dtype=np.uint8)
+    pixels = preprocess_images(images, primary.spec)
+    mine, theirs = expected_classes(primary_weights, pixels), expected_classes(shadow_weights, pixels)
+    assert 0 < (mine == theirs).sum() < 50  # else agreement could not be told from a constant
+    labels = mine.copy()
+    labels[:10] = (labels[:10] + 1) % 3  # the primary is wrong on 10 of them
+    _stream(tmp_path, images, labels)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], primary, database, batch_size=16, timeout_ms=50, shadow=shadow)
+
+    stored = {r.message_id: r for r in results_db.ShadowPrediction.select()}
+    assert set(stored) == {f"m{i}" for i in range(50)}  # not the dead letter
+    assert all(r.model_version == "tiny-v2" for r in stored.values())
+    assert [stored[f"m{i}"].predicted_class for i in range(50)] == theirs.tolist()
+    assert [p.predicted_class for p in results_db.Prediction.select().order_by(results_db.Prediction.id)] == \
+        mine.tolist()
+    summary = report.to_dict()
+    assert summary["accuracy"] == 40 / 50
+    assert summary["shadow"] == {"model_version": "tiny-v2", "scored": 50,
+                                 "agreement": float((mine == theirs).mean()),
+                                 "accuracy": float((theirs == labels).mean())}
+    # A second run over the same messages stores neither model's rows twice.
+    from vectorai.transports.local import LocalTransport
+    import sqlite3
+    with sqlite3.connect(tmp_path / "t.sqlite") as queue:
+        queue.execute("DELETE FROM cursors")
+    with LocalTransport(tmp_path, "t") as source:
+        again = run_predictions([source], primary, database, batch_size=16, timeout_ms=50, shadow=shadow)
+    assert again.already_predicted == 50 and results_db.ShadowPrediction.select().count() == 50
+
+
+def test_without_a_shadow_the_report_and_tables_have_none(tmp_path):
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    images = np.zeros((5, 8, 8), np.uint8)
+    _stream(tmp_path, images, [0] * 5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50)
+    assert "shadow" not in report.to_dict() and results_db.ShadowPrediction.select().count() == 0
+
+
+def test_a_shadow_model_of_another_input_size_is_refused_before_anything_is_consumed(tmp_path):
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    tiny_onnx_model(tmp_path / "wide.onnx", height=16, width=16)
+    _stream(tmp_path, np.zeros((3, 8, 8), np.uint8), [0] * 3)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        with pytest.raises(ModelError, match="shadow model expects 16x16x1 images but the model it shadows "
+                                             "expects 8x8x1"):
+            run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                            timeout_ms=50, shadow=OnnxClassifier(tmp_path / "wide.onnx"))
+        assert source.lag() == 4
