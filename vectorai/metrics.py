@@ -38,6 +38,11 @@ METRICS: dict[str, str] = {
     "last_run_duration_seconds": "Seconds the last successful run spent consuming and classifying "
                                  "(without the final wait that proved the source drained).",
     "last_run_images_per_second": "Messages consumed from the source per second in the last successful run.",
+    "last_run_accuracy": "Share of the last successful run's labelled messages the model classified right.",
+    "last_run_shadow_agreement": "Share of the last successful run's messages on which the shadow model "
+                                 "agreed with the model (shadow scoring only).",
+    "last_run_shadow_accuracy": "Share of the last successful run's labelled messages the shadow model "
+                                "classified right (shadow scoring only).",
     "last_success_timestamp_seconds": "Unix time the job last finished successfully.",
     "last_failure_timestamp_seconds": "Unix time the job last failed.",
 }
@@ -80,6 +85,13 @@ def record_success(directory: Path, job: str, report: RunReport, *, now: float |
             "last_run_images_per_second": counts.consumed / seconds if seconds > 0 else 0.0,
             "last_success_timestamp_seconds": now,
         }
+        # Ratios only where there is something to divide by: an absent sample, not a 0 or NaN.
+        if counts.labelled:
+            values["last_run_accuracy"] = counts.correct / counts.labelled
+        if counts.shadow_scored:
+            values["last_run_shadow_agreement"] = counts.shadow_agreed / counts.shadow_scored
+        if counts.shadow_scored and counts.labelled:
+            values["last_run_shadow_accuracy"] = counts.shadow_correct / counts.labelled
         failed = previous.sources.get(name, {}).get("last_failure_timestamp_seconds") if previous else None
         if failed is not None:
             values["last_failure_timestamp_seconds"] = failed

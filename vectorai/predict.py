@@ -20,7 +20,7 @@ import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Callable, Iterator, Sequence
 
@@ -55,6 +55,25 @@ class SourceCounts:
     already_predicted: int = 0
     duplicates: int = 0
     dead_letters: int = 0
+    #: Rows with a label, those the model got right, and the shadow model's figures (if any).
+    labelled: int = 0
+    correct: int = 0
+    shadow_scored: int = 0
+    shadow_agreed: int = 0
+    shadow_correct: int = 0
+
+    def to_dict(self) -> dict[str, object]:
+        """The counts, then the ratios there is something to divide by."""
+        out: dict[str, object] = {"consumed": self.consumed, "predicted": self.predicted,
+                                  "already_predicted": self.already_predicted, "duplicates": self.duplicates,
+                                  "dead_letters": self.dead_letters}
+        if self.labelled:
+            out["accuracy"] = self.correct / self.labelled
+        if self.shadow_scored:
+            out["shadow_agreement"] = self.shadow_agreed / self.shadow_scored
+            if self.labelled:
+                out["shadow_accuracy"] = self.shadow_correct / self.labelled
+        return out
 
 
 @dataclass
@@ -105,7 +124,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(self.consumed / self.seconds, 1) if self.seconds > 0 else None,
             "model_version": self.model_version,
-            "by_source": {name: asdict(counts) for name, counts in sorted(self.by_source.items())},
+            "by_source": {name: counts.to_dict() for name, counts in sorted(self.by_source.items())},
             **({"shadow": {
                 "model_version": self.shadow_model_version,
                 "scored": self.shadow_scored,
@@ -304,12 +323,14 @@ def shadow_rows(batch: ClassifiedBatch, probabilities: np.ndarray, shadow: OnnxC
 
 
 def _record_shadow(report: RunReport, batch: ClassifiedBatch) -> None:
-    report.shadow_scored += len(batch.shadow_rows)
-    for row, shadow in zip(batch.rows, batch.shadow_rows):
-        # By class name: the two models may list their classes in another order.
-        report.shadow_agreed += row["predicted_name"] == shadow["predicted_name"]
-        if row["true_label"] is not None:
-            report.shadow_correct += shadow["predicted_class"] == row["true_label"]
+    # By class name: the two models may list their classes in another order.
+    agreed = sum(row["predicted_name"] == shadow["predicted_name"] for row, shadow in zip(batch.rows, batch.shadow_rows))
+    correct = sum(shadow["predicted_class"] == shadow["true_label"] for shadow in batch.shadow_rows
+                  if shadow["true_label"] is not None)
+    for counts in (report, report.source(batch.source.name)):
+        counts.shadow_scored += len(batch.shadow_rows)
+        counts.shadow_agreed += agreed
+        counts.shadow_correct += correct
 
 
 def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
@@ -327,8 +348,10 @@ def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
     report.per_class.update(map(itemgetter("predicted_name"), batch.rows))
     report.per_source.update(map(itemgetter("source"), batch.rows))
     labelled = [(row["true_label"], row["predicted_class"]) for row in batch.rows if row["true_label"] is not None]
-    report.labelled += len(labelled)
-    report.correct += sum(truth == predicted for truth, predicted in labelled)
+    correct = sum(truth == predicted for truth, predicted in labelled)
+    for totals in (report, counts):
+        totals.labelled += len(labelled)
+        totals.correct += correct
 
 
 #: Images per onnxruntime call. A batch is split so that the loop's thread can take part of it

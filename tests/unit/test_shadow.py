@@ -51,6 +51,17 @@ def test_a_shadow_model_scores_every_batch_and_the_report_gives_agreement_and_bo
     assert summary["shadow"] == {"model_version": "tiny-v2", "scored": 50,
                                  "agreement": float((mine == theirs).mean()),
                                  "accuracy": float((theirs == labels).mean())}
+    assert summary["by_source"]["local"]["shadow_agreement"] == summary["shadow"]["agreement"]
+    # The job's Prometheus file says the same, as node_exporter would read it.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vectorai.metrics import record_success
+
+    text = record_success(tmp_path / "metrics", "local", report).read_text()
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples["vectorai_predict_last_run_shadow_agreement"] == pytest.approx(float((mine == theirs).mean()))
+    assert samples["vectorai_predict_last_run_shadow_accuracy"] == pytest.approx(float((theirs == labels).mean()))
+    assert samples["vectorai_predict_last_run_accuracy"] == pytest.approx(0.8)
     # A second run over the same messages stores neither model's rows twice.
     from vectorai.transports.local import LocalTransport
     import sqlite3
