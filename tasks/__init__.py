@@ -2,9 +2,9 @@
 
 from tasks.common import install_error_reporting
 from tasks.data import DownloadData, SplitData
-from tasks.model import ExportOnnx, TrainModel
+from tasks.model import ExportOnnx, PromoteModel, TrainModel
 from tasks.stream import PredictTask, StreamData
 
 install_error_reporting()
 
-__all__ = ["DownloadData", "SplitData", "TrainModel", "ExportOnnx", "StreamData", "PredictTask"]
+__all__ = ["DownloadData", "SplitData", "TrainModel", "ExportOnnx", "PromoteModel", "StreamData", "PredictTask"]

@@ -56,6 +56,20 @@ class mlflow(luigi.Config):  # noqa: N801
         return paths().data / "mlflow" / "artifacts"
 
 
+class registry(luigi.Config):  # noqa: N801
+    model_name = luigi.Parameter(default="vectorai-{dataset}", description="Registered model each export becomes "
+                                 "a version of; {dataset} is the dataset's label (vectorai-mnist-sample)")
+    cache_dir = luigi.Parameter(default="", description="Where registered versions are downloaded, once each "
+                                "(<cache_dir>/<name>/<version>/); empty: <data_dir>/mlflow/models-cache")
+
+    def name_for(self, dataset_label: str) -> str:
+        return self.model_name.replace("{dataset}", dataset_label)
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.cache_dir) if self.cache_dir else paths().data / "mlflow" / "models-cache"
+
+
 class database(luigi.Config):  # noqa: N801
     url = luigi.Parameter(default="", description="Results database URL; empty: $DATABASE_URL, else "
                           "sqlite:///<data_dir>/predictions.sqlite. Put passwords in $DATABASE_URL, not here")

@@ -1,14 +1,16 @@
-"""TrainModel and ExportOnnx."""
+"""TrainModel, ExportOnnx and PromoteModel."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import luigi
 from luigi.util import requires
 
-from tasks.common import VectoraiTaskMixin, params_hash, read_json, write_json
-from tasks.config import mlflow, paths
+from tasks.common import VectoraiTaskMixin, name_part, params_hash, read_json, write_json
+from tasks.config import mlflow, paths, registry
 from tasks.data import SplitData
 from tasks.live import LiveStatus
 
@@ -64,11 +66,19 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
 
 @requires(TrainModel)
 class ExportOnnx(VectoraiTaskMixin, luigi.Task):
-    """Export to ONNX with tf2onnx, check it against Keras, store class names and preprocessing."""
+    """Export to ONNX with tf2onnx, check it against Keras, store class names and preprocessing;
+    log it as an MLflow model in the training run and register it as a new version."""
 
     parity_tolerance = luigi.FloatParameter(config_path=dict(section="ExportOnnx", name="parity_tolerance"),
         default=1e-4, significant=False,
                                             description="Largest allowed probability difference ONNX vs Keras")
+    registered_model = luigi.Parameter(default="", significant=False,
+                                       description="Registered model the export becomes a version of; empty: "
+                                       "[registry] model_name (vectorai-<dataset>)")
+
+    @property
+    def registered_name(self) -> str:
+        return self.registered_model or registry().name_for(self.clone(SplitData).dataset_label)
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(Path(self.input().path).parent / "onnx")
@@ -94,11 +104,13 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
         from vectorai.export import export_onnx, log_onnx_to_mlflow
         from vectorai.preprocess import PreprocessSpec, preprocess_images
         from vectorai.prepare import load_splits
+        from vectorai.registry import check_model_name, register_onnx_model
         from vectorai.tracking import use_tracking_uri
 
         spec = PreprocessSpec.from_dict(summary["preprocess"])
         test = load_splits(Path(self.requires().input().path)).test
         model_name = train_dir.parent.name
+        registered_name = check_model_name(self.registered_name)
         with self.output().temporary_path() as tmp:
             out = Path(tmp)
             parity = export_onnx(
@@ -106,15 +118,81 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
                 model_version=model_name, check_images=preprocess_images(test.images, spec),
                 tolerance=self.parity_tolerance,
             )
+            version = register_onnx_model(
+                out / "model.onnx", tracking_uri=tracking_uri, run_id=summary["mlflow_run_id"], name=registered_name,
+                input_example=preprocess_images(test.images[:1], spec),
+                tags={"test_accuracy": summary["metrics"]["test_accuracy"], "parity_images": parity.images,
+                      "parity_max_abs_diff": parity.max_abs_diff, "parity_argmax_mismatches": parity.argmax_mismatches,
+                      # export_onnx raises on a failed check: a registered export passed it.
+                      "parity_passed": "true", "parity_tolerance": self.parity_tolerance,
+                      "params_hash": params_hash(self.requires()), "dataset": self.dataset, "model_name": model_name},
+            )
             write_json(luigi.LocalTarget(out / "model.json"), {
                 "model_version": model_name, "class_names": summary["class_names"],
                 "preprocess": spec.to_dict(), "input": "image", "output": "probabilities",
                 "parity": {"images": parity.images, "max_abs_diff": parity.max_abs_diff,
                            "argmax_mismatches": parity.argmax_mismatches},
                 "test_accuracy": summary["metrics"]["test_accuracy"], "mlflow_run_id": summary["mlflow_run_id"],
+                "registered_model": {"name": version.name, "version": version.version},
             })
             # use_tracking_uri: a password in an http(s) URI goes to MLflow's own variables, so
             # nothing MLflow prints or raises here can show it.
             log_onnx_to_mlflow(use_tracking_uri(tracking_uri), summary["mlflow_run_id"],
                                [out / "model.onnx", out / "model.json"])
 
+
+
+@requires(ExportOnnx)
+class PromoteModel(VectoraiTaskMixin, luigi.Task):
+    """Evaluate the new version and the current champion on the same labelled images; move the
+    ``champion`` alias to the new one only when it is at least as good (plus min_improvement).
+
+    The target is the decision, also logged to the training run. A refusal is a success: the
+    chain goes on and PredictTask scores with the champion it had."""
+
+    eval_file = luigi.Parameter(config_path=dict(section="PromoteModel", name="eval_file"), default="",
+                                significant=False, description="An .npz (x, y) to compare models on, kept fixed "
+                                "across retrains; empty: the split's test set")
+    min_improvement = luigi.FloatParameter(config_path=dict(section="PromoteModel", name="min_improvement"),
+                                           default=0.0, significant=False, description="Accuracy (0-1) the new "
+                                           "version must gain over the champion to replace it")
+
+    def output(self) -> luigi.LocalTarget:
+        # Not part of the model's identity, but of the decision's: another registered model, eval
+        # file or threshold is another decision.
+        key = json.dumps([self.requires().registered_name, self.eval_file, self.min_improvement])
+        name = f"{name_part(self.requires().registered_name)}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
+        return luigi.LocalTarget(Path(self.input().path).parent / "promotion" / name)
+
+    def run(self) -> None:
+        from vectorai.prepare import load_splits, load_stream_sample
+        from vectorai.registry import log_decision, promote_version
+
+        exported = read_json(Path(self.input().path) / "model.json")
+        name = self.requires().registered_name
+        registered = exported.get("registered_model") or {}
+        if registered.get("name") != name:
+            from vectorai.errors import RegistryError
+
+            raise RegistryError(f"models:/{name}", f"{self.input().path} was registered as "
+                                f"{registered.get('name') or 'nothing'}; export it again (remove that folder) "
+                                "to register it under this name")
+        if self.eval_file:
+            data, eval_set = load_stream_sample(Path(self.eval_file)), self.eval_file
+        else:
+            split_dir = Path(self.clone(SplitData).output().path)
+            data, eval_set = load_splits(split_dir).test, f"test split {split_dir}"
+        if (data.labels < 0).any():
+            from vectorai.errors import DatasetError
+
+            raise DatasetError(eval_set, "every image needs a label (y) to compare models")
+        tracking_uri = mlflow().resolved_uri()
+        with LiveStatus(self) as live:
+            live.update(f"comparing {name}/{registered['version']} with @champion on {len(data.labels):,} images")
+            record = promote_version(name, registered["version"], tracking_uri=tracking_uri, images=data.images,
+                                     labels=data.labels, cache_dir=registry().cache,
+                                     min_improvement=self.min_improvement, eval_set=eval_set)
+            live.update(f"{record['outcome']}: {record['reason']}", 100)
+        log_decision(record, tracking_uri=tracking_uri, run_id=exported["mlflow_run_id"],
+                     artifact_file=f"promotion/{Path(self.output().path).name}")
+        write_json(self.output(), record)

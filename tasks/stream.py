@@ -11,10 +11,10 @@ import luigi
 from luigi.util import inherits, requires
 
 from tasks.common import VectoraiTaskMixin, check_name_part, inside, name_part, params_hash, write_json
-from tasks.config import database, paths, stream, transport_settings
+from tasks.config import database, mlflow, paths, registry, stream, transport_settings
 from tasks.data import SplitData
 from tasks.live import LiveStatus, count, predict_status
-from tasks.model import ExportOnnx
+from tasks.model import ExportOnnx, PromoteModel
 
 if TYPE_CHECKING:
     from vectorai.predict import RunReport
@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("luigi-interface")
 
 
-@requires(ExportOnnx)
+@requires(PromoteModel)
 class StreamData(VectoraiTaskMixin, luigi.Task):
     """Publish the stream sample; the manifest is written only after every message is confirmed."""
 
@@ -88,11 +88,15 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                            description="onnxruntime threads per call; 0: every core but one, which "
                                            "the loop's own decoding and writing keep busy (when idle, "
                                            "the loop classifies part of a batch itself)")
-    model_path = luigi.Parameter(default="", description="An exported model.onnx to use instead of the chain's "
-                                 "ExportOnnx output (deployments); it must fit image_size and channels")
+    model_uri = luigi.Parameter(default="", description="The registered model to score with: models:/NAME@ALIAS "
+                                "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
+                                "starts; empty: models:/<[registry] model_name>@champion after the chain's "
+                                "PromoteModel. It must fit image_size and channels")
+    model_path = luigi.Parameter(default="", description="A plain exported model.onnx to use instead of a "
+                                 "registered model; it must fit image_size and channels")
 
     def requires(self):
-        deps = {} if self.model_path else {"model": self.clone(ExportOnnx)}
+        deps = {} if self.model_path or self.model_uri else {"model": self.clone(PromoteModel)}
         if self.require_stream:
             deps["stream"] = self.clone(StreamData)
         return deps
@@ -104,6 +108,13 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         if self.sources:
             return parse_sources(self.sources, "PredictTask.sources")
         return parse_sources(stream().transport, "stream.transport")
+
+    @property
+    def model_uri_to_use(self) -> str:
+        """--model-uri, else the chain's registered model at @champion."""
+        from vectorai.registry import CHAMPION
+
+        return self.model_uri or f"models:/{self.clone(ExportOnnx).registered_name}@{CHAMPION}"
 
     @property
     def job_label(self) -> str:
@@ -143,6 +154,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         from vectorai.predict import run_predictions
         from vectorai.preprocess import PreprocessSpec
         from vectorai.redact import mask_url
+        from vectorai.registry import load_classifier
         from vectorai.transports import open_transport
 
         check_name_part("PredictTask.run_at", self.run_at)
@@ -155,11 +167,16 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 raise ConfigError(f"PredictTask.{setting}", f"{value} is not allowed; it must be at least {least}")
         cfg, db_cfg = stream(), database()
         threads = self.inference_threads or None
+        spec = PreprocessSpec(self.image_size, self.image_size, self.channels)
         if self.model_path:
             classifier = OnnxClassifier(self.model_path, threads=threads)
-            classifier.expect_spec(PreprocessSpec(self.image_size, self.image_size, self.channels))
+            classifier.expect_spec(spec)
         else:
-            classifier = OnnxClassifier(Path(self.input()["model"].path) / "model.onnx", threads=threads)
+            # Resolved now, not when the chain was built: a refused promotion still scores with
+            # the champion, and moving the alias changes what the next scheduled run uses.
+            live.update(f"resolving {self.model_uri_to_use}")
+            classifier = load_classifier(self.model_uri_to_use, mlflow().resolved_uri(), registry().cache, spec,
+                                         threads)
         self._model_version = classifier.info.version
         url = db_cfg.resolved_url()
         live.update(f"reading {', '.join(self.source_names)} with model {classifier.info.version}",

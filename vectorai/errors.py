@@ -88,3 +88,12 @@ class DatabaseError(VectoraiError):
         self.url = url
         self.reason = reason
         super().__init__(f"database {url}: {reason}")
+
+
+class RegistryError(VectoraiError):
+    """A ``models:/`` URI does not resolve, or the model registry refused an operation."""
+
+    def __init__(self, uri: str, reason: str) -> None:
+        self.uri = uri
+        self.reason = reason
+        super().__init__(f"model {uri}: {reason}")

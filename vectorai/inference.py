@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -68,7 +68,9 @@ def _session_options(threads: int | None):
 class OnnxClassifier:
     """An exported model plus what it needs to be used: class names and preprocessing."""
 
-    def __init__(self, path: str | Path, threads: int | None = None) -> None:
+    def __init__(self, path: str | Path, threads: int | None = None, version: str | None = None) -> None:
+        """``version``: what rows record as the model version instead of the one stored in the
+        file (a registered model's ``NAME/VERSION``)."""
         import onnxruntime as ort
 
         self.path = Path(path)
@@ -81,6 +83,8 @@ class OnnxClassifier:
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelError(self.path, f"cannot load ONNX model: {str(err).splitlines()[0]}") from None
         self.info = _read_info(self.path, self._session)
+        if version is not None:
+            self.info = replace(self.info, version=version)
         inputs = self._session.get_inputs()
         self._input_name = inputs[0].name
         shape = inputs[0].shape
