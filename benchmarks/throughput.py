@@ -325,18 +325,21 @@ def publish(transport_name: str, settings: dict[str, Any], images: np.ndarray, l
 
 
 def predict_end_to_end(transport_name: str, settings: dict[str, Any], database_url: str, model_path: Path,
-                       batch_size: int, threads: int | None, timeout_ms: int):
-    """PredictTask's run(): open the model, the database and the source, drain the stream."""
+                       batch_size: int, threads: int | None, timeout_ms: int, shadow_path: Path | None = None):
+    """PredictTask's run(): open the model (and a shadow model), the database and the source,
+    drain the stream."""
     from vectorai.db import connect
     from vectorai.inference import OnnxClassifier
     from vectorai.predict import run_predictions
     from vectorai.transports import open_transport
 
     classifier = OnnxClassifier(model_path, threads=threads)
+    shadow = OnnxClassifier(shadow_path, threads=threads) if shadow_path else None
     database = connect(database_url)
     try:
         with open_transport(transport_name, **settings) as source:
-            return run_predictions([source], classifier, database, batch_size=batch_size, timeout_ms=timeout_ms)
+            return run_predictions([source], classifier, database, batch_size=batch_size, timeout_ms=timeout_ms,
+                                   shadow=shadow)
     finally:
         database.close()
 
@@ -632,6 +635,20 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     "ceiling_beside_images_per_second": round(max(before, ceiling_now()), 1)}))
                 log(f"{name}: {cases[-1].rate:,.0f} images/s ({report.predicted} rows), "
                     f"ceiling beside it {cases[-1].extra['ceiling_beside_images_per_second']:,.0f}")
+            if transport == "local" and "sqlite" in wanted:
+                # Shadow scoring's cost: the same drain, with the model shadowing itself.
+                name = f"predict local+sqlite ({encoding}) + shadow"
+                report = predict_end_to_end(
+                    transport, transport_settings(transport, services, workdir, topic, f"bench-shadow-{encoding}"),
+                    dbs.fresh_url("sqlite", f"shadow-{encoding}"), model_dir / "model.onnx", args.batch_size,
+                    args.threads, args.timeout_ms, shadow_path=model_dir / "model.onnx")
+                before = beside[-1]
+                cases.append(Case(name, "end to end", report.consumed, report.seconds, {
+                    "transport": transport, "database": "sqlite", "encoding": encoding,
+                    "predicted": report.predicted, "dead_letters": report.dead_letters,
+                    "batches": report.batches, "shadow_agreement": report.to_dict()["shadow"]["agreement"],
+                    "ceiling_beside_images_per_second": round(max(before, ceiling_now()), 1)}))
+                log(f"{name}: {cases[-1].rate:,.0f} images/s")
 
         # The ceiling again: on a machine shared with the services, the best of every measurement
         # is the honest (harder to reach) figure for the run.

@@ -62,8 +62,13 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
     assert cases["raw onnxruntime"]["ratio_to_raw_onnxruntime"] == 1.0
     # The ceiling is the fastest way measured, at the start or the end, side by side included.
     ways = cases["raw onnxruntime"]["images_per_second_per_run"]
+    end_to_end = [r for r in summary["results"] if "ceiling_beside_images_per_second" in r]
     assert {name.split(",")[0] for name in ways} == {"first", "last"} | {
-        f"beside {i}" for i in range(1, 1 + len(summary["encodings"]))}
+        f"beside {i}" for i in range(1, 1 + len(end_to_end))}
+    # Shadow scoring's cost is a case of its own; the model shadowing itself agrees everywhere.
+    for enc in summary["encodings"]:
+        shadowed = cases[f"predict local+sqlite ({enc}) + shadow"]
+        assert shadowed["predicted"] == summary["images"] and shadowed["shadow_agreement"] == 1.0
     assert abs(cases["raw onnxruntime"]["images_per_second"] - max(ways.values())) <= 0.1
     if available_cores() > 1:
         assert any("side by side, 32 per call" in name for name in ways)
