@@ -229,15 +229,17 @@ def fetch_model(ref: ModelVersionRef, tracking_uri: str, cache_dir: Path,
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=final.parent))
     try:
-        _client(tracking_uri, ref.uri)  # credentials and URI for MLflow, and a clear error for a missing store
+        client = _client(tracking_uri, ref.uri)  # a clear error for a missing store
+        # The URI as MLflow has it: an http(s) password is in MLflow's own variables instead.
+        store = client.tracking_uri
 
         def download() -> str:
             import mlflow.artifacts
 
             # One line in a task's log, not a progress bar per file.
             os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-            return mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(tmp),
-                                                       tracking_uri=os.environ.get("MLFLOW_TRACKING_URI") or None)
+            return mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(tmp), tracking_uri=store,
+                                                       registry_uri=store)
 
         _call(ref.uri, tracking_uri, "cannot download the model", download)
         found = sorted(tmp.rglob("model.onnx"))

@@ -80,7 +80,9 @@ def test_a_running_prediction_shows_its_progress_in_luigid_and_leaves_a_metrics_
     assert metrics["vectorai_predict_last_run_messages_predicted"][0] == count
     assert metrics["vectorai_predict_last_run_images_per_second"][0] > 0
     assert abs(metrics["vectorai_predict_last_success_timestamp_seconds"][0] - time.time()) < 600
-    model_version = json.loads(next((project.root / "models").glob("*/onnx/model.json")).read_text())["model_version"]
+    # Scored with the registered champion: rows and metrics name it NAME/VERSION.
+    registered = json.loads(next((project.root / "models").glob("*/onnx/model.json")).read_text())["registered_model"]
+    model_version = f"{registered['name']}/{registered['version']}"
     assert metrics["vectorai_predict_last_run_messages_consumed"][1] == {
         "predict_job": "local", "source": "local", "model_version": model_version}
 

@@ -50,13 +50,14 @@ def test_chain_through_luigid_shows_every_task_and_dependency(tmp_path, luigid):
                   "--scheduler-host", "127.0.0.1", "--scheduler-port", str(luigid), local=False)
     done = api(luigid, "task_list", {"status": "DONE", "upstream_status": "", "search": ""})
     families = {task["name"]: task_id for task_id, task in done.items()}
-    assert set(families) == {"SplitData", "TrainModel", "ExportOnnx", "StreamData", "PredictTask"}
+    assert set(families) == {"SplitData", "TrainModel", "ExportOnnx", "PromoteModel", "StreamData", "PredictTask"}
 
     graph = api(luigid, "dep_graph", {"task_id": families["PredictTask"], "include_done": True})
     deps = {graph[task_id]["name"]: {graph[d]["name"] for d in graph[task_id]["deps"]} for task_id in graph}
     assert deps == {
-        "PredictTask": {"ExportOnnx", "StreamData"},
-        "StreamData": {"ExportOnnx"},
+        "PredictTask": {"PromoteModel", "StreamData"},
+        "StreamData": {"PromoteModel"},
+        "PromoteModel": {"ExportOnnx"},
         "ExportOnnx": {"TrainModel"},
         "TrainModel": {"SplitData"},
         "SplitData": set(),

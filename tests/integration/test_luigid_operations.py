@@ -26,7 +26,7 @@ from tests.conftest import REPO, new_project, pg_rows, unique_name
 pytestmark = [pytest.mark.luigid, pytest.mark.postgres]
 
 LUIGID_CFG = REPO / "docker" / "luigid.cfg"
-CHAIN = {"SplitData", "TrainModel", "ExportOnnx", "StreamData", "PredictTask"}
+CHAIN = {"SplitData", "TrainModel", "ExportOnnx", "PromoteModel", "StreamData", "PredictTask"}
 
 
 def history_url(database_url: str) -> str:

@@ -1,0 +1,218 @@
+"""The model registry on the real chain: each export a registered version, PromoteModel moving
+``champion`` only to a version at least as good, PredictTask scoring with whatever ``champion``
+points to when it starts (the local SQLite store, and a real ``mlflow server``)."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.conftest import Project, new_project
+from tests.integration.test_live_status import mlflow_api, mlflow_server  # noqa: F401 - a fixture used below
+
+pytestmark = pytest.mark.slow
+
+NAME = "vectorai-mnist-sample"
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+
+
+def client(project: Project):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{project.data / 'mlflow' / 'mlflow.db'}"
+    return MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def aliases(project: Project) -> dict[str, str]:
+    return {alias: str(version) for alias, version in client(project).get_registered_model(NAME).aliases.items()}
+
+
+def exported(project: Project) -> dict[str, dict]:
+    """Registered version -> the export's model.json, for every exported model."""
+    found = {}
+    for path in (project.root / "models").glob("*/onnx/model.json"):
+        data = json.loads(path.read_text())
+        found[data["registered_model"]["version"]] = {**data, "dir": path.parent.parent}
+    return found
+
+
+def decision(project: Project, version: str) -> dict:
+    paths = list((exported(project)[version]["dir"] / "promotion").glob("*.json"))
+    assert len(paths) == 1, paths
+    return json.loads(paths[0].read_text())
+
+
+def rows(project: Project, prefix: str = "") -> list[sqlite3.Row]:
+    with sqlite3.connect(project.data / "predictions.sqlite") as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute("SELECT * FROM prediction WHERE message_id LIKE ? ORDER BY message_id",
+                            (prefix + "%",)).fetchall()
+
+
+def sample_file(project: Project, tmp_path: Path, stem: str, count: int = 50) -> Path:
+    """Stream images under new ids: a copy of the split's stream sample named ``stem``."""
+    split_dir = next((project.data / "processed" / "mnist-sample").iterdir())
+    with np.load(split_dir / "stream.npz") as sample:
+        path = tmp_path / f"{stem}.npz"
+        np.savez(path, x=sample["images"][:count], y=sample["labels"][:count])
+    return path
+
+
+@pytest.fixture(scope="module")
+def two_models(trained_home, tmp_path_factory) -> Path:
+    """The shared default model (version 1, 10 epochs) and a 1-epoch one (version 2), both exported and
+    registered, neither promoted yet."""
+    project = new_project(tmp_path_factory.mktemp("two-models"), base=trained_home)
+    project.luigi("ExportOnnx", "--epochs", "1")
+    versions = exported(project)
+    assert sorted(versions) == ["1", "2"]
+    assert json.loads((versions["1"]["dir"] / "keras" / "metrics.json").read_text())["config"]["epochs"] > 1
+    return project.root
+
+
+def test_every_export_is_a_registered_onnx_model_with_its_figures(two_models):
+    project = new_project(two_models.parent / "inspect", base=two_models)
+    registry = client(project)
+    assert {str(v.version) for v in registry.search_model_versions(f"name='{NAME}'")} == {"1", "2"}
+    assert aliases(project) == {}
+    for version, data in exported(project).items():
+        found = registry.get_model_version(NAME, version)
+        assert found.run_id == data["mlflow_run_id"]
+        tags = found.tags
+        assert float(tags["test_accuracy"]) == pytest.approx(data["test_accuracy"])
+        assert tags["parity_passed"] == "true" and int(tags["parity_argmax_mismatches"]) == 0
+        assert float(tags["parity_max_abs_diff"]) == pytest.approx(data["parity"]["max_abs_diff"])
+        assert tags["dataset"] == "mnist-sample" and tags["model_name"] == data["dir"].name
+        assert data["dir"].name.endswith(tags["params_hash"])
+        # The onnx flavour, with a signature and an input example.
+        import mlflow
+        from mlflow.models import get_model_info
+
+        mlflow.set_tracking_uri(f"sqlite:///{project.data / 'mlflow' / 'mlflow.db'}")
+        info = get_model_info(f"models:/{NAME}/{version}")
+        assert "onnx" in info.flavors and info.signature is not None
+        assert list(info.signature.inputs.to_dict()[0]["tensor-spec"]["shape"]) == [-1, 28, 28, 1]
+        assert info.saved_input_example_info is not None
+
+
+@pytest.mark.parametrize("better_first", [True, False], ids=["better-first", "worse-first"])
+def test_the_better_model_ends_as_champion_in_either_order(two_models, tmp_path, better_first):
+    project = new_project(tmp_path / "home", base=two_models)
+    if better_first:
+        project.luigi("PromoteModel")
+        project.luigi("PromoteModel", "--epochs", "1")
+        assert aliases(project) == {"champion": "1"}
+        refused = decision(project, "2")
+        assert not refused["promote"] and refused["outcome"] == "refused" and "below" in refused["reason"]
+        assert refused["champion"]["version"] == "1" and refused["aliases"] == {"champion": "1", "previous": None}
+        assert client(project).get_model_version(NAME, "2").tags["promotion"].startswith("refused: ")
+    else:
+        project.luigi("PromoteModel", "--epochs", "1")
+        assert aliases(project) == {"champion": "2"}
+        assert decision(project, "2")["reason"] == "there was no champion yet"
+        project.luigi("PromoteModel")
+        assert aliases(project) == {"champion": "1", "previous": "2"}
+        promoted = decision(project, "1")
+        assert promoted["promote"] and promoted["aliases"] == {"champion": "1", "previous": "2"}
+
+    # Both accuracies on the same images (the split's 550 test images), the versions, the decision.
+    record = decision(project, "1" if not better_first else "2")
+    assert record["images"] == 550 and record["eval_set"].startswith("test split ")
+    assert record["candidate"]["accuracy"] != record["champion"]["accuracy"]
+    best = max(record["candidate"]["accuracy"], record["champion"]["accuracy"])
+    assert best >= 0.95 and decision(project, "1")["candidate"]["accuracy"] == best
+    # ... also logged to the candidate's training run.
+    run_id = exported(project)["1"]["mlflow_run_id"]
+    logged = {a.path for a in client(project).list_artifacts(run_id, "promotion")}
+    assert len(logged) == 1 and logged.pop().startswith(f"promotion/{NAME}-")
+
+
+def test_a_fixed_eval_file_and_min_improvement(two_models, tmp_path):
+    project = new_project(tmp_path / "home", base=two_models)
+    eval_file = sample_file(project, tmp_path, "holdout", count=200)
+    project.luigi("PromoteModel", "--epochs", "1", "--eval-file", str(eval_file))
+    # Better, but not by a whole 100 points: refused, and a refusal is a success.
+    project.luigi("PromoteModel", "--eval-file", str(eval_file), "--min-improvement", "1.0")
+    assert aliases(project) == {"champion": "2"}
+    record = decision(project, "1")
+    assert record["outcome"] == "refused" and record["images"] == 200 and record["eval_set"] == str(eval_file)
+    assert record["min_improvement"] == 1.0
+
+
+def test_predict_scores_with_whatever_champion_points_to(two_models, tmp_path):
+    project = new_project(tmp_path / "home", base=two_models)
+    project.luigi("PredictTask")  # the chain: promotes version 1 (no champion yet), scores with it
+    first = rows(project)
+    assert len(first) == 200 and {r["model_version"] for r in first} == {f"{NAME}/1"}
+    report = json.loads(next((project.data / "reports").glob("predict-local-adhoc-*.json")).read_text())
+    assert report["model_version"] == f"{NAME}/1"
+
+    # Rolling back / forward is moving the alias; the same command then uses the other version.
+    client(project).set_registered_model_alias(NAME, "champion", "2")
+    project.luigi("PredictTask", "--sample-file", str(sample_file(project, tmp_path, "second")), "--run-at", "second")
+    second = rows(project, "second-")
+    assert len(second) == 50 and {r["model_version"] for r in second} == {f"{NAME}/2"}
+
+    # Any version by number, without the chain.
+    project.luigi("StreamData", "--sample-file", str(sample_file(project, tmp_path, "third")))
+    project.luigi("PredictTask", "--model-uri", f"models:/{NAME}/1", "--require-stream", "false", "--run-at", "third")
+    assert {r["model_version"] for r in rows(project, "third-")} == {f"{NAME}/1"}
+
+    # Each version downloaded once into the cache, with what it was checked against.
+    cache = project.data / "mlflow" / "models-cache" / NAME
+    assert sorted(p.name for p in cache.iterdir()) == ["1", "2"]
+    manifest = json.loads((cache / "2" / "vectorai-cache.json").read_text())
+    assert manifest["version"] == "2" and len(manifest["sha256"]) == 64
+
+
+def one_line_failure(project: Project, *args: str) -> str:
+    proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", *args, check=False)
+    assert proc.returncode == 30, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("vectorai error: ")]
+    assert len(lines) == 1, proc.stderr[-3000:]
+    return lines[0]
+
+
+def test_a_uri_that_does_not_resolve_or_a_model_that_does_not_fit_fails_before_consuming(two_models, tmp_path):
+    project = new_project(tmp_path / "home", base=two_models)
+    project.luigi("StreamData", "--count", "20")  # promotes version 1 on the way
+
+    line = one_line_failure(project, "--model-uri", "models:/nope@champion")
+    assert "models:/nope@champion" in line and "nope" in line and "not found" in line
+    assert "models:/vectorai-mnist-sample/9" in one_line_failure(project, "--model-uri", f"models:/{NAME}/9")
+    assert "alias previous" in one_line_failure(project, "--model-uri", f"models:/{NAME}@previous")
+    assert "not a model URI" in one_line_failure(project, "--model-uri", "runs:/abc/model")
+    line = one_line_failure(project, "--model-uri", f"models:/{NAME}/1", "--image-size", "32")
+    assert "expects 28x28x1 images but the configuration says 32x32x1" in line
+
+    # Nothing consumed: no cursor moved, no row, and the next good run gets all 20.
+    with sqlite3.connect(project.data / "stream" / "vectorai-images.sqlite") as queue:
+        assert queue.execute("SELECT COUNT(*) FROM cursors WHERE committed > 0").fetchone()[0] == 0
+    assert not (project.data / "predictions.sqlite").exists() or not rows(project)
+    project.luigi("PredictTask", "--require-stream", "false", "--run-at", "good")
+    assert len(rows(project)) == 20
+
+
+def test_the_registry_on_an_mlflow_server(tmp_path, mlflow_server):  # noqa: F811 - the imported fixture
+    project = new_project(tmp_path / "fresh")
+    host = mlflow_server.removeprefix("http://")
+    project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{host}")
+    project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", extra_env=NO_TELEMETRY)
+
+    registered = mlflow_api(mlflow_server, "registered-models/get", name=NAME)["registered_model"]
+    assert {a["alias"]: a["version"] for a in registered.get("aliases", [])} == {"champion": "1"}
+    assert {r["model_version"] for r in rows(project)} == {f"{NAME}/1"} and len(rows(project)) == 20
+    manifest = json.loads((project.data / "mlflow" / "models-cache" / NAME / "1" / "vectorai-cache.json")
+                          .read_text())
+    assert manifest["tracking_uri"] == f"http://alice:***@{host}"
+
+    proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", "--model-uri",
+                         "models:/nope@champion", check=False, extra_env=NO_TELEMETRY)
+    assert proc.returncode == 30 and "Traceback" not in proc.stderr
+    assert "vectorai error: model models:/nope@champion: " in proc.stderr
+    assert "s3cret" not in proc.stdout + proc.stderr
