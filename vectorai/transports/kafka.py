@@ -501,7 +501,7 @@ class KafkaTransport(Transport):
         from kafka.errors import KafkaError
 
         failures = _BootstrapFailures(self._client_config["bootstrap_servers"])
-        manager_log = logging.getLogger("kafka.net.manager")
+        manager_log = logging.getLogger("kafka")  # kafka.net.manager and kafka.net.connection
         manager_log.addHandler(failures)
         try:
             return client_class(**self._client_config, **config)
@@ -574,36 +574,47 @@ def _rebalance_listener(transport: KafkaTransport, consumer):
 
 
 class _BootstrapFailures(logging.Handler):
-    """Keeps the last reason kafka-python logged for a failed bootstrap connection, as
-    "broker HOST:PORT: Error: text" (it names bootstrap brokers ``bootstrap-N``, the N-th of
-    the configured list)."""
+    """Keeps why kafka-python's connections to the bootstrap brokers failed, as "broker
+    HOST:PORT refused the connection: Error: text", from what it logs while it retries (it
+    names bootstrap brokers ``bootstrap-N``, the N-th of the configured list). A refusal
+    (credentials, certificate) is kept over a later "socket disconnected", which the broker's
+    closing after the refusal causes and which explains nothing."""
+
+    _MESSAGES = ("Bootstrap connection to", "Connection failed", "%s: Connection lost")
 
     def __init__(self, servers: Sequence[str]) -> None:
         super().__init__(logging.WARNING)
         self.servers = list(servers)
         self.last: str | None = None
-
-    _cause: BaseException | None = None
+        self._pending: str | None = None
 
     def emit(self, record: logging.LogRecord) -> None:
+        if not str(record.msg).startswith(self._MESSAGES):
+            return
         args = record.args if isinstance(record.args, tuple) else ()
-        message = str(record.msg)
-        if message.startswith("Connection failed:") and args and isinstance(args[0], BaseException):
-            # Logged just before the bootstrap failure with the real cause (a SASL refusal),
-            # which the bootstrap failure then reports only as "socket disconnected".
-            self._cause = args[0]
+        cause = next((arg for arg in args if isinstance(arg, BaseException)), None)
+        if cause is None:
             return
-        if not message.startswith("Bootstrap connection to") or len(args) < 2:
+        reason = " ".join(_describe(cause).split())
+        node = next((str(arg.node_id) for arg in args if hasattr(arg, "node_id")),
+                    next((arg for arg in args if isinstance(arg, str)), None))
+        if node is None:  # "Connection failed" names no broker: the next record does
+            if _REFUSAL.search(reason):
+                self._pending = reason
             return
-        node, cause = args[0], self._cause or args[1]
-        self._cause = None
-        broker = str(node)
-        if broker.startswith("bootstrap-") and broker[len("bootstrap-"):].isdigit():
-            index = int(broker[len("bootstrap-"):])
+        if self._pending is not None and not _REFUSAL.search(reason):
+            reason = self._pending
+        self._pending = None
+        broker = node
+        if node.startswith("bootstrap-") and node[len("bootstrap-"):].isdigit():
+            index = int(node[len("bootstrap-"):])
             if index < len(self.servers):
                 broker = self.servers[index]
-        reason = _describe(cause) if isinstance(cause, BaseException) else str(cause)
-        self.last = f"broker {broker} refused the connection: {' '.join(reason.split())}"
+        if self.last is None or not _REFUSAL.search(self.last) or _REFUSAL.search(reason):
+            self.last = f"broker {broker} refused the connection: {reason}"
+
+
+_REFUSAL = re.compile(r"Authentication|Authorization|SSL|CERTIFICATE|certificate")
 
 
 def _describe(err: BaseException | None) -> str:
