@@ -126,6 +126,7 @@ class Services:
         self.addresses: dict[str, str] = {}
         self.failed: dict[str, str] = {}
         self._stops: list[tuple[str, Callable[[], None]]] = []
+        self._instances: dict[str, Any] = {}  # the servers started here, whose pids we know
 
     def get(self, name: str) -> str | None:
         if name in self.addresses or name in self.failed:
@@ -161,7 +162,26 @@ class Services:
         parent = None if name == "postgres" else STATE_DIR
         instance = Instance.create(Path(tempfile.mkdtemp(prefix=f"vectorai-bench-{name}-", dir=parent)))
         self._stops.append((name, instance.remove))
+        self._instances[name] = instance
         return instance.start()
+
+    def server_pids(self, name: str) -> list[int] | None:
+        """The processes of a server started here: the broker's JVM; PostgreSQL's postmaster
+        and everything it started (backends, checkpointer, WAL writer). None for one given by
+        the environment, which may run elsewhere."""
+        from services.common import children_of
+
+        instance = self._instances.get(name)
+        if instance is None:
+            return None
+        if name == "postgres":
+            try:  # the pid file names runuser, which started the postmaster
+                postmaster = int((instance.data_dir / "postmaster.pid").read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                return None
+            return [postmaster, *children_of(postmaster)]
+        pid = instance.process.pid()
+        return [pid] if pid is not None else None
 
     def _start_private_emulator(self) -> str:
         """The emulator launcher keeps its state in module globals, so a private one is run by
@@ -342,6 +362,30 @@ def predict_end_to_end(transport_name: str, settings: dict[str, Any], database_u
                                    shadow=shadow)
     finally:
         database.close()
+
+
+def process_cpu(services: Services, transport: str, database: str) -> dict[str, float]:
+    """CPU seconds used so far, read from /proc in this run, by each process of a Kafka+PostgreSQL
+    case: PredictTask (this process: the benchmark runs its loop in-process, all threads), the
+    broker's JVM and the PostgreSQL server (postmaster, its processes, and backends that ended).
+    Empty for other cases, and without the servers' part when they came from the environment."""
+    from services.common import cpu_seconds
+
+    if (transport, database) != ("kafka", "postgres"):
+        return {}
+    found = {"PredictTask": time.process_time()}
+    for label, name, reaped in (("broker", "kafka", False), ("PostgreSQL server", "postgres", True)):
+        pids = services.server_pids(name)
+        if pids:
+            found[label] = cpu_seconds(pids, reaped_children=reaped)
+    return found
+
+
+def cpu_per_thousand(before: dict[str, float], after: dict[str, float], images: int) -> dict[str, float]:
+    """Per process, the CPU seconds between ``before`` and ``after`` per 1,000 ``images``."""
+    if not images:
+        return {}
+    return {name: round((after[name] - before[name]) * 1000 / images, 3) for name in after if name in before}
 
 
 def open_consumers(transport_name: str, services: Services, workdir: Path, topic: str, groups: list[str]) -> None:
@@ -619,9 +663,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     continue
                 try:
                     url = dbs.fresh_url(db, f"{transport}-{encoding}")
+                    cpu_before = process_cpu(services, transport, db)
                     report = predict_end_to_end(
                         transport, transport_settings(transport, services, workdir, topic, groups[db]), url,
                         model_dir / "model.onnx", args.batch_size, args.threads, args.timeout_ms)
+                    cpu = cpu_per_thousand(cpu_before, process_cpu(services, transport, db), report.consumed)
                 except Exception as err:  # noqa: BLE001 - one failed service must not lose the run
                     skipped[name] = _failure(err)
                     log(f"{name} failed: {_failure(err)}")
@@ -632,9 +678,11 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                     "predicted": report.predicted, "dead_letters": report.dead_letters,
                     "batches": report.batches,
                     "accuracy": round(report.correct / report.labelled, 4) if report.labelled else None,
-                    "ceiling_beside_images_per_second": round(max(before, ceiling_now()), 1)}))
+                    "ceiling_beside_images_per_second": round(max(before, ceiling_now()), 1),
+                    **({"cpu_seconds_per_1000_images": cpu} if cpu else {})}))
                 log(f"{name}: {cases[-1].rate:,.0f} images/s ({report.predicted} rows), "
-                    f"ceiling beside it {cases[-1].extra['ceiling_beside_images_per_second']:,.0f}")
+                    f"ceiling beside it {cases[-1].extra['ceiling_beside_images_per_second']:,.0f}"
+                    + (f"; CPU s per 1,000 images: {', '.join(f'{k} {v}' for k, v in cpu.items())}" if cpu else ""))
             if transport == "local" and "sqlite" in wanted:
                 # Shadow scoring's cost: the same drain, with the model shadowing itself.
                 name = f"predict local+sqlite ({encoding}) + shadow"

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from services.common import ManagedProcess, ServiceError, process_alive, wait_ready
+from services.common import ManagedProcess, ServiceError, children_of, cpu_seconds, process_alive, wait_ready
 from services.kafka import install as install_kafka
 from services.postgres import BIN_DIR as PG_BIN_DIR, install as install_postgres
 
@@ -405,38 +405,6 @@ shared_buffers = 32MB
     def _as_server_user(self, argv: list[str], what: str, stdin: str | None = None) -> str:
         return _run(["runuser", "-u", self.user, "--", str(PG_BIN_DIR / argv[0]), *argv[1:]],
                     f"PostgreSQL: {what}", cwd=self.workdir, stdin=stdin)
-
-
-def children_of(parent: int) -> list[int]:
-    """Pids whose parent is ``parent`` (one level), read from /proc."""
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # The command name in parentheses may hold spaces: the fields after its ')' are fixed.
-        fields = stat[stat.rfind(")") + 2:].split()
-        if int(fields[1]) == parent:
-            found.append(int(entry.name))
-    return found
-
-
-def cpu_seconds(pids: Sequence[int]) -> float:
-    """User + system CPU seconds that ``pids`` have used so far (gone ones count 0), from
-    /proc/PID/stat (utime and stime, in clock ticks)."""
-    ticks = os.sysconf("SC_CLK_TCK")
-    total = 0
-    for pid in pids:
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(")") + 2:].split()
-        total += int(fields[11]) + int(fields[12])  # utime, stime: fields 14 and 15 of stat(5)
-    return total / ticks
 
 
 __all__ = ["CertificateAuthority", "KafkaSecrets", "SecureKafkaNode", "SecurePostgres", "children_of",

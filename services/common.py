@@ -220,3 +220,39 @@ class DefaultInstance:
         """Its address while it runs, else None."""
         current = self.current()
         return current.address if current is not None and current.running() else None
+
+
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/PID/stat after the command name (which may hold spaces and ')'), or
+    None when the process is gone: ``fields[0]`` is stat(5)'s field 3 (state)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat[stat.rfind(")") + 2:].split()
+
+
+def children_of(parent: int) -> list[int]:
+    """Pids whose parent is ``parent`` (one level), read from /proc."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields is not None and int(fields[1]) == parent:
+                found.append(int(entry.name))
+    return found
+
+
+def cpu_seconds(pids: Sequence[int], reaped_children: bool = False) -> float:
+    """User + system CPU seconds that ``pids`` have used so far (all their threads; gone ones
+    count 0), from /proc/PID/stat. ``reaped_children`` adds what their children that already
+    exited and were waited for used (a PostgreSQL backend that ended counts to the postmaster)."""
+    ticks = 0
+    for pid in pids:
+        fields = _stat_fields(pid)
+        if fields is None:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime: stat(5) fields 14 and 15
+        if reaped_children:
+            ticks += int(fields[13]) + int(fields[14])  # cutime, cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
