@@ -126,20 +126,22 @@ class NetworkLab:
         """Processes running in the host's namespace now."""
         return [int(p) for p in ip("netns", "pids", self.hosts[name].namespace, check=False).split()]
 
+    def all_pids(self) -> list[int]:
+        return [pid for name in self.hosts for pid in self.pids(name)]
+
     def remove(self) -> list[str]:
         """Kill what runs in our namespaces, delete them and the bridge; return what failed."""
         problems: list[str] = []
-        for name in list(self.hosts):
-            for sig in (signal.SIGTERM, signal.SIGKILL):
-                pids = self.pids(name)
-                for pid in pids:
-                    try:
-                        os.kill(pid, sig)
-                    except ProcessLookupError:
-                        pass
-                deadline = time.monotonic() + 10
-                while pids and self.pids(name) and time.monotonic() < deadline:
-                    time.sleep(0.2)
+        # Every host at once: brokers shutting down one after the other took 15 s.
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pid in self.all_pids():
+                try:
+                    os.kill(pid, sig)
+                except ProcessLookupError:
+                    pass
+            deadline = time.monotonic() + 10
+            while self.all_pids() and time.monotonic() < deadline:
+                time.sleep(0.2)
         for name, host in list(self.hosts.items()):
             try:
                 ip("netns", "del", host.namespace)  # takes its veth end, and so the pair, with it
