@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import luigi
 from luigi.util import requires
@@ -13,6 +14,9 @@ from tasks.common import VectoraiTaskMixin, name_part, params_hash, read_json, w
 from tasks.config import mlflow, paths, registry
 from tasks.data import SplitData
 from tasks.live import LiveStatus
+
+if TYPE_CHECKING:
+    from vectorai.registry import ModelVersionRef
 
 
 @requires(SplitData)
@@ -104,13 +108,11 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
         from vectorai.export import export_onnx, log_onnx_to_mlflow
         from vectorai.preprocess import PreprocessSpec, preprocess_images
         from vectorai.prepare import load_splits
-        from vectorai.registry import check_model_name, register_onnx_model
         from vectorai.tracking import use_tracking_uri
 
         spec = PreprocessSpec.from_dict(summary["preprocess"])
         test = load_splits(Path(self.requires().input().path)).test
         model_name = train_dir.parent.name
-        registered_name = check_model_name(self.registered_name)
         with self.output().temporary_path() as tmp:
             out = Path(tmp)
             parity = export_onnx(
@@ -118,20 +120,13 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
                 model_version=model_name, check_images=preprocess_images(test.images, spec),
                 tolerance=self.parity_tolerance,
             )
-            version = register_onnx_model(
-                out / "model.onnx", tracking_uri=tracking_uri, run_id=summary["mlflow_run_id"], name=registered_name,
-                input_example=preprocess_images(test.images[:1], spec),
-                tags={"test_accuracy": summary["metrics"]["test_accuracy"], "parity_images": parity.images,
-                      "parity_max_abs_diff": parity.max_abs_diff, "parity_argmax_mismatches": parity.argmax_mismatches,
-                      # export_onnx raises on a failed check: a registered export passed it.
-                      "parity_passed": "true", "parity_tolerance": self.parity_tolerance,
-                      "params_hash": params_hash(self.requires()), "dataset": self.dataset, "model_name": model_name},
-            )
+            parity_figures = {"images": parity.images, "max_abs_diff": parity.max_abs_diff,
+                              "argmax_mismatches": parity.argmax_mismatches}
+            version = self.register(out / "model.onnx", parity_figures)
             write_json(luigi.LocalTarget(out / "model.json"), {
                 "model_version": model_name, "class_names": summary["class_names"],
                 "preprocess": spec.to_dict(), "input": "image", "output": "probabilities",
-                "parity": {"images": parity.images, "max_abs_diff": parity.max_abs_diff,
-                           "argmax_mismatches": parity.argmax_mismatches},
+                "parity": parity_figures,
                 "test_accuracy": summary["metrics"]["test_accuracy"], "mlflow_run_id": summary["mlflow_run_id"],
                 "registered_model": {"name": version.name, "version": version.version},
             })
@@ -140,6 +135,29 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
             log_onnx_to_mlflow(use_tracking_uri(tracking_uri), summary["mlflow_run_id"],
                                [out / "model.onnx", out / "model.json"])
 
+    def register(self, onnx_path: Path, parity: dict[str, float]) -> ModelVersionRef:
+        """Log ``onnx_path`` to the training run as an MLflow model and register it as a new
+        version of ``registered_name``, tagged with the test accuracy, the parity figures, the
+        parameter hash and the dataset. (PromoteModel calls it too, for an export made before
+        exports were registered, or under another name.)"""
+        from vectorai.prepare import load_splits
+        from vectorai.preprocess import PreprocessSpec, preprocess_images
+        from vectorai.registry import check_model_name, register_onnx_model
+
+        train_dir = Path(self.input().path)
+        summary = read_json(train_dir / "metrics.json")
+        spec = PreprocessSpec.from_dict(summary["preprocess"])
+        example = preprocess_images(load_splits(Path(self.requires().input().path)).test.images[:1], spec)
+        return register_onnx_model(
+            onnx_path, tracking_uri=mlflow().resolved_uri(), run_id=summary["mlflow_run_id"],
+            name=check_model_name(self.registered_name), input_example=example,
+            tags={"test_accuracy": summary["metrics"]["test_accuracy"], "parity_images": parity["images"],
+                  "parity_max_abs_diff": parity["max_abs_diff"], "parity_argmax_mismatches": parity["argmax_mismatches"],
+                  # export_onnx raises on a failed check: an export that exists passed it.
+                  "parity_passed": "true", "parity_tolerance": self.parity_tolerance,
+                  "params_hash": params_hash(self.requires()), "dataset": self.dataset,
+                  "model_name": train_dir.parent.name},
+        )
 
 
 @requires(ExportOnnx)
@@ -168,15 +186,13 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
         from vectorai.prepare import load_splits, load_stream_sample
         from vectorai.registry import log_decision, promote_version
 
-        exported = read_json(Path(self.input().path) / "model.json")
+        onnx_dir = Path(self.input().path)
+        exported = read_json(onnx_dir / "model.json")
         name = self.requires().registered_name
-        registered = exported.get("registered_model") or {}
-        if registered.get("name") != name:
-            from vectorai.errors import RegistryError
-
-            raise RegistryError(f"models:/{name}", f"{self.input().path} was registered as "
-                                f"{registered.get('name') or 'nothing'}; export it again (remove that folder) "
-                                "to register it under this name")
+        version = (exported.get("registered_model") or {}).get("version")
+        if (exported.get("registered_model") or {}).get("name") != name:
+            # Exported before exports were registered, or registered under another name.
+            version = self.requires().register(onnx_dir / "model.onnx", exported["parity"]).version
         if self.eval_file:
             data, eval_set = load_stream_sample(Path(self.eval_file)), self.eval_file
         else:
@@ -188,8 +204,8 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
             raise DatasetError(eval_set, "every image needs a label (y) to compare models")
         tracking_uri = mlflow().resolved_uri()
         with LiveStatus(self) as live:
-            live.update(f"comparing {name}/{registered['version']} with @champion on {len(data.labels):,} images")
-            record = promote_version(name, registered["version"], tracking_uri=tracking_uri, images=data.images,
+            live.update(f"comparing {name}/{version} with @champion on {len(data.labels):,} images")
+            record = promote_version(name, version, tracking_uri=tracking_uri, images=data.images,
                                      labels=data.labels, cache_dir=registry().cache,
                                      min_improvement=self.min_improvement, eval_set=eval_set)
             live.update(f"{record['outcome']}: {record['reason']}", 100)

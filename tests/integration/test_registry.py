@@ -143,6 +143,17 @@ def test_a_fixed_eval_file_and_min_improvement(two_models, tmp_path):
     assert record["min_improvement"] == 1.0
 
 
+def test_an_export_from_before_the_registry_is_registered_when_promoted(two_models, tmp_path):
+    project = new_project(tmp_path / "home", base=two_models)
+    model_json = exported(project)["1"]["dir"] / "onnx" / "model.json"
+    old = json.loads(model_json.read_text())
+    del old["registered_model"]
+    model_json.write_text(json.dumps(old))
+    project.luigi("PromoteModel")
+    assert aliases(project) == {"champion": "3"}
+    assert client(project).get_model_version(NAME, "3").tags["model_name"] == model_json.parent.parent.name
+
+
 def test_predict_scores_with_whatever_champion_points_to(two_models, tmp_path):
     project = new_project(tmp_path / "home", base=two_models)
     project.luigi("PredictTask")  # the chain: promotes version 1 (no champion yet), scores with it
