@@ -14,6 +14,7 @@ from tasks.common import VectoraiTaskMixin, name_part, params_hash, read_json, w
 from tasks.config import mlflow, paths, registry
 from tasks.data import SplitData
 from tasks.live import LiveStatus
+from vectorai.training import RECIPE
 
 if TYPE_CHECKING:
     from vectorai.registry import ModelVersionRef
@@ -24,15 +25,18 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
     """Train the CNN on the split; log params, per-epoch metrics and artifacts to MLflow."""
 
     epochs = luigi.IntParameter(config_path=dict(section="TrainModel", name="epochs"),
-        default=10, description="Training epochs")
+        default=20, description="Training epochs")
     batch_size = luigi.IntParameter(config_path=dict(section="TrainModel", name="batch_size"),
-        default=64, description="Training batch size")
+        default=128, description="Training batch size")
     image_size = luigi.IntParameter(config_path=dict(section="TrainModel", name="image_size"),
         default=28, description="Images are resized to image_size x image_size")
     channels = luigi.IntParameter(config_path=dict(section="TrainModel", name="channels"),
         default=1, description="1 (greyscale) or 3 (colour) model input")
     learning_rate = luigi.FloatParameter(config_path=dict(section="TrainModel", name="learning_rate"),
-        default=1e-3, description="Adam learning rate")
+        default=2e-3, description="Adam's starting learning rate (cosine decay to zero)")
+    model_recipe = luigi.IntParameter(default=RECIPE, description="What vectorai.training trains: architecture, "
+        "augmentation, schedule. Only the current one can be trained; it is a parameter so that it is part of "
+        "the model's name and a new recipe never reuses a model trained by an older one")
 
     @property
     def model_name(self) -> str:
@@ -46,6 +50,10 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
         from vectorai.tracking import describe_run, run_page_url
         from vectorai.training import TrainConfig, TrainProgress, train_model
 
+        if self.model_recipe != RECIPE:
+            from vectorai.errors import ConfigError
+
+            raise ConfigError("TrainModel.model_recipe", f"this code trains recipe {RECIPE}, not {self.model_recipe}")
         splits = load_splits(Path(self.input().path))
         config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                              seed=self.seed, image_height=self.image_size, image_width=self.image_size,

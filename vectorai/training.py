@@ -7,6 +7,7 @@ must never pay for it.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -18,17 +19,36 @@ from vectorai.datasets import LabelledImages
 from vectorai.preprocess import PreprocessSpec, preprocess_images
 
 
+#: What the code trains for a given TrainConfig: the architecture, the augmentation and the
+#: schedule. Bump it whenever a change here would train a different model from the same
+#: settings; TrainModel puts it in the model's name, so an older model is never reused for it.
+#: 1: two conv layers, 10 epochs of Adam at 1e-3. 2: three conv layers at the same inference
+#: cost, augmentation, a cosine schedule, less dropout, 20 epochs.
+RECIPE = 2
+
+
 @dataclass(frozen=True)
 class TrainConfig:
     """Everything that changes the trained model."""
 
-    epochs: int = 10
-    batch_size: int = 64
-    learning_rate: float = 1e-3
+    epochs: int = 20
+    batch_size: int = 128
+    #: Adam's starting rate, decayed to zero along a cosine over the whole run.
+    learning_rate: float = 2e-3
     seed: int = 42
     image_height: int = 28
     image_width: int = 28
     channels: int = 1
+    #: Random affine augmentation of the training batches (never of validation or test): each
+    #: image is rotated, shifted, scaled and sheared by amounts drawn uniformly up to these.
+    #: All zero: none.
+    max_rotation_degrees: float = 12.0
+    #: As a fraction of the image side: 0.09 is 2.5 pixels at 28.
+    max_shift: float = 0.09
+    max_zoom: float = 0.1
+    max_shear: float = 0.2
+    dropout: float = 0.1
+    recipe: int = RECIPE
 
     @property
     def spec(self) -> PreprocessSpec:
@@ -69,8 +89,12 @@ class TrainResult:
     confusion: list[list[int]]
 
 
-def build_model(spec: PreprocessSpec, num_classes: int, learning_rate: float) -> Any:
-    """Two conv blocks and a softmax head: small enough for CPUs, ~99% on MNIST."""
+def build_model(spec: PreprocessSpec, num_classes: int, learning_rate: Any, dropout: float = 0.1) -> Any:
+    """Three conv layers and a softmax head: small enough for CPUs, ~99% on MNIST.
+
+    The third conv layer works at a quarter of the pixels, so it costs about what narrowing the
+    second from 64 to 48 filters saves: the same inference cost as the two-layer model before it,
+    with more depth. ``learning_rate``: a number, or a Keras schedule."""
     import keras
 
     model = keras.Sequential(
@@ -78,10 +102,11 @@ def build_model(spec: PreprocessSpec, num_classes: int, learning_rate: float) ->
             keras.Input((spec.height, spec.width, spec.channels), name="image"),
             keras.layers.Conv2D(32, 3, padding="same", activation="relu"),
             keras.layers.MaxPooling2D(),
-            keras.layers.Conv2D(64, 3, padding="same", activation="relu"),
+            keras.layers.Conv2D(48, 3, padding="same", activation="relu"),
             keras.layers.MaxPooling2D(),
+            keras.layers.Conv2D(48, 3, padding="same", activation="relu"),
             keras.layers.Flatten(),
-            keras.layers.Dropout(0.3),
+            keras.layers.Dropout(dropout),
             keras.layers.Dense(128, activation="relu"),
             keras.layers.Dense(num_classes, activation="softmax", name="probabilities"),
         ],
@@ -93,6 +118,58 @@ def build_model(spec: PreprocessSpec, num_classes: int, learning_rate: float) ->
         metrics=["accuracy"],
     )
     return model
+
+
+def augment_images(images: Any, seed: Any, config: TrainConfig) -> Any:
+    """A random affine transform of each image in a (N, H, W, C) float batch, drawn from the
+    stateless ``seed`` (a pair of ints): the same seed always gives the same batch. Pixels
+    moved in from outside the image are 0 (background)."""
+    import tensorflow as tf
+
+    count = tf.shape(images)[0]
+    height = tf.cast(tf.shape(images)[1], tf.float32)
+    width = tf.cast(tf.shape(images)[2], tf.float32)
+    draw = tf.random.stateless_uniform([count, 5], seed=seed, minval=-1.0, maxval=1.0)
+    angle = draw[:, 0] * (config.max_rotation_degrees * math.pi / 180.0)
+    shift_x, shift_y = draw[:, 1] * config.max_shift * width, draw[:, 2] * config.max_shift * height
+    scale = 1.0 + draw[:, 3] * config.max_zoom
+    shear = draw[:, 4] * config.max_shear
+    # The transform maps each output pixel back to the input point it is read from:
+    # input = A (output - centre - shift) + centre, A = rotation x shear / scale.
+    cos, sin = tf.cos(angle) / scale, tf.sin(angle) / scale
+    a00, a01, a10, a11 = cos, cos * shear - sin, sin, sin * shear + cos
+    centre_x, centre_y = (width - 1.0) / 2.0, (height - 1.0) / 2.0
+    offset_x = centre_x - a00 * (centre_x + shift_x) - a01 * (centre_y + shift_y)
+    offset_y = centre_y - a10 * (centre_x + shift_x) - a11 * (centre_y + shift_y)
+    zero = tf.zeros_like(cos)
+    transforms = tf.stack([a00, a01, offset_x, a10, a11, offset_y, zero, zero], axis=1)
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transforms, output_shape=tf.shape(images)[1:3], fill_value=0.0,
+        interpolation="BILINEAR", fill_mode="CONSTANT")
+
+
+def training_batches(images: np.ndarray, labels: np.ndarray, config: TrainConfig) -> Any:
+    """An endless tf.data stream of training batches: every epoch (``steps_per_epoch`` batches)
+    is the whole set reshuffled, each batch augmented with its own seed (``config.seed``, the
+    batch's number since the start), so a run is reproducible and no two epochs see the same
+    images."""
+    import tensorflow as tf
+
+    batches = (tf.data.Dataset.from_tensor_slices((images, labels))
+               .shuffle(len(images), seed=config.seed, reshuffle_each_iteration=True)
+               .batch(config.batch_size)
+               .repeat())
+    augmented = config.max_rotation_degrees or config.max_shift or config.max_zoom or config.max_shear
+    if augmented:
+        batches = batches.enumerate().map(
+            lambda step, batch: (augment_images(batch[0], tf.stack([tf.constant(config.seed, tf.int64), step]),
+                                                config), batch[1]),
+            num_parallel_calls=tf.data.AUTOTUNE)
+    return batches.prefetch(tf.data.AUTOTUNE)
+
+
+def steps_per_epoch(count: int, batch_size: int) -> int:
+    return max(1, math.ceil(count / batch_size))
 
 
 def train_model(
@@ -123,7 +200,9 @@ def train_model(
     spec = config.spec
     x_train, x_val, x_test = (preprocess_images(part.images, spec) for part in (train, val, test))
     num_classes = len(train.class_names)
-    model = build_model(spec, num_classes, config.learning_rate)
+    steps = steps_per_epoch(len(x_train), config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps)
+    model = build_model(spec, num_classes, schedule, config.dropout)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     class _LogEpoch(keras.callbacks.Callback):
@@ -153,9 +232,10 @@ def train_model(
         mlflow.log_params({**asdict(config), **(extra_params or {}),
                            "num_classes": num_classes, "train_size": len(train),
                            "val_size": len(val), "test_size": len(test)})
+        # Augmented training batches; validation (and test, below) are the images as they are.
         fit = model.fit(
-            x_train, train.labels, validation_data=(x_val, val.labels),
-            epochs=config.epochs, batch_size=config.batch_size, shuffle=True, verbose=2,
+            training_batches(x_train, train.labels, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
+            validation_data=(x_val, val.labels), epochs=config.epochs, verbose=2,
             callbacks=[_LogEpoch(run_id, experiment_id)],
         )
         test_loss, test_accuracy = model.evaluate(x_test, test.labels, batch_size=256, verbose=0)
