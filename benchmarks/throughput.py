@@ -321,6 +321,48 @@ def _shared(items: Iterable[int]) -> Callable[[], int | None]:
     return take
 
 
+def ceiling_ways(model_file: Path, batch_size: int, threads: int | None) -> dict[str, tuple[Any, int, int]]:
+    """The ways the ceiling is measured (label: classifier, images per call, side-by-side workers):
+    one call at a time with every core, or with the prediction loop's own thread count (every core
+    but one); or one single-threaded call per core side by side, on batches and on the chunks the
+    loop splits them into (``predict.CHUNK``), as the loop does when it helps the model."""
+    from vectorai.inference import OnnxClassifier, available_cores, default_threads
+    from vectorai.predict import CHUNK
+
+    thread_counts = [threads] if threads else sorted({available_cores(), default_threads()}, reverse=True)
+    single = OnnxClassifier(model_file, threads=1)
+    ways = {f"{n} threads": (single if n == 1 else OnnxClassifier(model_file, threads=n), batch_size, 1)
+            for n in thread_counts}
+    if available_cores() > 1:
+        for size in sorted({batch_size, CHUNK}, reverse=True):
+            ways[f"{available_cores()} side by side, {size} per call"] = (single, size, available_cores())
+    return ways
+
+
+def compare_ceilings(ways: dict[str, tuple[Any, int, int]], baseline_ways: dict[str, tuple[Any, int, int]],
+                     batch: np.ndarray, passes: int = 3) -> dict[str, Any]:
+    """The raw onnxruntime ceiling of the model (``ways``) and of another one (``baseline_ways``,
+    e.g. the previous default) on the same images, in alternating passes, so that a slow stretch
+    of a shared machine slows both alike: the best pass of each way for each model, and the ratio
+    of the two models' best ways."""
+    model_spec = next(iter(ways.values()))[0].spec
+    baseline_spec = next(iter(baseline_ways.values()))[0].spec
+    if model_spec != baseline_spec:
+        raise SystemExit(f"--baseline-model takes {baseline_spec}, the model {model_spec}: they cannot share images")
+    per_way: dict[str, dict[str, float]] = {label: {"model": 0.0, "baseline": 0.0} for label in ways}
+    for _ in range(passes):
+        for label in ways:
+            for which, chosen in (("model", ways), ("baseline", baseline_ways)):
+                classifier, batch_size, workers = chosen[label]
+                rate = measure_raw_onnxruntime(classifier, batch, batch_size, repeats=1, workers=workers).rate
+                per_way[label][which] = round(max(per_way[label][which], rate), 1)
+    best = max(way["model"] for way in per_way.values())
+    best_baseline = max(way["baseline"] for way in per_way.values())
+    return {"images": len(batch), "passes": passes, "images_per_second": best,
+            "baseline_images_per_second": best_baseline,
+            "ratio": round(best / best_baseline, 4) if best_baseline else None, "per_way": per_way}
+
+
 def measure_ceiling(ways: dict[str, tuple[Any, int, int]], batch: np.ndarray, when: str,
                     runs: dict[str, float]) -> Case:
     """The fastest of ``ways`` (label: classifier, images per call, side-by-side workers); every
@@ -566,8 +608,7 @@ def _keras_baselines(keras_path: Path, count: int, per_image: int, batch_size: i
 
 
 def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
-    from vectorai.inference import OnnxClassifier, available_cores, default_threads
-    from vectorai.predict import CHUNK
+    from vectorai.inference import available_cores
     from vectorai.preprocess import preprocess_images
 
     encodings = [e.strip() for e in args.encodings.split(",") if e.strip()]
@@ -592,18 +633,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
 
         images, labels = load_images(args.images)
         model_dir = find_model(args.model, workdir, log)
-        # The ceiling is onnxruntime at its best on this machine, whichever of these is fastest:
-        # one call at a time with every core, or with the prediction loop's own thread count
-        # (every core but one); or one single-threaded call per core side by side, on batches
-        # and on the chunks the loop splits them into (``predict.CHUNK``), as the loop does
-        # when it helps the model.
-        thread_counts = [args.threads] if args.threads else sorted({available_cores(), default_threads()}, reverse=True)
-        single = OnnxClassifier(model_dir / "model.onnx", threads=1)
-        ways = {f"{n} threads": (single if n == 1 else OnnxClassifier(model_dir / "model.onnx", threads=n),
-                                 args.batch_size, 1) for n in thread_counts}
-        if available_cores() > 1:
-            for size in sorted({args.batch_size, CHUNK}, reverse=True):
-                ways[f"{available_cores()} side by side, {size} per call"] = (single, size, available_cores())
+        baseline_file = None
+        if args.baseline_model:
+            baseline_file = find_model(args.baseline_model, workdir, log) / "model.onnx"
+        # The ceiling is onnxruntime at its best on this machine, whichever of ceiling_ways is fastest.
+        ways = ceiling_ways(model_dir / "model.onnx", args.batch_size, args.threads)
+        single = next(iter(ways.values()))[0]
         log(f"{len(images)} images, batch size {args.batch_size}, model {model_dir}, "
             f"encodings {', '.join(encodings)}, {available_cores()} CPUs")
         cases: list[Case] = []
@@ -615,6 +650,12 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
         raw = measure_ceiling(ways, batch, "first", raw_runs)
         cases.append(raw)
         log(f"{RAW}: {raw.rate:,.0f} images/s")
+        comparison = None
+        if args.baseline_model:
+            comparison = compare_ceilings(ways, ceiling_ways(baseline_file, args.batch_size, args.threads), batch)
+            comparison.update(model=str(model_dir), baseline=str(baseline_file.parent))
+            log(f"{RAW}, this model vs --baseline-model: {comparison['images_per_second']:,.0f} vs "
+                f"{comparison['baseline_images_per_second']:,.0f} images/s (x{comparison['ratio']:.3f})")
         # The ceiling beside each end-to-end case: the usually fastest way again, right before
         # and right after the case. How many cores this VM really gets changes within a run
         # (the same measurement moved by up to 28% between a run's start and end), and a case is
@@ -756,6 +797,7 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             == memory["large"]["predicted"] + memory["large"]["dead_letters"],
         },
         "targets_judged_against": "the ceiling measured beside each case (ratio_to_ceiling_beside)",
+        **({"baseline_model": comparison} if comparison else {}),
     }
 
 
@@ -787,6 +829,11 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"peak memory, {large['messages']:,} {large['side']}x{large['side']} RGBA PNGs of "
                  f"{large['bytes_each'] // 1024} KiB in batches of {large['batch_size']}: {large['peak_rss_mib']:.1f} MiB "
                  f"({large['predicted']} predicted, {large['dead_letters']} dead letters, {large['seconds']} s)")
+    if "baseline_model" in summary:
+        compared = summary["baseline_model"]
+        lines.append(f"{RAW}, this model vs --baseline-model {compared['baseline']}: "
+                     f"{compared['images_per_second']:,.1f} vs {compared['baseline_images_per_second']:,.1f} images/s, "
+                     f"ratio {compared['ratio']:.3f} (best of {compared['passes']} alternating passes each)")
     for name, reason in summary["skipped"].items():
         lines.append(f"skipped {name}: {reason}")
     by_name = {r["case"]: r for r in summary["results"]}
@@ -817,6 +864,9 @@ def main(argv: list[str] | None = None) -> int:
                         "(default png,raw); peak memory uses the first")
     parser.add_argument("--model", help="Exported model dir (with model.onnx); default: newest models/*/onnx, "
                         "else a quick model trained here")
+    parser.add_argument("--baseline-model", help="Another exported model dir (e.g. the previous default): its raw "
+                        "onnxruntime ceiling is measured too, in passes alternating with the model's on the same "
+                        "images, with the ratio model/baseline")
     parser.add_argument("--threads", type=int, default=None, help="onnxruntime intra-op threads "
                         "(default: the library's choice)")
     parser.add_argument("--no-keras", dest="keras", action="store_false", help="Skip the Keras baseline")

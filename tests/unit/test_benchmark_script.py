@@ -35,7 +35,8 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
 
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--tiny", "--transports", "local",
-         "--databases", "sqlite", "--model", str(model_dir), "--json", str(out), "--quiet"],
+         "--databases", "sqlite", "--model", str(model_dir), "--baseline-model", str(model_dir), "--json", str(out),
+         "--quiet"],
         capture_output=True, text=True, cwd=tmp_path, timeout=300,
     )
 
@@ -72,6 +73,12 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
     assert abs(cases["raw onnxruntime"]["images_per_second"] - max(ways.values())) <= 0.1
     if available_cores() > 1:
         assert any("side by side, 32 per call" in name for name in ways)
+    # --baseline-model: the same ceiling for another model, in alternating passes, and the ratio.
+    compared = summary["baseline_model"]
+    assert compared["images_per_second"] > 0 and compared["baseline_images_per_second"] > 0
+    assert compared["ratio"] == round(compared["images_per_second"] / compared["baseline_images_per_second"], 4)
+    assert set(compared["per_way"]) == {name.split(", ", 1)[1] for name in ways if name.startswith("first, ")}
+    assert "vs --baseline-model" in proc.stdout
     assert "keras predict" in summary["skipped"]  # the tiny model has no Keras original
     runs = summary["memory"]["runs"]
     assert [r["multiple"] for r in runs] == [1, 10]
