@@ -94,6 +94,9 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                 "PromoteModel. It must fit image_size and channels")
     model_path = luigi.Parameter(default="", description="A plain exported model.onnx to use instead of a "
                                  "registered model; it must fit image_size and channels")
+    shadow_model_uri = luigi.Parameter(default="", description="Also score every batch with this registered model "
+                                       "(e.g. models:/NAME@challenger) into the shadow_prediction table; the "
+                                       "report gives the agreement and both accuracies. Empty: no shadow")
 
     def requires(self):
         deps = {} if self.model_path or self.model_uri else {"model": self.clone(PromoteModel)}
@@ -178,6 +181,10 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
             classifier = load_classifier(self.model_uri_to_use, mlflow().resolved_uri(), registry().cache, spec,
                                          threads)
         self._model_version = classifier.info.version
+        shadow = None
+        if self.shadow_model_uri:
+            live.update(f"resolving the shadow model {self.shadow_model_uri}")
+            shadow = load_classifier(self.shadow_model_uri, mlflow().resolved_uri(), registry().cache, spec, threads)
         url = db_cfg.resolved_url()
         live.update(f"reading {', '.join(self.source_names)} with model {classifier.info.version}",
                     0 if self.max_messages else None)
@@ -191,6 +198,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 limits=DecodeLimits(cfg.max_message_bytes, cfg.max_pixels), max_messages=self.max_messages or None,
                 # At most once a second, after a commit; LiveStatus only stores it for its thread.
                 progress=lambda so_far: live.update(*predict_status(so_far, self.max_messages or None)),
+                shadow=shadow,
             )
         finally:
             for transport in transports:

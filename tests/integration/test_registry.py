@@ -180,6 +180,31 @@ def test_predict_scores_with_whatever_champion_points_to(two_models, tmp_path):
     assert manifest["version"] == "2" and len(manifest["sha256"]) == 64
 
 
+def test_a_shadow_run_stores_both_models_predictions_and_reports_their_agreement(two_models, tmp_path):
+    project = new_project(tmp_path / "home", base=two_models)
+    project.luigi("StreamData")  # promotes version 1 on the way
+    client(project).set_registered_model_alias(NAME, "challenger", "2")
+    project.luigi("PredictTask", "--shadow-model-uri", f"models:/{NAME}@challenger", "--run-at", "shadow")
+
+    primary = {r["message_id"]: r for r in rows(project)}
+    with sqlite3.connect(project.data / "predictions.sqlite") as conn:
+        conn.row_factory = sqlite3.Row
+        shadow = {r["message_id"]: r for r in conn.execute("SELECT * FROM shadow_prediction")}
+    assert len(primary) == 200 and set(shadow) == set(primary)
+    assert {r["model_version"] for r in primary.values()} == {f"{NAME}/1"}
+    assert {r["model_version"] for r in shadow.values()} == {f"{NAME}/2"}
+    agreed = sum(primary[key]["predicted_name"] == shadow[key]["predicted_name"] for key in primary)
+    correct = sum(r["predicted_class"] == r["true_label"] for r in shadow.values())
+    report = json.loads(next((project.data / "reports").glob("predict-local-shadow-*.json")).read_text())
+    assert report["shadow"] == {"model_version": f"{NAME}/2", "scored": 200, "agreement": agreed / 200,
+                                "accuracy": correct / 200}
+    assert report["accuracy"] > report["shadow"]["accuracy"]  # 10 epochs against 1
+    # The metrics file says the same, for alerting on a challenger that disagrees.
+    metrics = (project.data / "metrics" / "vectorai_predict_local.prom").read_text()
+    assert f'vectorai_predict_last_run_shadow_agreement{{predict_job="local",source="local",' \
+           f'model_version="{NAME}/1"}} {agreed / 200!r}' in metrics
+
+
 def one_line_failure(project: Project, *args: str) -> str:
     proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", *args, check=False)
     assert proc.returncode == 30, proc.stderr[-3000:]
