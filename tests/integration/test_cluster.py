@@ -240,10 +240,14 @@ def test_two_workers_on_their_own_hosts_lose_and_repeat_nothing_through_broker_a
     # --- refusals: each fails in one line naming the server and the cause, consuming nothing --
     w2.config["kafka"].pop("ssl_cafile")  # the CA for the "no CA" refusal only, put back below
     w2.write_config()
+    # A longer connect timeout for the Kafka refusals: the three runs start at once on two cores,
+    # and the broker's answer to a SCRAM handshake (4,096 PBKDF2 rounds) must arrive within it for
+    # the line to name the refusal rather than a timeout.
+    patient = ("--kafka-connect-timeout-ms", "40000")
     refusals = {
         "wrong SASL password": _luigi_on(lab["w1"], w1, logs / "refused-sasl.log", "PredictTask", "--run-at",
-                                         "refused-sasl", env={"KAFKA_SASL_PASSWORD": "not-the-password"}),
-        "no CA": _luigi_on(lab["w2"], w2, logs / "refused-ca.log", "PredictTask", "--run-at", "refused-ca"),
+                                         "refused-sasl", *patient, env={"KAFKA_SASL_PASSWORD": "not-the-password"}),
+        "no CA": _luigi_on(lab["w2"], w2, logs / "refused-ca.log", "PredictTask", "--run-at", "refused-ca", *patient),
         "no database password": _luigi_on(lab["w1"], w1, logs / "refused-db.log", "PredictTask", "--run-at",
                                           "refused-db", env={"DATABASE_URL": cluster.database_url(None)}),
     }
