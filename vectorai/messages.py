@@ -262,21 +262,30 @@ def _check_attributes(attrs: Mapping[str, object]) -> None:
     for name, value in attrs.items():
         if type(value) is not str:  # a local queue's JSON null or number: never str()'d into "None"
             raise _Invalid(f"attribute {str(name)[:64]!r} is {_json_type(value)}, not a string")
-    key = attrs.get("id")
+    problem = id_problem(attrs.get("id"))
+    if problem is not None:
+        raise _Invalid(problem)
+
+
+def id_problem(key: object) -> str | None:
+    """Why ``key`` cannot be stored as a row's id as it is, or None when it can. The one rule for
+    prediction rows and dead letters alike."""
     if not key:
-        raise _Invalid("missing 'id' attribute")
+        return "missing 'id' attribute"
+    if not isinstance(key, str):
+        return f"'id' is {_json_type(key)}, not a string"
     if len(key) > MAX_ID:
-        raise _Invalid(f"'id' of {len(key)} characters is longer than {MAX_ID}; it is never truncated, "
-                       f"which could merge it with another message's id")
+        return (f"'id' of {len(key)} characters is longer than {MAX_ID}; it is never truncated, "
+                f"which could merge it with another message's id")
     if "\x00" in key:
-        raise _Invalid("'id' contains a NUL character, which no database text column can store")
+        return "'id' contains a NUL character, which no database text column can store"
     if not key.isascii():
         try:
             key.encode("utf-8")
         except UnicodeEncodeError:
             # A lone surrogate: a Kafka key that was not UTF-8, or broken text from a producer.
-            raise _Invalid(f"'id' {key.encode('utf-8', 'backslashreplace').decode()[:80]!r} is not "
-                           f"valid UTF-8 text") from None
+            return f"'id' {key.encode('utf-8', 'backslashreplace').decode()[:80]!r} is not valid UTF-8 text"
+    return None
 
 
 def _json_type(value: object) -> str:

@@ -30,7 +30,7 @@ import peewee as pw
 from vectorai import db as results_db
 from vectorai.errors import BatchError, ModelError, VectoraiError
 from vectorai.inference import OnnxClassifier
-from vectorai.messages import MAX_ID, DecodeLimits, Failures, decode_messages, stored_content_type
+from vectorai.messages import DecodeLimits, Failures, decode_messages, id_problem, stored_content_type
 from vectorai.preprocess import preprocess_images
 from vectorai.transports.base import ReceivedMessage, Transport
 
@@ -151,7 +151,7 @@ def _dead_letter(message: ReceivedMessage, reason: str, now: dt.datetime) -> dic
     return {
         "source": message.source,
         # Kept only when it can be stored as it is; the raw id is in ``attributes`` either way.
-        "message_id": key if _storable_id(key) else None,
+        "message_id": key if id_problem(key) is None else None,
         "position": message.position[:255],
         # What the message was, not only where: a position can come again with other content
         # (a recreated Kafka topic, a new local queue file), and that poison must be stored too,
@@ -163,16 +163,6 @@ def _dead_letter(message: ReceivedMessage, reason: str, now: dt.datetime) -> dic
         "payload_size": len(payload),
         "received_at": now,
     }
-
-
-def _storable_id(key: object) -> bool:
-    if not isinstance(key, str) or not key or len(key) > MAX_ID or "\x00" in key:
-        return False
-    try:
-        key.encode("utf-8")
-    except UnicodeEncodeError:  # a lone surrogate
-        return False
-    return True
 
 
 def _capped_json(attributes: object, full: str) -> str:
@@ -293,7 +283,7 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 produced[stamp] = _naive_utc(stamp)
             rows.append({
                 "source": message.source,
-                "message_id": message.attributes["id"],  # at most MAX_ID: longer ones are dead letters
+                "message_id": message.attributes["id"],  # checked by messages.id_problem: never cut
                 "position": message.position[:255],
                 "image": message.payload,
                 "content_type": stored_content_type(message.attributes),
