@@ -248,6 +248,8 @@ def _decode_parts(message: ReceivedMessage, num_classes: int | None, limits: Dec
                   spec: PreprocessSpec | None,
                   ) -> tuple[Scanlines | _RawPixels | np.ndarray, int | None, dt.datetime | None]:
     """Everything one message needs before the model: run inside the isolation boundary."""
+    if message.problem is not None:
+        raise _Invalid(message.problem)
     attrs = message.attributes
     _check_attributes(attrs)
     label = _parse_label(attrs.get("label"), num_classes)

@@ -32,6 +32,9 @@ class ReceivedMessage:
     attributes: Mapping[str, str]
     position: str
     handle: object = field(default=None, compare=False, repr=False)
+    #: Why the transport could not read this message as sent (a Kafka record its client cannot
+    #: parse), or None. The decoder makes a message with a problem a dead letter.
+    problem: str | None = None
 
     @property
     def key(self) -> str | None:

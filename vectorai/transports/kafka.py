@@ -19,6 +19,7 @@ from typing import Any, Iterable, Sequence
 
 from vectorai.errors import TransportError
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
+from vectorai.transports.kafka_records import lenient_partition_records
 
 log = logging.getLogger(__name__)
 
@@ -427,6 +428,7 @@ class KafkaTransport(Transport):
                 max_partition_fetch_bytes=16 * 1024 * 1024,
                 fetch_max_bytes=64 * 1024 * 1024,
             )
+            _read_past_unparseable_records(self._consumer)
             self._consumer.subscribe([self.topic], listener=_rebalance_listener(self, self._consumer))
             self._refresh_metadata()
         return self._consumer
@@ -465,8 +467,10 @@ class KafkaTransport(Transport):
         if "id" not in attributes and record.key is not None:
             attributes["id"] = str(record.key, "utf-8", "surrogateescape")
         offset = record.offset
+        # A record kafka-python could not parse (kafka_records) carries why: the decoder makes
+        # it a dead letter, and it is acknowledged with its batch like any other.
         return ReceivedMessage(SOURCE, record.value or b"", attributes, claim.position_prefix + str(offset),
-                               (claim, offset))
+                               (claim, offset), getattr(record, "problem", None))
 
     # --- shared ----------------------------------------------------------------------------
 
@@ -550,6 +554,19 @@ class KafkaTransport(Transport):
                 _force_close(producer)
         if consumer is not None:
             consumer.close(autocommit=False, timeout_ms=self.connect_timeout_ms)
+
+
+def _read_past_unparseable_records(consumer) -> None:
+    """Make ``consumer``'s fetcher read on past a record kafka-python cannot parse, which would
+    otherwise stop it on that record for good (see ``kafka_records``). The fetcher makes its
+    record parsers through ``self.PartitionRecords``, so an attribute of this one fetcher
+    replaces the class for this consumer alone. This reads private state, hence the getattr."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    base = getattr(type(fetcher), "PartitionRecords", None)
+    if base is None:
+        log.warning("kafka-python's fetcher has changed: a record it cannot parse will stop the stream")
+        return
+    fetcher.PartitionRecords = lenient_partition_records(base)
 
 
 def _rebalance_listener(transport: KafkaTransport, consumer):

@@ -1,0 +1,102 @@
+"""A Kafka record that kafka-python itself cannot parse (a header name that is not UTF-8, as kcat,
+librdkafka, Go or Java producers may send) is a dead letter naming its topic, partition and
+offset, and the stream goes on past it: PredictTask exits 0, the good messages around it are
+stored, and a rerun stores nothing new. Produced with kcat into the real test broker."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import subprocess
+import uuid
+
+import numpy as np
+import pytest
+
+from tests.conftest import new_project
+from tests.unit.helpers import tiny_onnx_model
+from vectorai.messages import encode_image
+
+pytestmark = [pytest.mark.kafka]
+
+
+@pytest.fixture(scope="session")
+def kcat() -> str:
+    """The kcat command (Debian's ``kcat`` package, installed with apt when missing)."""
+    path = shutil.which("kcat")
+    if path is None and shutil.which("apt-get") and os.geteuid() == 0:
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "kcat"], capture_output=True, timeout=300,
+                       env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"})
+        path = shutil.which("kcat")
+    if path is None:
+        reason = "kcat is not installed and cannot be installed with apt here"
+        if os.environ.get("CI") == "true":
+            pytest.fail(reason, pytrace=False)
+        pytest.skip(reason)
+    return path
+
+
+def test_a_header_name_kafka_python_cannot_parse_is_a_dead_letter_and_the_stream_goes_on(
+        kafka_bootstrap, kcat, tmp_path):
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"unparseable-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1)])  # the test broker creates no topic by itself
+    admin.close()
+    rng = np.random.default_rng(3)
+    good = [encode_image(rng.integers(0, 256, (8, 8), dtype=np.uint8), f"good-{i}") for i in range(2)]
+
+    def send_good(message) -> None:
+        producer = KafkaProducer(bootstrap_servers=kafka_bootstrap)
+        headers = [(name, value.encode()) for name, value in message.attributes.items() if name != "id"]
+        producer.send(topic, key=message.attributes["id"].encode(), value=message.payload, headers=headers)
+        producer.flush(30)
+        producer.close()
+
+    image = tmp_path / "d.png"
+    image.write_bytes(good[0].payload)
+    send_good(good[0])
+    # The issue's reproduction: kcat -P -t T -k bad -H $'\xff\xfe=v' -H content-type=image/png d.png
+    subprocess.run([kcat.encode(), b"-P", b"-b", kafka_bootstrap.encode(), b"-t", topic.encode(), b"-k", b"bad",
+                    b"-H", b"\xff\xfe=v", b"-H", b"content-type=image/png", str(image).encode()],
+                   check=True, timeout=60, capture_output=True)
+    send_good(good[1])
+
+    model = tmp_path / "tiny.onnx"
+    tiny_onnx_model(model)
+    project = new_project(tmp_path / "home")
+    project.set("stream", transport="kafka", topic=topic, group=f"g-{topic}")
+    project.set("kafka", bootstrap_servers=kafka_bootstrap, create_topic="false")
+
+    def predict(run: str) -> dict:
+        proc = project.luigi("PredictTask", "--require-stream", "false", "--model-path", str(model),
+                             "--image-size", "8", "--run-at", run, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        [report] = (project.data / "reports").glob(f"*-{run}-*.json")
+        return json.loads(report.read_text())
+
+    first = predict("first")
+    with sqlite3.connect(project.data / "predictions.sqlite") as db:
+        stored = sorted(row[0] for row in db.execute("SELECT message_id FROM prediction"))
+        dead = db.execute("SELECT position, reason, attributes, payload FROM dead_letter").fetchall()
+    assert stored == ["good-0", "good-1"]
+    assert len(dead) == 1
+    position, reason, attributes, payload = dead[0]
+    assert position == f"{topic}/0@1"
+    assert reason == (f"the Kafka client cannot parse record {topic}/0@1: header name b'\\xff\\xfe' is not "
+                      f"UTF-8 text"), reason
+    # What could be reached of it is kept: the key as id, the other header, the PNG.
+    assert json.loads(attributes) == {"\udcff\udcfe": "v", "content-type": "image/png", "id": "bad"}
+    assert payload == good[0].payload
+    assert (first["consumed"], first["predicted"], first["dead_letters"]) == (3, 2, 1)
+
+    second = predict("second")
+    assert second["consumed"] == 0, second
+    with sqlite3.connect(project.data / "predictions.sqlite") as db:
+        assert db.execute("SELECT COUNT(*) FROM prediction").fetchone()[0] == 2
+        assert db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0] == 1

@@ -1,0 +1,129 @@
+"""Record batches kafka-python cannot parse, made byte by byte: every record around the bad one is
+read, the bad one is a record with a problem naming topic, partition and offset, and the
+consumer's next fetch offset moves past it (kafka-python's own parser stops at it for good)."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from vectorai.transports.kafka_records import RecoveredRecord, lenient_partition_records, read_records
+
+TOPIC = "t"
+
+
+def batch(records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]], base_offset: int = 0,
+          compression: int = 0) -> bytearray:
+    from kafka.record.default_records import DefaultRecordBatchBuilder
+
+    builder = DefaultRecordBatchBuilder(magic=2, compression_type=compression, is_transactional=False,
+                                        producer_id=-1, producer_epoch=-1, base_sequence=-1,
+                                        batch_size=1 << 20)
+    for i, (key, value, headers) in enumerate(records):
+        builder.append(i, timestamp=1_700_000_000_000 + i, key=key, value=value, headers=headers)
+    data = bytearray(builder.build())
+    struct.pack_into(">q", data, 0, base_offset)
+    return data
+
+
+def fix_crc(data: bytearray) -> bytearray:
+    from kafka.record.util import calc_crc32c
+
+    struct.pack_into(">I", data, 17, calc_crc32c(memoryview(data)[21:]))
+    return data
+
+
+def replace(data: bytearray, old: bytes, new: bytes) -> bytearray:
+    assert len(old) == len(new) and data.count(old) == 1
+    at = data.index(old)
+    data[at:at + len(old)] = new
+    return data
+
+
+def three(middle_header: str = "content-type") -> bytearray:
+    return batch([(b"k0", b"v0", [("content-type", b"image/png")]),
+                  (b"k1", b"v1", [(middle_header, b"v")]),
+                  (b"k2", b"v2", [("content-type", b"image/png")])])
+
+
+def kafka_python_reads(data: bytes) -> list:
+    from kafka.consumer.fetcher import Fetcher
+    from kafka.record.memory_records import MemoryRecords
+    from kafka.structs import TopicPartition
+
+    parsed = Fetcher.PartitionRecords(0, TopicPartition(TOPIC, 0), MemoryRecords(bytes(data)))
+    return parsed.take() + parsed.take()
+
+
+def lenient_reads(data: bytes, fetch_offset: int = 0):
+    from kafka.consumer.fetcher import Fetcher
+    from kafka.record.memory_records import MemoryRecords
+    from kafka.structs import TopicPartition
+
+    parsed = lenient_partition_records(Fetcher.PartitionRecords)(fetch_offset, TopicPartition(TOPIC, 0),
+                                                                 MemoryRecords(bytes(data)))
+    records = parsed.take()
+    assert not parsed  # drained: the fetcher moves on to the next fetch
+    return records, parsed.next_fetch_offset
+
+
+def test_a_header_name_that_is_not_utf8_is_one_problem_and_the_records_after_it_are_read():
+    data = fix_crc(replace(three("XX"), b"XX", b"\xff\xfe"))
+    with pytest.raises(Exception, match="UnicodeDecodeError"):
+        kafka_python_reads(data)  # what stopped the stream: the same error on every poll
+    records, next_offset = lenient_reads(data)
+    assert [(r.offset, r.key, r.value) for r in records] == [(0, b"k0", b"v0"), (1, b"k1", b"v1"), (2, b"k2", b"v2")]
+    assert [getattr(r, "problem", None) for r in records] == [
+        None, "the Kafka client cannot parse record t/0@1: header name b'\\xff\\xfe' is not UTF-8 text", None]
+    assert records[1].headers == [("\udcff\udcfe", b"v")]
+    assert next_offset == 3
+
+
+def test_a_record_whose_lengths_do_not_add_up_is_one_problem_with_its_raw_bytes():
+    # The middle record's key claims 63 bytes: it runs past its record, as no parser can follow.
+    data = fix_crc(replace(three(), b"\x04k1", b"\x7ek1"))
+    with pytest.raises(Exception):
+        kafka_python_reads(data)
+    records, next_offset = lenient_reads(data)
+    assert [r.offset for r in records] == [0, 1, 2]
+    assert records[0].value == b"v0" and records[2].value == b"v2"
+    assert records[1].problem.startswith("the Kafka client cannot parse record t/0@1: a field of 63 bytes")
+    assert b"k1" in records[1].value and b"v1" in records[1].value  # the record's raw bytes
+    assert next_offset == 3
+
+
+def test_a_batch_that_fails_its_crc_check_is_read_but_every_record_of_it_is_a_problem():
+    data = three()
+    data[-1] ^= 0xFF  # one byte of the last record's header value, CRC left as it was
+    with pytest.raises(Exception, match="crc"):
+        kafka_python_reads(data)
+    records, next_offset = lenient_reads(data)
+    assert [r.offset for r in records] == [0, 1, 2] and next_offset == 3
+    assert all("failed the CRC check" in r.problem and f"t/0@{r.offset}" in r.problem for r in records)
+
+
+def test_a_batch_that_cannot_be_decompressed_is_one_problem_at_its_last_offset_and_the_next_batch_is_read():
+    broken = batch([(b"k0", b"v0" * 50, []), (b"k1", b"v1" * 50, [])], compression=1)  # gzip
+    broken[-8:] = b"\x00" * 8  # the gzip trailer (CRC and size) no longer fits
+    fix_crc(broken)
+    after = batch([(b"k2", b"v2", [])], base_offset=2)
+    records, next_offset = lenient_reads(broken + after)
+    assert [r.offset for r in records] == [1, 2] and next_offset == 3
+    assert records[0].problem.startswith("the Kafka client cannot parse record t/0@1: record batch of offsets 0..1 "
+                                         "cannot be read")
+    assert records[0].value == bytes(broken)  # its raw bytes, as far as they could be reached
+    assert records[1].value == b"v2" and getattr(records[1], "problem", None) is None
+
+
+def test_records_before_the_fetch_offset_are_not_handed_out_again():
+    data = fix_crc(replace(three("XX"), b"XX", b"\xff\xfe"))
+    records, next_offset = lenient_reads(data, fetch_offset=2)
+    assert [(r.offset, r.value) for r in records] == [(2, b"v2")] and next_offset == 3
+
+
+def test_a_fetch_that_ends_inside_a_batch_reads_only_the_whole_batches():
+    first, second = three(), batch([(b"k3", b"v3", [])], base_offset=3)
+    records, next_offset = read_records(bytes(first + second[:-5]), TOPIC, 0)
+    assert [r.offset for r in records] == [0, 1, 2] and next_offset == 3
+    assert all(isinstance(r, RecoveredRecord) and r.problem is None for r in records)
