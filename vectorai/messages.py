@@ -308,6 +308,8 @@ def _at_model_size(pixels: Scanlines | _RawPixels | np.ndarray, spec: Preprocess
 def _pixels(message: ReceivedMessage, limits: DecodeLimits) -> Scanlines | _RawPixels | np.ndarray:
     attrs = message.attributes
     payload = message.payload
+    if type(payload) is not bytes:  # a transport's bug, or a queue row's TEXT: never joined as bytes
+        raise _Invalid(f"payload is {type(payload).__name__}, not bytes")
     if not payload:
         raise _Invalid("empty payload")
     if len(payload) > limits.max_bytes:

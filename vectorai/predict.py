@@ -16,13 +16,14 @@ import gc
 import hashlib
 import json
 import logging
+import math
 import threading
 import time
 from collections import Counter, deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
-from typing import Callable, Iterator, Sequence
+from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import peewee as pw
@@ -144,9 +145,39 @@ DEAD_LETTER_ATTRIBUTES_CAP = 4096
 _ATTRIBUTE_VALUE_CAP = 512
 
 
+def canonical_json(value: object) -> str:
+    """``value`` as canonical JSON: keys sorted (so a Pub/Sub attribute map, whose order differs
+    between processes, gives one text and one fingerprint), ASCII (lone surrogates escaped), and
+    always valid: NaN and infinities become the strings "nan", "inf", anything else not JSON
+    its repr."""
+    return json.dumps(_jsonable(value), sort_keys=True, allow_nan=False)
+
+
+def _jsonable(value: object) -> object:
+    if value is None or isinstance(value, (str, bool, int)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, Mapping):
+        return {str(name): _jsonable(item) for name, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(item) for item in value]
+    return repr(value)
+
+
+def _payload_bytes(payload: object) -> bytes:
+    """The payload as bytes for a dead letter, whatever a transport handed over (the local
+    queue's payload column may hold TEXT, a number or NULL in a hand-made queue)."""
+    if isinstance(payload, (bytes, bytearray, memoryview)):
+        return bytes(payload)
+    if payload is None:
+        return b""
+    return str(payload).encode("utf-8", "surrogatepass")
+
+
 def _dead_letter(message: ReceivedMessage, reason: str, now: dt.datetime) -> dict[str, object]:
-    attributes = json.dumps(dict(message.attributes), default=repr)  # ASCII: lone surrogates escaped
-    payload = message.payload if isinstance(message.payload, bytes) else bytes(message.payload or b"")
+    attributes = canonical_json(message.attributes)
+    payload = _payload_bytes(message.payload)
     key = message.attributes.get("id")
     return {
         "source": message.source,
@@ -171,19 +202,19 @@ def _capped_json(attributes: object, full: str) -> str:
     names dropped, with ``"...": "N attributes, M characters"`` saying what was cut."""
     if len(full) <= DEAD_LETTER_ATTRIBUTES_CAP:
         return full
-    items = attributes.items() if isinstance(attributes, dict) else dict(attributes).items()
+    items = list(_jsonable(dict(attributes)).items())  # as they came: the fingerprint is of all of them
     kept: dict[str, object] = {}
     note = json.dumps({"...": f"{len(items)} attributes, {len(full)} characters in all"})
     budget = DEAD_LETTER_ATTRIBUTES_CAP - len(note)
     for name, value in items:
         entry = {str(name)[:64]: value[:_ATTRIBUTE_VALUE_CAP] if isinstance(value, str) else value}
-        size = len(json.dumps(entry, default=repr))
+        size = len(json.dumps(entry))
         if size > budget:
             break
         kept.update(entry)
         budget -= size
     kept["..."] = f"{len(items)} attributes, {len(full)} characters in all"
-    return json.dumps(kept, default=repr)
+    return json.dumps(kept)
 
 
 @dataclass

@@ -103,17 +103,27 @@ class LocalTransport(Transport):
                 return []
             time.sleep(_POLL_INTERVAL_S)
 
-    def _received(self, offset: int, attributes: str, payload: bytes) -> ReceivedMessage:
+    def _received(self, offset: int, attributes: object, payload: object) -> ReceivedMessage:
+        """The row as a message. SQLite keeps any type in any column, so a queue written by
+        another producer may hold TEXT, a number or NULL where a BLOB or a JSON object belongs:
+        such a row becomes a message with a problem, which the decoder dead-letters, with what
+        it holds kept as bytes."""
+        problems = []
         try:
-            attrs = json.loads(attributes)
+            attrs = json.loads(attributes)  # raises TypeError for NULL or a number
             if not isinstance(attrs, dict):
                 raise ValueError("not an object")
-        except ValueError:
-            attrs = {}  # decoded later as a poison message (no id), never dropped silently
+        except (ValueError, TypeError):
+            attrs = {}
+            problems.append(f"attributes {_shown(attributes)} are not a JSON object")
         # Values stay as the producer wrote them: the decoder refuses one that is not a string,
         # where str() would have turned an id of null into "None" and 1 into "1" (another id).
+        if not isinstance(payload, bytes):
+            problems.append(f"payload is {_SQLITE_TYPES.get(type(payload), type(payload).__name__)}, not a BLOB")
+            payload = b"" if payload is None else str(payload).encode("utf-8", "surrogatepass")
         return ReceivedMessage(source=self.name, payload=payload, attributes=attrs,
-                               position=f"{self.topic}@{offset}", handle=offset)
+                               position=f"{self.topic}@{offset}", handle=offset,
+                               problem="; ".join(problems) or None)
 
     def acknowledge(self, messages: Sequence[ReceivedMessage]) -> None:
         if not messages:
@@ -150,6 +160,17 @@ class LocalTransport(Transport):
 
     def close(self) -> None:
         self._db.close()
+
+
+_SQLITE_TYPES = {str: "TEXT", int: "an INTEGER", float: "a REAL", type(None): "NULL"}
+
+
+def _shown(value: object) -> str:
+    """A column's value, short, for a reason."""
+    if value is None:
+        return "NULL"
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _key_column(key: object) -> str | None:
