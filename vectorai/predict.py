@@ -62,6 +62,8 @@ class SourceCounts:
     shadow_scored: int = 0
     shadow_agreed: int = 0
     shadow_correct: int = 0
+    #: Batches the shadow model failed on (best effort: their primary rows are stored anyway).
+    shadow_errors: int = 0
 
     def to_dict(self) -> dict[str, object]:
         """The counts, then the ratios there is something to divide by."""
@@ -74,6 +76,8 @@ class SourceCounts:
             out["shadow_agreement"] = self.shadow_agreed / self.shadow_scored
             if self.labelled:
                 out["shadow_accuracy"] = self.shadow_correct / self.labelled
+        if self.shadow_errors:
+            out["shadow_errors"] = self.shadow_errors
         return out
 
 
@@ -102,6 +106,8 @@ class RunReport:
     shadow_scored: int = 0
     shadow_agreed: int = 0
     shadow_correct: int = 0
+    #: Batches the shadow model failed on; their primary rows were stored and acknowledged.
+    shadow_errors: int = 0
 
     def source(self, name: str) -> SourceCounts:
         """The counts of source ``name``, created at zero."""
@@ -131,6 +137,7 @@ class RunReport:
                 "scored": self.shadow_scored,
                 "agreement": (self.shadow_agreed / self.shadow_scored) if self.shadow_scored else None,
                 "accuracy": (self.shadow_correct / self.labelled) if self.labelled else None,
+                "errors": self.shadow_errors,
             }} if self.shadow_model_version else {}),
         }
 
@@ -354,6 +361,23 @@ def _record_shadow(report: RunReport, batch: ClassifiedBatch) -> None:
         counts.shadow_correct += correct
 
 
+def _score_shadow(report: RunReport, batch: ClassifiedBatch, pixels: np.ndarray, shadow: OnnxClassifier) -> None:
+    """Shadow scoring is best effort: a shadow model that fails (a broken challenger, a runtime
+    error) is logged and counted, and the batch goes on with the primary's rows alone; it must
+    never cost the rows of the model that is in production."""
+    try:
+        rows = shadow_rows(batch, shadow.predict_proba(pixels), shadow)
+    except Exception as err:  # noqa: BLE001 - whatever the shadow does, the primary's batch is stored
+        for counts in (report, report.source(batch.source.name)):
+            counts.shadow_errors += 1
+        log.warning("shadow model %s failed on a %s; the batch is stored without its rows: %s: %s",
+                    shadow.info.version, _describe_batch(batch.source, batch.messages), type(err).__name__,
+                    " ".join(str(err).split())[:500])
+        return
+    batch.shadow_rows = rows
+    _record_shadow(report, batch)
+
+
 def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
     report.batches += 1
     report.predicted += new
@@ -570,8 +594,7 @@ def run_predictions(
         with _batch_context(decoded.source, decoded.messages):
             batch = label_batch(decoded, job.result(spare=following), classifier)
             if shadow is not None and batch.rows:
-                batch.shadow_rows = shadow_rows(batch, shadow.predict_proba(decoded.pixels), shadow)
-                _record_shadow(report, batch)
+                _score_shadow(report, batch, decoded.pixels, shadow)
             _record(report, batch, results_db.write_results(database, batch.rows, batch.dead,
                                                             batch.shadow_rows))
             batch.source.acknowledge(batch.messages)

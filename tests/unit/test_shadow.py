@@ -50,7 +50,7 @@ def test_a_shadow_model_scores_every_batch_and_the_report_gives_agreement_and_bo
     assert summary["accuracy"] == 40 / 50
     assert summary["shadow"] == {"model_version": "tiny-v2", "scored": 50,
                                  "agreement": float((mine == theirs).mean()),
-                                 "accuracy": float((theirs == labels).mean())}
+                                 "accuracy": float((theirs == labels).mean()), "errors": 0}
     assert summary["by_source"]["local"]["shadow_agreement"] == summary["shadow"]["agreement"]
     # The job's Prometheus file says the same, as node_exporter would read it.
     from prometheus_client.parser import text_string_to_metric_families
@@ -94,3 +94,47 @@ def test_a_shadow_model_of_another_input_size_is_refused_before_anything_is_cons
             run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
                             timeout_ms=50, shadow=OnnxClassifier(tmp_path / "wide.onnx"))
         assert source.lag() == 4
+
+
+def _failing_model(path, source) -> None:
+    """``source`` with a Reshape to a batch of 7 in front: onnxruntime fails at run time on any
+    batch whose size is not a multiple of 7, as a broken challenger might."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    model = onnx.load(source)
+    graph = model.graph
+    graph.initializer.append(numpy_helper.from_array(np.array([7, 8, 8, 1], np.int64), "batch_of_7"))
+    first = graph.node[0]
+    graph.node.insert(0, helper.make_node("Reshape", [first.input[0], "batch_of_7"], ["image_of_7"]))
+    first.input[0] = "image_of_7"
+    onnx.save(model, path)
+
+
+def test_a_failing_shadow_model_is_logged_and_counted_and_the_primary_rows_are_stored_and_acknowledged(
+        tmp_path, caplog):
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    _failing_model(tmp_path / "shadow.onnx", tmp_path / "primary.onnx")
+    shadow = OnnxClassifier(tmp_path / "shadow.onnx")
+    shadow.info = dataclasses.replace(shadow.info, version="broken-v9")
+    _stream(tmp_path, np.random.default_rng(4).integers(0, 256, (20, 8, 8), dtype=np.uint8), [0] * 20)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=shadow)
+        assert source.lag() == 0  # every batch acknowledged
+    assert results_db.Prediction.select().count() == 20 and results_db.DeadLetter.select().count() == 1
+    assert results_db.ShadowPrediction.select().count() == 0
+    summary = report.to_dict()
+    assert summary["predicted"] == 20 and summary["shadow"]["errors"] == 2  # batches of 16 and 5 (4 + junk)
+    assert summary["shadow"]["scored"] == 0 and summary["by_source"]["local"]["shadow_errors"] == 2
+    warnings = [r.getMessage() for r in caplog.records if "shadow model broken-v9 failed" in r.getMessage()]
+    assert len(warnings) == 2 and "batch of 16 from local (t@1 .. t@16)" in warnings[0]
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vectorai.metrics import record_success
+
+    text = record_success(tmp_path / "metrics", "local", report).read_text()
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples["vectorai_predict_last_run_shadow_errors"] == 2
+    assert samples["vectorai_predict_last_run_messages_predicted"] == 20
