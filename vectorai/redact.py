@@ -105,3 +105,21 @@ def _mask_query(text: str) -> str:
         return f"{key}={MASK}" if _SECRET_KEY.search(unquote(key)) else match.group(0)
 
     return _QUERY_PARAM.sub(hide, text)
+
+
+class SecretText(str):
+    """A secret (a password) that prints as ``***`` in every printed form, ``repr``, ``str`` and
+    format, so a client library that logs its configuration (kafka-python's admin client does,
+    at DEBUG) logs the mask. Its characters are untouched: ``encode`` and ``join``, which
+    is how clients build what they send, use the real value."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return repr(MASK)
+
+    def __str__(self) -> str:
+        return MASK
+
+    def __format__(self, spec: str) -> str:
+        return format(MASK, spec)

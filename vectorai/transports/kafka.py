@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Sequence
 
 from vectorai.errors import TransportError
+from vectorai.redact import SecretText
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
 from vectorai.transports.kafka_records import lenient_partition_records
 
@@ -87,9 +88,11 @@ class KafkaTransport(Transport):
             "reconnect_backoff_max_ms": 2000,
         }
         if sasl_mechanism:
+            # kafka-python's admin client logs its whole configuration at DEBUG: the password
+            # goes in as text that prints as *** (and is sent as itself).
             self._client_config.update(sasl_mechanism=sasl_mechanism,
                                        sasl_plain_username=sasl_username,
-                                       sasl_plain_password=sasl_password)
+                                       sasl_plain_password=SecretText(sasl_password) if sasl_password else None)
         if ssl_cafile:
             self._client_config["ssl_cafile"] = ssl_cafile
         self._producer = None
