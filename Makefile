@@ -26,10 +26,10 @@ test: setup
 unit: setup
 	$(PY) -m pytest tests/unit
 
-# The decoder's fuzz test with new random batches, far past the fixed budget `make test` runs
+# The decoder's and the wire's fuzz tests with new random batches, far past the fixed budget `make test` runs
 # (FUZZ_EXAMPLES=200000 for a night). A failure prints the smallest batch that breaks it.
 fuzz: setup
-	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-30000} $(PY) -m pytest tests/unit/test_fuzz_decode.py
+	FUZZ_RANDOM=1 FUZZ_EXAMPLES=$${FUZZ_EXAMPLES:-30000} $(PY) -m pytest tests/unit/test_fuzz_decode.py tests/unit/test_fuzz_wire.py
 
 services-up: setup
 	$(PY) -m services up

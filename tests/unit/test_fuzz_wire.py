@@ -14,7 +14,8 @@
 
 ``make test`` runs a fixed budget (FUZZ_EXAMPLES / 10 fetches and / 40 queues, drawn the same way
 every time, about 25 s);
-``make fuzz`` runs test_fuzz_decode.py only: FUZZ_RANDOM=1 FUZZ_EXAMPLES=N here for a long run.
+``make fuzz`` draws new ones (FUZZ_RANDOM=1), many more. A failure prints the smallest input that
+breaks the property: keep it as a test (as the TEXT payload and NaN rows below) before fixing it.
 """
 
 from __future__ import annotations
