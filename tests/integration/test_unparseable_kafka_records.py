@@ -100,3 +100,89 @@ def test_a_header_name_kafka_python_cannot_parse_is_a_dead_letter_and_the_stream
     with sqlite3.connect(project.data / "predictions.sqlite") as db:
         assert db.execute("SELECT COUNT(*) FROM prediction").fetchone()[0] == 2
         assert db.execute("SELECT COUNT(*) FROM dead_letter").fetchone()[0] == 1
+
+
+def test_records_mutated_at_the_wire_are_each_predicted_or_dead_lettered_and_a_redelivery_stores_nothing_new(
+        kafka_bootstrap, kcat, tmp_path):
+    """Keys, header names, header values and header counts drawn at random (a fixed seed), sent
+    with kcat one record per batch: every record is a row or a dead letter, the run exits 0, and
+    a second run in another consumer group (every record again) stores nothing new."""
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    topic = f"wire-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=kafka_bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    admin.close()
+    rng = np.random.default_rng(21)
+
+    def some_bytes(low: int, high: int, without: bytes = b"\x00") -> bytes:
+        # argv cannot hold NUL, and kcat splits a header at its first '='.
+        data = bytes(rng.integers(0, 256, int(rng.integers(low, high + 1)), dtype=np.uint8))
+        for byte in without:
+            data = data.replace(bytes([byte]), b"")
+        return data or b"x"
+
+    bad_names: set[int] = set()
+    good_ids: set[str] = set()
+    for offset in range(40):
+        message = encode_image(rng.integers(0, 256, (8, 8), dtype=np.uint8), f"wire-{offset}", label=1)
+        key = message.attributes["id"].encode()
+        headers = [(b"content-type", b"image/png"), (b"label", b"1")]
+        payload = message.payload
+        kind = offset % 4
+        if kind == 1:  # any key bytes
+            key = some_bytes(1, 12)
+        elif kind == 2:  # any header names and values, any number of them
+            headers = [(some_bytes(1, 6, b"\x00="), some_bytes(0, 8)) for _ in range(int(rng.integers(0, 5)))]
+            headers += [(b"content-type", b"image/png")] if rng.integers(0, 2) else []
+        elif kind == 3:  # a name that is not UTF-8 among good headers, sometimes garbage for a payload
+            headers.insert(int(rng.integers(0, len(headers) + 1)), (b"\xc3\x28" + some_bytes(0, 4, b"\x00="), b"v"))
+            payload = payload if rng.integers(0, 2) else some_bytes(1, 64)
+        if any(not _is_utf8(name) for name, _ in headers):
+            bad_names.add(offset)
+        elif kind == 0:
+            good_ids.add(message.attributes["id"])
+        (tmp_path / "payload").write_bytes(payload)
+        argv = [kcat.encode(), b"-P", b"-b", kafka_bootstrap.encode(), b"-t", topic.encode(), b"-k", key]
+        for name, value in headers:
+            argv += [b"-H", name + b"=" + value]
+        subprocess.run(argv + [str(tmp_path / "payload").encode()], check=True, timeout=60, capture_output=True)
+
+    model = tmp_path / "tiny.onnx"
+    tiny_onnx_model(model)
+    project = new_project(tmp_path / "home")
+    project.set("kafka", bootstrap_servers=kafka_bootstrap, create_topic="false")
+
+    def predict(group: str) -> dict:
+        project.set("stream", transport="kafka", topic=topic, group=group)
+        proc = project.luigi("PredictTask", "--require-stream", "false", "--model-path", str(model),
+                             "--image-size", "8", "--run-at", group, check=False)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-6000:]
+        [report] = (project.data / "reports").glob(f"*-{group}-*.json")
+        return json.loads(report.read_text())
+
+    first = predict("first")
+    assert first["consumed"] == 40
+    assert first["predicted"] + first["already_predicted"] + first["duplicates"] + first["dead_letters"] == 40
+    with sqlite3.connect(project.data / "predictions.sqlite") as db:
+        stored = {row[0] for row in db.execute("SELECT message_id FROM prediction")}
+        dead = dict(db.execute("SELECT position, reason FROM dead_letter").fetchall())
+        counts = [db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0] for table in ("prediction", "dead_letter")]
+    assert good_ids <= stored and counts == [first["predicted"], first["dead_letters"]]
+    assert bad_names and all(dead[f"{topic}/0@{offset}"].startswith(f"the Kafka client cannot parse record "
+                                                                    f"{topic}/0@{offset}: header name b")
+                             for offset in bad_names)
+
+    again = predict("second")  # another group: every record is delivered again
+    assert again["consumed"] == 40 and again["predicted"] == 0
+    with sqlite3.connect(project.data / "predictions.sqlite") as db:
+        assert [db.execute(f"SELECT COUNT(*) FROM {table}").fetchone()[0]
+                for table in ("prediction", "dead_letter")] == counts
+
+
+def _is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
