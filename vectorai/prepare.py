@@ -79,6 +79,18 @@ def load_splits(split_dir: Path) -> Splits:
     return Splits(*(load_images(split_dir / f"{name}.npz") for name in ("train", "val", "test")))
 
 
+def trained_on_digests(split_dir: Path) -> list[str]:
+    """Content digests of the images a model of this split learns from (train and validation)."""
+    return [d for name in ("train", "val") for d in image_digests(load_images(split_dir / f"{name}.npz").images)]
+
+
+def split_tags(split_dir: Path) -> dict[str, str]:
+    """What a registered version records of its split: the rule and the test split's digest and size."""
+    summary = json.loads((split_dir / "split.json").read_text())
+    return {"split_rule": str(summary.get("split_rule", 1)), "split_test_digest": str(summary.get("test_digest", "")),
+            "split_test_images": str(summary["sizes"]["test"])}
+
+
 def load_stream_sample(path: Path, limit: int | None = None) -> LabelledImages:
     """The images to stream: a split's ``stream.npz`` or a user's ``.npz`` with ``x`` and an
     optional ``y`` (missing labels become -1: the messages then carry no label)."""

@@ -65,6 +65,19 @@ def unseen_by(digests: Sequence[str], seen: Mapping[str, Collection[str]]) -> tu
     return np.array(keep, dtype=np.int64), dropped
 
 
+def leave_out_seen(data: LabelledImages,
+                   seen: Mapping[str, Collection[str] | None]) -> tuple[LabelledImages, dict[str, object]]:
+    """``data`` less every image that a model in ``seen`` (name -> digests it trained on) trained
+    on, and a record of the set kept: its size and digest, how many images each model's set
+    held, and which models' sets are unknown (None: they may have seen some of what is kept)."""
+    digests = image_digests(data.images)
+    keep, held = unseen_by(digests, {who: trained for who, trained in seen.items() if trained is not None})
+    return data.subset(keep), {
+        "images": len(keep), "digest": set_digest(digests[i] for i in keep), "offered": len(digests),
+        "trained_on": held, "training_set_unknown": sorted(who for who, trained in seen.items() if trained is None),
+    }
+
+
 def _positions(digests: Sequence[str]) -> np.ndarray:
     """Each image's place in [0, 1): the first 64 bits of its digest, uniform over contents."""
     return np.array([int(d[:16], 16) / 2.0 ** 64 for d in digests], dtype=np.float64)
