@@ -103,7 +103,7 @@ def test_promotion_is_decided_on_images_neither_version_trained_on(two_seeds, tm
         client(project).set_registered_model_alias(NAME, "champion", versions[first])
         project.luigi("PromoteModel", *SEED_ARGS[second], *extra)
         decisions[how] = decision_of(project, versions[second])
-        champions[how] = client(project).get_model_version_by_alias(NAME, "champion").version
+        champions[how] = str(client(project).get_model_version_by_alias(NAME, "champion").version)
 
     split, file = decisions["test split"], decisions["eval file"]
     # The same decision, on the same images, as on a file of images neither version saw.
