@@ -213,3 +213,16 @@ def test_load_images_rejects_bad_files(tmp_path: Path) -> None:
              dtypes=np.array(["<f8", "<f8"]))
     with pytest.raises(DatasetError, match="need 13 pixel values"):
         load_images(inconsistent)
+
+
+def test_the_split_rule_is_part_of_every_model_name_and_only_the_current_one_is_made(tmp_path):
+    from tasks.data import SplitData
+    from tasks.model import TrainModel
+    from vectorai.split import SPLIT_RULE
+
+    # A model trained on another rule's split has another name: it is never reused for this one.
+    assert TrainModel().model_name != TrainModel(split_rule=SPLIT_RULE - 1).model_name
+    assert SplitData().output().path != SplitData(split_rule=SPLIT_RULE - 1).output().path
+    old = SPLIT_RULE - 1
+    with pytest.raises(ConfigError, match=f"SplitData.split_rule: this code makes split rule {SPLIT_RULE}, not {old}"):
+        SplitData(split_rule=old).run()
