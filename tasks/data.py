@@ -8,6 +8,7 @@ import luigi
 
 from tasks.common import VectoraiTaskMixin, params_hash, write_json
 from tasks.config import paths
+from vectorai.split import SPLIT_RULE
 
 
 class DownloadData(VectoraiTaskMixin, luigi.Task):
@@ -29,13 +30,15 @@ class DownloadData(VectoraiTaskMixin, luigi.Task):
 
 
 class SplitData(VectoraiTaskMixin, luigi.Task):
-    """Stratified, seeded train/val/test split of a dataset, plus the stream sample."""
+    """Train/val/test split of a dataset, plus the stream sample: test and stream by content
+    digest (the same for every seed), train/val seeded."""
 
     dataset = luigi.Parameter(config_path=dict(section="SplitData", name="dataset"),
         default="mnist-sample", description="Built-in (mnist-sample, digits), a folder "
                               "under data/external, or a path")
     seed = luigi.IntParameter(config_path=dict(section="SplitData", name="seed"),
-        default=42, description="Seed of the split and of training")
+        default=42, description="Seed of the train/validation draw and of training (the test "
+                              "split and the stream sample are chosen by content, whatever the seed)")
     val_fraction = luigi.FloatParameter(config_path=dict(section="SplitData", name="val_fraction"),
         default=0.15, description="Share of each class for validation")
     test_fraction = luigi.FloatParameter(config_path=dict(section="SplitData", name="test_fraction"),
@@ -43,6 +46,9 @@ class SplitData(VectoraiTaskMixin, luigi.Task):
     stream_size = luigi.IntParameter(config_path=dict(section="SplitData", name="stream_size"),
         default=200, description="Images held out of the test split as the stream "
                                      "sample, when the dataset has no stream_sample.npz")
+    split_rule = luigi.IntParameter(default=SPLIT_RULE, description="How vectorai.split chooses the split. "
+        "Only the current rule can be made; it is a parameter so that it is part of every model's name and a "
+        "model trained on an older rule's split is never reused")
     allow_legacy_pickle = luigi.BoolParameter(config_path=dict(section="SplitData", name="allow_legacy_pickle"),
         default=False, significant=False,
                                               description="Trust and load the old project's pickled .p datasets")
@@ -57,6 +63,10 @@ class SplitData(VectoraiTaskMixin, luigi.Task):
     def run(self) -> None:
         from vectorai.prepare import make_splits
 
+        if self.split_rule != SPLIT_RULE:
+            from vectorai.errors import ConfigError
+
+            raise ConfigError("SplitData.split_rule", f"this code makes split rule {SPLIT_RULE}, not {self.split_rule}")
         external = paths().data / "external"
         with self.output().temporary_path() as tmp:
             make_splits(

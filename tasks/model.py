@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -18,6 +19,8 @@ from vectorai.training import RECIPE
 
 if TYPE_CHECKING:
     from vectorai.registry import ModelVersionRef
+
+log = logging.getLogger("luigi-interface")
 
 
 @requires(SplitData)
@@ -146,16 +149,21 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
     def register(self, onnx_path: Path, parity: dict[str, float]) -> ModelVersionRef:
         """Log ``onnx_path`` to the training run as an MLflow model and register it as a new
         version of ``registered_name``, tagged with the test accuracy, the parity figures, the
-        parameter hash and the dataset. (PromoteModel calls it too, for an export made before
-        exports were registered, or under another name.)"""
-        from vectorai.prepare import load_splits
+        parameter hash, the dataset and its split (the test split's digest, what it trained on).
+        (PromoteModel calls it too, for an export made before exports were registered, or under
+        another name.)"""
+        from vectorai.prepare import load_splits, split_tags, trained_on_digests
         from vectorai.preprocess import PreprocessSpec, preprocess_images
-        from vectorai.registry import check_model_name, register_onnx_model
+        from vectorai.registry import check_model_name, record_training_set, register_onnx_model
 
-        train_dir = Path(self.input().path)
+        train_dir, split_dir = Path(self.input().path), Path(self.requires().input().path)
         summary = read_json(train_dir / "metrics.json")
         spec = PreprocessSpec.from_dict(summary["preprocess"])
-        example = preprocess_images(load_splits(Path(self.requires().input().path)).test.images[:1], spec)
+        example = preprocess_images(load_splits(split_dir).test.images[:1], spec)
+        # What it trained on, so that PromoteModel compares it with another version only on
+        # images neither learnt from.
+        split = {**split_tags(split_dir), **record_training_set(
+            trained_on_digests(split_dir), tracking_uri=mlflow().resolved_uri(), run_id=summary["mlflow_run_id"])}
         return register_onnx_model(
             onnx_path, tracking_uri=mlflow().resolved_uri(), run_id=summary["mlflow_run_id"],
             name=check_model_name(self.registered_name), input_example=example,
@@ -164,14 +172,15 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
                   # export_onnx raises on a failed check: an export that exists passed it.
                   "parity_passed": "true", "parity_tolerance": self.parity_tolerance,
                   "params_hash": params_hash(self.requires()), "dataset": self.dataset,
-                  "model_name": train_dir.parent.name},
+                  "model_name": train_dir.parent.name, **split},
         )
 
 
 @requires(ExportOnnx)
 class PromoteModel(VectoraiTaskMixin, luigi.Task):
-    """Evaluate the new version and the current champion on the same labelled images; move the
-    ``champion`` alias to the new one only when it is at least as good (plus min_improvement).
+    """Evaluate the new version and the current champion on the same labelled images, none of
+    which either trained on; move the ``champion`` alias to the new one only when it is at least
+    as good (plus min_improvement).
 
     The target is the decision, also logged to the training run. A refusal is a success: the
     chain goes on and PredictTask scores with the champion it had."""
@@ -192,7 +201,7 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
 
     def run(self) -> None:
         from vectorai.prepare import load_splits, load_stream_sample
-        from vectorai.registry import log_decision, promote_version
+        from vectorai.registry import log_decision, promote_version, unseen_by_either
 
         onnx_dir = Path(self.input().path)
         exported = read_json(onnx_dir / "model.json")
@@ -203,19 +212,28 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
             version = self.requires().register(onnx_dir / "model.onnx", exported["parity"]).version
         if self.eval_file:
             data, eval_set = load_stream_sample(Path(self.eval_file)), self.eval_file
+            chosen = "--eval-file, less the images either version trained on"
         else:
             split_dir = Path(self.clone(SplitData).output().path)
             data, eval_set = load_splits(split_dir).test, f"test split {split_dir}"
+            chosen = (f"the test split (each image whose content digest falls under test_fraction {self.test_fraction}),"
+                      " less the images either version trained on")
         if (data.labels < 0).any():
             from vectorai.errors import DatasetError
 
             raise DatasetError(eval_set, "every image needs a label (y) to compare models")
         tracking_uri = mlflow().resolved_uri()
         with LiveStatus(self) as live:
+            live.update(f"choosing the images neither {name}/{version} nor @champion trained on")
+            data, compared = unseen_by_either(name, version, data, tracking_uri=tracking_uri, eval_set=eval_set)
+            for label in compared["training_set_unknown"]:
+                log.warning("%s: %s has no record of what it trained on (registered by an older vectorai); it may "
+                            "have trained on some of the images compared on", self.task_id, label)
             live.update(f"comparing {name}/{version} with @champion on {len(data.labels):,} images")
             record = promote_version(name, version, tracking_uri=tracking_uri, images=data.images,
                                      labels=data.labels, cache_dir=registry().cache,
                                      min_improvement=self.min_improvement, eval_set=eval_set)
+            record["compared_on"] = {"source": eval_set, "chosen": chosen, **compared}
             live.update(f"{record['outcome']}: {record['reason']}", 100)
         log_decision(record, tracking_uri=tracking_uri, run_id=exported["mlflow_run_id"],
                      artifact_file=f"promotion/{Path(self.output().path).name}")

@@ -60,8 +60,8 @@ class StreamData(VectoraiTaskMixin, luigi.Task):
                 live.update(f"sent {count(sent)} of {count(total)}, confirmed {count(confirmed)} "
                             f"({self.transport_name} {cfg.topic})", 100.0 * confirmed / total if total else 100.0)
 
-            # Ids name what was sent (dataset or sample file + index): re-sending the same images
-            # gives the same ids, a different file never collides with the split's sample.
+            # Ids name what was sent (dataset or sample file, index, the image's digest): re-sending
+            # the same images gives the same ids, a different image never takes a stored one's.
             label = Path(self.sample_file).stem if self.sample_file else self.clone(SplitData).dataset_label
             ids = publish_images(transport, sample.images, sample.labels, dataset=label,
                                  encoding=cfg.encoding, timeout_s=cfg.publish_timeout_s, progress=show)

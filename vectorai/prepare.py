@@ -1,8 +1,8 @@
 """Turn a dataset into the files the pipeline uses: train/val/test splits and a stream sample.
 
 The stream sample is ``<dataset folder>/stream_sample.npz`` when the user supplies one (``x``,
-optional ``y``), otherwise images held out of the test split -- never from train, so the model
-is never scored on images it learnt from.
+optional ``y``), otherwise images held out of training and of the test split, chosen by content
+as the test split is (see ``vectorai.split``): no model of the dataset learnt from them.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from vectorai.datasets import LabelledImages, load_dataset
-from vectorai.errors import ConfigError, DatasetError
-from vectorai.split import load_images, save_images, split_indices
+from vectorai.errors import DatasetError
+from vectorai.split import SPLIT_RULE, image_digests, load_images, save_images, set_digest, split_indices
 
 STREAM_SAMPLE = "stream_sample.npz"
 UNLABELLED = -1
@@ -41,29 +41,27 @@ def make_splits(
 ) -> dict[str, object]:
     """Write train.npz, val.npz, test.npz, stream.npz and split.json into ``out_dir``."""
     data = load_dataset(dataset, external_root, allow_legacy_pickle=allow_legacy_pickle)
-    train_idx, val_idx, test_idx = split_indices(data.labels, val_fraction, test_fraction, seed,
-                                                 class_names=data.class_names)
+    digests = image_digests(data.images)
     supplied = _supplied_stream_sample(dataset, external_root)
+    split = split_indices(data.labels, digests, val_fraction=val_fraction, test_fraction=test_fraction, seed=seed,
+                          stream_size=0 if supplied is not None else stream_size, class_names=data.class_names)
     if supplied is not None:
         stream = load_stream_sample(supplied)
         stream_source = str(supplied)
     else:
-        if stream_size < 0 or stream_size >= len(test_idx):
-            raise ConfigError("SplitData.stream_size", f"{stream_size} must be at least 0 and below the "
-                              f"{len(test_idx)} images of the test split; lower it or raise test_fraction")
-        # Held out of test, never train: the stream measures the model on unseen images.
-        order = np.random.default_rng(seed + 1).permutation(len(test_idx))
-        stream = data.subset(test_idx[order[:stream_size]])
-        test_idx = test_idx[np.sort(order[stream_size:])]
-        stream_source = "held out of the test split"
+        # Held out of training like the test split, and as seed-independent: every model of the
+        # dataset is measured on images it never saw.
+        stream = data.subset(split.stream)
+        stream_source = "held out of training, by content digest"
     out_dir.mkdir(parents=True, exist_ok=True)
-    for name, indices in (("train", train_idx), ("val", val_idx), ("test", test_idx)):
-        save_images(out_dir / f"{name}.npz", data.subset(indices))
+    for name in ("train", "val", "test"):
+        save_images(out_dir / f"{name}.npz", data.subset(getattr(split, name)))
     save_images(out_dir / "stream.npz", stream)
     summary = {
         "dataset": dataset, "seed": seed, "val_fraction": val_fraction, "test_fraction": test_fraction,
-        "class_names": list(data.class_names), "sizes": {"train": len(train_idx), "val": len(val_idx),
-                                                         "test": len(test_idx), "stream": len(stream)},
+        "split_rule": SPLIT_RULE, "test_digest": set_digest(digests[i] for i in split.test),
+        "class_names": list(data.class_names), "sizes": {"train": len(split.train), "val": len(split.val),
+                                                         "test": len(split.test), "stream": len(stream)},
         "stream_source": stream_source,
     }
     (out_dir / "split.json").write_text(json.dumps(summary, indent=2))
@@ -79,6 +77,18 @@ def _supplied_stream_sample(dataset: str, external_root: Path) -> Path | None:
 
 def load_splits(split_dir: Path) -> Splits:
     return Splits(*(load_images(split_dir / f"{name}.npz") for name in ("train", "val", "test")))
+
+
+def trained_on_digests(split_dir: Path) -> list[str]:
+    """Content digests of the images a model of this split learns from (train and validation)."""
+    return [d for name in ("train", "val") for d in image_digests(load_images(split_dir / f"{name}.npz").images)]
+
+
+def split_tags(split_dir: Path) -> dict[str, str]:
+    """What a registered version records of its split: the rule and the test split's digest and size."""
+    summary = json.loads((split_dir / "split.json").read_text())
+    return {"split_rule": str(summary.get("split_rule", 1)), "split_test_digest": str(summary.get("test_digest", "")),
+            "split_test_images": str(summary["sizes"]["test"])}
 
 
 def load_stream_sample(path: Path, limit: int | None = None) -> LabelledImages:

@@ -1,11 +1,18 @@
-"""Stratified train/validation/test split, and a pickle-free ``.npz`` form of a split's images."""
+"""The train/validation/test split, and a pickle-free ``.npz`` form of a split's images.
+
+Whether an image is in the test split is a function of its content alone (a SHA-256 of its
+pixels), so it is the same for every seed and every model of a dataset, and an image keeps its
+place when the dataset grows: no model of a dataset ever trains on another one's test images.
+Train and validation are drawn, seeded, from the rest.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
-from typing import Sequence
+from typing import Collection, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -14,20 +21,87 @@ from vectorai.errors import ConfigError, DatasetError
 
 _FORMAT_VERSION = 1
 
+#: How the split is chosen. It is part of every model's name (SplitData's ``split_rule``), so a
+#: model trained on an older rule's split is never reused as if it had this one. 1: seeded test
+#: split; 2: test split by content digest.
+SPLIT_RULE = 2
+
+
+class Split(NamedTuple):
+    """Index arrays into the dataset: disjoint, and together every image."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    stream: np.ndarray
+
+
+def image_digest(image: np.ndarray) -> str:
+    """SHA-256 (hex) of an image's pixels, dtype and shape: equal exactly for equal images,
+    whatever the array's memory layout or byte order."""
+    array = np.asarray(image)
+    if array.dtype.byteorder == ">":
+        array = array.astype(array.dtype.newbyteorder("<"))
+    array = np.ascontiguousarray(array)
+    digest = hashlib.sha256(f"{array.dtype.str} {array.shape}\n".encode())
+    digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()
+
+
+def image_digests(images: np.ndarray | Sequence[np.ndarray]) -> list[str]:
+    return [image_digest(image) for image in images]
+
+
+def set_digest(digests: Iterable[str]) -> str:
+    """One SHA-256 naming a set of images (order and repeats do not matter)."""
+    return hashlib.sha256("\n".join(sorted(set(digests))).encode()).hexdigest()
+
+
+def unseen_by(digests: Sequence[str], seen: Mapping[str, Collection[str]]) -> tuple[np.ndarray, dict[str, int]]:
+    """Indices of the images that no set in ``seen`` holds (the images none of those models
+    trained on), and how many of the images each set holds."""
+    keep = [i for i, d in enumerate(digests) if not any(d in trained for trained in seen.values())]
+    dropped = {who: sum(d in trained for d in digests) for who, trained in seen.items()}
+    return np.array(keep, dtype=np.int64), dropped
+
+
+def leave_out_seen(data: LabelledImages,
+                   seen: Mapping[str, Collection[str] | None]) -> tuple[LabelledImages, dict[str, object]]:
+    """``data`` less every image that a model in ``seen`` (name -> digests it trained on) trained
+    on, and a record of the set kept: its size and digest, how many images each model's set
+    held, and which models' sets are unknown (None: they may have seen some of what is kept)."""
+    digests = image_digests(data.images)
+    keep, held = unseen_by(digests, {who: trained for who, trained in seen.items() if trained is not None})
+    return data.subset(keep), {
+        "images": len(keep), "digest": set_digest(digests[i] for i in keep), "offered": len(digests),
+        "trained_on": held, "training_set_unknown": sorted(who for who, trained in seen.items() if trained is None),
+    }
+
+
+def _positions(digests: Sequence[str]) -> np.ndarray:
+    """Each image's place in [0, 1): the first 64 bits of its digest, uniform over contents."""
+    return np.array([int(d[:16], 16) / 2.0 ** 64 for d in digests], dtype=np.float64)
+
 
 def split_indices(
     labels: np.ndarray | Sequence[int],
+    digests: Sequence[str],
+    *,
     val_fraction: float,
     test_fraction: float,
     seed: int,
-    *,
+    stream_size: int = 0,
     class_names: Sequence[str] | None = None,
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shuffled (train, val, test) index arrays holding each class in the same proportions.
+) -> Split:
+    """Split a dataset, class by class, into train, validation, test and a stream sample.
 
-    Every class gets at least one image in every split, so a class with fewer than three images
-    is an error rather than a class the model silently never gets evaluated on. The same labels
-    and seed always give the same split.
+    Test: in each class, the images whose digest's place (see ``_positions``) is below
+    ``test_fraction``, so membership depends on nothing but the image itself. Only a class so
+    small that this gives it no test image, or too few left for training and validation, takes
+    (or gives back) the images nearest the line instead. Stream: the ``stream_size`` other
+    images nearest above the line (seed-independent too, and never trained on). Validation and
+    training: a seeded draw from the rest, ``val_fraction`` of each class for validation. Every
+    class has at least one image in train, validation and test.
     """
     for setting, value in (("val_fraction", val_fraction), ("test_fraction", test_fraction)):
         if not 0.0 < value < 1.0:
@@ -39,25 +113,50 @@ def split_indices(
     if labels.ndim != 1 or len(labels) == 0 or not np.issubdtype(labels.dtype, np.integer):
         raise DatasetError("labels", f"need a non-empty 1-D integer array, got {labels.dtype} "
                                      f"{labels.shape}")
+    if len(digests) != len(labels):
+        raise DatasetError("labels", f"{len(labels)} labels but {len(digests)} image digests")
+    place = _positions(digests)
+
+    def name(label: int) -> str:
+        return repr(class_names[label] if class_names is not None else str(label))
+
+    test_parts, rest_parts, n_val = [], [], {}
+    for label in np.unique(labels):
+        # Nearest the line first; ties (equal images) by index, so the order is total.
+        members = np.flatnonzero(labels == label)
+        members = members[np.lexsort((members, place[members]))]
+        count = len(members)
+        n_val[label] = max(1, round(count * val_fraction))
+        if count - n_val[label] - 1 < 1:
+            raise DatasetError("labels", f"class {name(label)} has {count} images; it needs at least "
+                                         f"{n_val[label] + 2} to put one in each of train, "
+                                         "validation and test")
+        n_test = int(np.sum(place[members] < test_fraction))
+        n_test = min(max(n_test, 1), count - n_val[label] - 1)
+        test_parts.append(members[:n_test])
+        rest_parts.append(members[n_test:])
+    test = np.sort(np.concatenate(test_parts)).astype(np.int64)
+    rest = np.concatenate(rest_parts)
+
+    if not 0 <= stream_size < len(rest):
+        raise ConfigError("SplitData.stream_size", f"{stream_size} must be at least 0 and below the "
+                          f"{len(rest)} images outside the test split")
+    by_place = rest[np.lexsort((rest, place[rest]))]
+    stream, rest = by_place[:stream_size].astype(np.int64), by_place[stream_size:]
 
     rng = np.random.default_rng(seed)
-    parts: tuple[list[np.ndarray], list[np.ndarray], list[np.ndarray]] = ([], [], [])
+    train_parts, val_parts = [], []
     for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
-        count = len(members)
-        n_val = max(1, round(count * val_fraction))
-        n_test = max(1, round(count * test_fraction))
-        if count - n_val - n_test < 1:
-            name = class_names[label] if class_names is not None else str(label)
-            raise DatasetError("labels", f"class {name!r} has {count} images; it needs at least "
-                                         f"{n_val + n_test + 1} to put one in each of train, "
-                                         "validation and test")
-        parts[1].append(members[:n_val])
-        parts[2].append(members[n_val:n_val + n_test])
-        parts[0].append(members[n_val + n_test:])
+        members = rng.permutation(np.sort(rest[labels[rest] == label]))
+        if len(members) < n_val[label] + 1:
+            raise ConfigError("SplitData.stream_size", f"a stream sample of {stream_size} leaves class "
+                              f"{name(label)} {len(members)} images for training and validation; it needs "
+                              f"{n_val[label] + 1}: lower stream_size")
+        val_parts.append(members[:n_val[label]])
+        train_parts.append(members[n_val[label]:])
     # Shuffle across classes too, so batches drawn in order are not sorted by class.
-    train, val, test = (rng.permutation(np.concatenate(p)).astype(np.int64) for p in parts)
-    return train, val, test
+    train, val = (rng.permutation(np.concatenate(p)).astype(np.int64) for p in (train_parts, val_parts))
+    return Split(train, val, test, stream)
 
 
 def save_images(path: Path, data: LabelledImages) -> None:

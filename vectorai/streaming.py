@@ -9,12 +9,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from vectorai.messages import encode_image
+from vectorai.split import image_digest
 from vectorai.transports.base import Transport
 
 
-def message_id(dataset: str, index: int) -> str:
-    """Deterministic id (dataset + index): re-sending the same sample never makes new rows."""
-    return f"{dataset}-{index:08d}"
+def message_id(dataset: str, index: int, image: np.ndarray) -> str:
+    """``<dataset>-<index>-<content digest>``: re-sending the same sample never makes new rows,
+    and an id names one image, so another sample under the same name (another seed's split, a
+    grown dataset) never passes its images off as already predicted."""
+    return f"{dataset}-{index:08d}-{image_digest(image)[:16]}"
 
 
 def publish_images(
@@ -49,7 +52,7 @@ def publish_images(
         batch = []
         for index in range(start, min(start + chunk, len(images))):
             label = None if labels is None or labels[index] < 0 else int(labels[index])
-            ident = message_id(dataset, index)
+            ident = message_id(dataset, index, images[index])
             batch.append(encode_image(images[index], ident, label=label, encoding=encoding,
                                       produced_at=produced_at))
             ids.append(ident)
