@@ -273,3 +273,25 @@ def test_a_run_with_the_pool_keeps_every_row_every_dead_letter_and_at_most_three
     assert decoders <= ({"MainThread", "decode"} if not small else {"MainThread"})
     if not small and count >= 2 * batch_size and threads > 0:
         assert "decode" in decoders
+
+
+def test_large_images_go_to_the_model_in_smaller_chunks():
+    # The model's intermediate tensors grow with its input, and two chunks run at once.
+    assert predict.chunk_images(np.zeros((256, 28, 28, 1), np.uint8)) == predict.CHUNK
+    assert predict.chunk_images(np.zeros((256, 224, 224, 3), np.uint8)) == 8
+    assert predict.chunk_images(np.zeros((2, 2000, 2000, 3), np.uint8)) == 1
+
+    class Recording:
+        class_names = ["a", "b"]
+
+        def __init__(self):
+            self.sizes = []
+
+        def predict_proba(self, batch):
+            self.sizes.append(len(batch))
+            return np.tile([[0.25, 0.75]], (len(batch), 1)).astype(np.float32)
+
+    model = Recording()
+    job = predict._Job(model, np.zeros((20, 224, 224, 3), np.uint8))
+    assert job.result().shape == (20, 2)
+    assert sorted(model.sizes) == [4, 8, 8]
