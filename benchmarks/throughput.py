@@ -510,7 +510,7 @@ def _run_worker(args: list[str]) -> dict[str, Any]:
 
 def _worker(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="throughput.py --worker")
-    parser.add_argument("job", choices=["train", "keras", "memory"])
+    parser.add_argument("job", choices=["train", "keras", "memory", "photos"])
     parser.add_argument("--out")
     parser.add_argument("--model")
     parser.add_argument("--queue-root")
@@ -520,8 +520,12 @@ def _worker(argv: list[str]) -> int:
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--per-image", type=int, default=200)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--decode-threads", type=int, default=0)
+    parser.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false")
     args = parser.parse_args(argv)
-    if args.job == "train":
+    if args.job == "photos":
+        result = _photos_worker(args)
+    elif args.job == "train":
         result = _train_quick_model(Path(args.out))
     elif args.job == "keras":
         result = _keras_baselines(Path(args.model), args.images, args.per_image, args.batch_size)
@@ -541,6 +545,26 @@ def _worker(argv: list[str]) -> int:
                   "final_rss_kib": _proc_status_kib("VmRSS")}
     print(json.dumps(result))
     return 0
+
+
+def _photos_worker(args: argparse.Namespace) -> dict[str, Any]:
+    """PredictTask's run over the photos on the local queue into SQLite, in this fresh process:
+    its throughput, its CPU (every thread) and its peak memory."""
+    from vectorai.db import connect, sqlite_url
+    from vectorai.inference import OnnxClassifier
+    from vectorai.predict import run_predictions
+    from vectorai.transports import open_transport
+
+    classifier = OnnxClassifier(Path(args.model), threads=args.threads)
+    database = connect(sqlite_url(Path(args.database)))
+    cpu = time.process_time()
+    with open_transport("local", root=args.queue_root, topic=args.topic) as source:
+        report = run_predictions([source], classifier, database, batch_size=args.batch_size, timeout_ms=200,
+                                 decode_threads=args.decode_threads or None, jpeg_draft=args.jpeg_draft)
+    cpu = time.process_time() - cpu
+    database.close()
+    return {"consumed": report.consumed, "predicted": report.predicted, "dead_letters": report.dead_letters,
+            "seconds": report.seconds, "cpu_seconds": cpu, "peak_rss_kib": _peak_rss_kib()}
 
 
 def _peak_rss_kib() -> int:
@@ -847,6 +871,322 @@ def format_table(summary: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --- photos: 640x480 JPEGs into a MobileNetV2-sized model ---------------------------------------
+
+PHOTO_SIZE = (640, 480)  # width, height of the photos sent
+PHOTO_MODEL_SIDE = 224
+#: Distinct photos generated; repeated, each message with its own id, up to --photo-images.
+PHOTO_DISTINCT = 48
+CACHE = REPO / "benchmarks" / ".cache"
+
+
+def mobilenet_v2_onnx(path: Path, side: int = PHOTO_MODEL_SIDE, classes: int = 1000, seed: int = 0) -> Path:
+    """MobileNetV2's graph (Sandler et al. 2018, width 1.0: inverted residual blocks, ReLU6,
+    about 300 M multiply-adds at 224x224) with random weights, as ONNX with vectorai's metadata
+    and NHWC input; built with onnx.helper once and kept at ``path``. Speed, not accuracy: what
+    a photo model costs per image."""
+    if path.is_file():
+        return path
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from vectorai.inference import META_CLASS_NAMES, META_PREPROCESS, META_VERSION
+
+    rng = np.random.default_rng(seed)
+    nodes: list[Any] = []
+    weights: list[Any] = [numpy_helper.from_array(np.array(0, np.float32), "zero"),
+                          numpy_helper.from_array(np.array(6, np.float32), "six")]
+
+    def conv(x: str, cin: int, cout: int, kernel: int, stride: int, group: int = 1, relu6: bool = True) -> str:
+        name = f"conv{len(nodes)}"
+        fan_in = kernel * kernel * cin // group
+        weights.append(numpy_helper.from_array(
+            rng.normal(0, (1.0 / fan_in) ** 0.5, (cout, cin // group, kernel, kernel)).astype(np.float32), name + ".w"))
+        weights.append(numpy_helper.from_array(np.zeros(cout, np.float32), name + ".b"))
+        nodes.append(helper.make_node("Conv", [x, name + ".w", name + ".b"], [name], kernel_shape=[kernel, kernel],
+                                      strides=[stride, stride], pads=[kernel // 2] * 4, group=group))
+        if not relu6:
+            return name
+        nodes.append(helper.make_node("Clip", [name, "zero", "six"], [name + ".relu6"]))
+        return name + ".relu6"
+
+    nodes.append(helper.make_node("Transpose", ["image"], ["nchw"], perm=[0, 3, 1, 2]))
+    x, channels = conv("nchw", 3, 32, 3, 2), 32
+    for expansion, out, repeats, first_stride in ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+                                                  (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)):
+        for i in range(repeats):
+            stride = first_stride if i == 0 else 1
+            hidden = channels * expansion
+            h = conv(x, channels, hidden, 1, 1) if expansion != 1 else x
+            h = conv(h, hidden, hidden, 3, stride, group=hidden)
+            h = conv(h, hidden, out, 1, 1, relu6=False)
+            if stride == 1 and channels == out:
+                nodes.append(helper.make_node("Add", [x, h], [h + ".add"]))
+                h += ".add"
+            x, channels = h, out
+    x = conv(x, channels, 1280, 1, 1)
+    weights.append(numpy_helper.from_array(rng.normal(0, 0.03, (1280, classes)).astype(np.float32), "fc.w"))
+    weights.append(numpy_helper.from_array(np.zeros(classes, np.float32), "fc.b"))
+    nodes += [helper.make_node("GlobalAveragePool", [x], ["pooled"]),
+              helper.make_node("Flatten", ["pooled"], ["features"], axis=1),
+              helper.make_node("Gemm", ["features", "fc.w", "fc.b"], ["logits"]),
+              helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1)]
+    graph = helper.make_graph(
+        nodes, "mobilenet_v2_random",
+        [helper.make_tensor_value_info("image", TensorProto.FLOAT, ["N", side, side, 3])],
+        [helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes])], initializer=weights)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    for key, value in ((META_CLASS_NAMES, json.dumps([f"class{i}" for i in range(classes)])),
+                       (META_PREPROCESS, json.dumps({"height": side, "width": side, "channels": 3})),
+                       (META_VERSION, "mobilenetv2-random")):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.checker.check_model(model)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_suffix(".partial")
+    onnx.save(model, str(partial))
+    partial.replace(path)  # never a half-written model in the cache
+    return path
+
+
+def make_photos(count: int, seed: int = 0) -> list[bytes]:
+    """``count`` photo-like 640x480 JPEGs (quality 85): smooth shapes of colour and sensor grain,
+    which compress and decode like photographs do (pure noise would not)."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    photos = []
+    for _ in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8))
+        smooth = np.asarray(coarse.resize(PHOTO_SIZE, Image.BICUBIC), dtype=np.float32)
+        grainy = np.clip(smooth + rng.normal(0, 5, smooth.shape), 0, 255).astype(np.uint8)
+        buffer = __import__("io").BytesIO()
+        Image.fromarray(grainy).save(buffer, format="JPEG", quality=85)
+        photos.append(buffer.getvalue())
+    return photos
+
+
+def publish_photos(root: Path, topic: str, photos: list[bytes], count: int) -> None:
+    from vectorai.transports import open_transport
+    from vectorai.transports.base import OutgoingMessage
+
+    with open_transport("local", root=root, topic=topic) as producer:
+        producer.publish(OutgoingMessage(photos[i % len(photos)], {"id": f"photo-{i}", "content-type": "image/jpeg"})
+                         for i in range(count))
+        producer.flush(120)
+
+
+def decode_cpu_ms(photos: list[bytes], spec, jpeg_draft: bool, count: int = 200) -> float:
+    """CPU milliseconds (this thread) per photo to decode and preprocess it to what the model
+    takes (8-bit at its size, then scaled to float): the loop's per-message work."""
+    from vectorai.messages import decode_messages
+    from vectorai.preprocess import as_model_input, stack_if_uniform
+    from vectorai.transports.base import ReceivedMessage
+
+    messages = [ReceivedMessage(source="bench", payload=photos[i % len(photos)], position=str(i),
+                                attributes={"id": f"p{i}", "content-type": "image/jpeg"}) for i in range(count)]
+    decode_messages(messages[:4], spec=spec, jpeg_draft=jpeg_draft)  # warm-up: imports, Pillow's plugins
+    started = time.thread_time()
+    for start in range(0, count, 32):
+        decoded = decode_messages(messages[start:start + 32], spec=spec, jpeg_draft=jpeg_draft)
+        as_model_input(stack_if_uniform(decoded.images))
+    return round((time.thread_time() - started) * 1000 / count, 3)
+
+
+def draft_agreement(model_file: Path, count: int) -> dict[str, Any]:
+    """Top-1 of the digits model on ``count`` mnist-sample digits upscaled to 640x480 JPEGs,
+    decoded in JPEG draft mode and in full: how often the two agree, and each one's accuracy."""
+    from PIL import Image
+
+    from vectorai.inference import OnnxClassifier
+    from vectorai.messages import decode_messages
+    from vectorai.preprocess import preprocess_images
+    from vectorai.transports.base import ReceivedMessage
+
+    classifier = OnnxClassifier(model_file)
+    images, labels = load_images(count)
+    messages = []
+    for i, digit in enumerate(images):
+        photo = Image.fromarray(digit).resize(PHOTO_SIZE, Image.BICUBIC).convert("RGB")
+        buffer = __import__("io").BytesIO()
+        photo.save(buffer, format="JPEG", quality=85)
+        messages.append(ReceivedMessage(source="bench", payload=buffer.getvalue(), position=str(i),
+                                        attributes={"id": f"d{i}", "content-type": "image/jpeg"}))
+    classes = {}
+    for draft in (True, False):
+        decoded = decode_messages(messages, spec=classifier.spec, jpeg_draft=draft)
+        if decoded.failures:
+            raise RuntimeError(f"draft check: {decoded.failures[0][1]}")
+        classes[draft] = classifier.predict_proba(preprocess_images(decoded.images, classifier.spec)).argmax(axis=1)
+    return {"images": count, "model": str(model_file),
+            "agreement": round(float((classes[True] == classes[False]).mean()), 4),
+            "accuracy_draft": round(float((classes[True] == labels).mean()), 4),
+            "accuracy_full": round(float((classes[False] == labels).mean()), 4)}
+
+
+def run_photos(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
+    """The photos case: ``--photo-images`` 640x480 JPEGs on the local queue, classified into SQLite
+    by a fresh process (PredictTask's library calls) by a MobileNetV2-sized model at 224x224,
+    against that model's raw onnxruntime ceiling measured right before and after it."""
+    from vectorai.inference import OnnxClassifier, available_cores
+    from vectorai.predict import CHUNK, default_decode_threads
+    from vectorai.preprocess import fit_uint8, preprocess_images
+
+    count = args.photo_images
+    model_file = mobilenet_v2_onnx(Path(args.cache) / f"mobilenetv2-{PHOTO_MODEL_SIDE}.onnx")
+    photos = make_photos(min(PHOTO_DISTINCT, count))
+    log(f"photos: {count} {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs ({sum(map(len, photos)) // len(photos) // 1024} KiB "
+        f"each on average), model {model_file.name}, batch size {args.batch_size}, {available_cores()} CPUs")
+    spec = OnnxClassifier(model_file, threads=1).spec
+    result: dict[str, Any] = {
+        "images": count, "batch_size": args.batch_size, "cpus": available_cores(), "model": str(model_file),
+        "jpeg_bytes_mean": round(sum(map(len, photos)) / len(photos)),
+        "decode_cpu_ms_per_photo": {"jpeg_draft": decode_cpu_ms(photos, spec, True),
+                                    "full_decode": decode_cpu_ms(photos, spec, False)},
+    }
+    log(f"photos: decode+preprocess CPU per photo {result['decode_cpu_ms_per_photo']['jpeg_draft']} ms "
+        f"(draft), {result['decode_cpu_ms_per_photo']['full_decode']} ms (full decode)")
+    with tempfile.TemporaryDirectory(prefix="vectorai-photos-") as folder:
+        workdir = Path(folder)
+        # The ceiling: onnxruntime on these photos already preprocessed, at its fastest way.
+        from PIL import Image
+
+        def pixels(payload: bytes) -> np.ndarray:
+            with Image.open(__import__("io").BytesIO(payload)) as photo:
+                return fit_uint8(photo, spec.height, spec.width, spec.channels)
+
+        # Enough images that every core has chunks of its own when they are classified side by side.
+        ceiling_images = CHUNK * available_cores() if args.tiny else max(256, 2 * CHUNK * available_cores())
+        distinct = [pixels(photo) for photo in photos]
+        batch = preprocess_images(np.stack([distinct[i % len(distinct)] for i in range(ceiling_images)]), spec)
+        ways = ceiling_ways(model_file, CHUNK, args.threads)
+        ceiling_runs: dict[str, float] = {}
+
+        def ceiling(when: str) -> float:
+            """The fastest way, each the best of a few passes (one with --tiny)."""
+            for label, (classifier, size, workers) in ways.items():
+                ceiling_runs[f"{when}, {label}"] = round(measure_raw_onnxruntime(
+                    classifier, batch, size, repeats=1 if args.tiny else 3, workers=workers).rate, 1)
+            return max(rate for name, rate in ceiling_runs.items() if name.startswith(when))
+
+        before = ceiling("before")
+        log(f"photos: {RAW} before {before:,.1f} images/s")
+        publish_photos(workdir / "queues", "photos", photos, count)
+        decode_threads = args.decode_threads or default_decode_threads(args.threads or max(1, available_cores() - 1))
+        out = _run_worker(["photos", "--model", str(model_file), "--queue-root", str(workdir / "queues"), "--topic",
+                           "photos", "--database", str(workdir / "photos.sqlite"), "--batch-size",
+                           str(args.batch_size), "--decode-threads", str(args.decode_threads)]
+                          + (["--threads", str(args.threads)] if args.threads else [])
+                          + ([] if args.jpeg_draft else ["--no-jpeg-draft"]))
+        after = ceiling("after")
+        del batch, ways
+    ceiling = max(before, after)
+    rate = out["consumed"] / out["seconds"] if out["seconds"] > 0 else 0.0
+    result.update({
+        "images_per_second": round(rate, 1), "ceiling_beside_images_per_second": round(ceiling, 1),
+        "ratio_to_ceiling_beside": round(rate / ceiling, 4) if ceiling else None,
+        "ceiling_runs": ceiling_runs, "predicted": out["predicted"], "dead_letters": out["dead_letters"],
+        "cpu_seconds_per_1000_images": round(out["cpu_seconds"] * 1000 / max(out["consumed"], 1), 3),
+        "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1), "decode_threads": decode_threads,
+        "jpeg_draft": args.jpeg_draft,
+    })
+    log(f"photos: predict local+sqlite {rate:,.1f} images/s, {result['ratio_to_ceiling_beside']} of the ceiling "
+        f"beside it ({ceiling:,.1f}), CPU {result['cpu_seconds_per_1000_images']} s per 1,000, peak RSS "
+        f"{result['peak_rss_mib']} MiB")
+    if args.draft_check:
+        digits_model = find_model(args.model, Path(tempfile.mkdtemp(prefix="vectorai-bench-")), log) / "model.onnx"
+        result["draft_agreement"] = draft_agreement(digits_model, args.draft_check)
+        log(f"photos: JPEG draft vs full decoding, digits upscaled to 640x480: top-1 agreement "
+            f"{result['draft_agreement']['agreement']:.2%}")
+    result["targets"] = {
+        ">= 0.80 of the ceiling beside it": result["ratio_to_ceiling_beside"] is not None
+        and result["ratio_to_ceiling_beside"] >= 0.80,
+        "peak RSS <= 600 MB": result["peak_rss_mib"] * 1024 * 1024 <= 600e6,
+        "decode+preprocess <= 1.5 ms CPU per photo": result["decode_cpu_ms_per_photo"]["jpeg_draft"] <= 1.5,
+        **({"draft top-1 agreement >= 99.5 %": result["draft_agreement"]["agreement"] >= 0.995}
+           if "draft_agreement" in result else {}),
+    }
+    return result
+
+
+def format_photos(photos: dict[str, Any]) -> str:
+    lines = [f"photos ({photos['images']:,} {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs, MobileNetV2-sized model at "
+             f"{PHOTO_MODEL_SIDE}x{PHOTO_MODEL_SIDE}, batch {photos['batch_size']}, {photos['cpus']} CPUs, "
+             f"{photos['decode_threads']} decode threads): "
+             f"{photos['images_per_second']:,.1f} images/s, {photos['ratio_to_ceiling_beside']:.3f} of the ceiling "
+             f"beside it ({photos['ceiling_beside_images_per_second']:,.1f}); CPU "
+             f"{photos['cpu_seconds_per_1000_images']} s per 1,000 images; peak RSS {photos['peak_rss_mib']} MiB",
+             f"photos: decode+preprocess CPU per photo {photos['decode_cpu_ms_per_photo']['jpeg_draft']} ms with JPEG "
+             f"draft, {photos['decode_cpu_ms_per_photo']['full_decode']} ms decoding in full"]
+    if "draft_agreement" in photos:
+        check = photos["draft_agreement"]
+        lines.append(f"photos: JPEG draft vs full decoding on {check['images']:,} digits upscaled to 640x480: top-1 "
+                     f"agreement {check['agreement']:.2%} (accuracy {check['accuracy_draft']:.2%} vs "
+                     f"{check['accuracy_full']:.2%})")
+    for name, met in photos["targets"].items():
+        lines.append(f"target photos {name}: {'met' if met else 'NOT met'}")
+    return "\n".join(lines)
+
+
+def run_scaling(args: argparse.Namespace, argv: list[str], log: Callable[[str], None]) -> dict[str, Any]:
+    """The photos case once per core count in ``--cores``, each in a fresh process pinned with
+    ``taskset`` to the first N cores: how images/s grows against the raw ceiling."""
+    rows = []
+    if shutil.which("taskset") is None:
+        raise SystemExit("--cores needs taskset (util-linux) to pin each run to its cores")
+    passed = _drop_values(argv, ("--cores", "--json", "--cases", "--draft-check"))
+    for cores in [int(c) for c in args.cores.split(",") if c.strip()]:
+        if cores > (os.cpu_count() or 1):
+            log(f"scaling: skipping {cores} cores, this machine has {os.cpu_count()}")
+            continue
+        with tempfile.NamedTemporaryFile(suffix=".json") as out:
+            command = ["taskset", "-c", f"0-{cores - 1}", sys.executable, str(Path(__file__).resolve()), *passed,
+                       "--cases", "photos", "--draft-check", "0", "--json", out.name, "--quiet"]
+            log(f"scaling: {' '.join(command[:4])} ... on {cores} cores")
+            proc = subprocess.run(command, capture_output=True, text=True, cwd=REPO)
+            if proc.returncode != 0:
+                raise RuntimeError(f"{cores} cores failed:\n{proc.stderr[-3000:]}")
+            photos = json.loads(Path(out.name).read_text())["photos"]
+        rows.append({"cores": cores, **{key: photos[key] for key in (
+            "images_per_second", "ceiling_beside_images_per_second", "ratio_to_ceiling_beside",
+            "cpu_seconds_per_1000_images", "peak_rss_mib", "decode_threads")},
+            "decode_cpu_ms_per_photo": photos["decode_cpu_ms_per_photo"]["jpeg_draft"]})
+        log(f"scaling: {cores} cores: {photos['images_per_second']:,.1f} images/s, ceiling "
+            f"{photos['ceiling_beside_images_per_second']:,.1f}")
+    return {"images": args.photo_images, "batch_size": args.batch_size, "rows": rows}
+
+
+def _drop_values(argv: list[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the given options and their values (``--x v`` or ``--x=v``)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{name}=" for name in names)):
+            kept.append(arg)
+    return kept
+
+
+def format_scaling(scaling: dict[str, Any]) -> str:
+    rows = [("cores", "images/s", "raw ORT beside", "x beside", "vs 1 core", "ceiling vs 1 core", "CPU s/1000",
+             "peak RSS MiB", "decode threads")]
+    first = scaling["rows"][0] if scaling["rows"] else None
+    for row in scaling["rows"]:
+        rows.append((str(row["cores"]), f"{row['images_per_second']:,.1f}",
+                     f"{row['ceiling_beside_images_per_second']:,.1f}", f"{row['ratio_to_ceiling_beside']:.3f}",
+                     f"{row['images_per_second'] / first['images_per_second']:.2f}",
+                     f"{row['ceiling_beside_images_per_second'] / first['ceiling_beside_images_per_second']:.2f}",
+                     f"{row['cpu_seconds_per_1000_images']:.2f}", f"{row['peak_rss_mib']:.1f}",
+                     str(row["decode_threads"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = [" | ".join(cell.rjust(widths[i]) for i, cell in enumerate(row)) for row in rows]
+    lines.insert(1, "-+-".join("-" * w for w in widths))
+    return f"photos scaling ({scaling['images']:,} JPEGs, batch {scaling['batch_size']}, taskset):\n" + "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["--worker"]:
@@ -873,6 +1213,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keras-per-image", type=int, default=200, help="Images for the slow per-image "
                         "Keras baseline (default 200)")
     parser.add_argument("--timeout-ms", type=int, default=2000, help="Empty wait that ends a drain (not timed)")
+    parser.add_argument("--cases", default="digits", help="Comma-separated: digits (every case above, on MNIST "
+                        "digits; the default) and photos (640x480 JPEGs into a MobileNetV2-sized model at 224x224)")
+    parser.add_argument("--photo-images", type=int, default=1000, help="Photos for the photos case (default 1000)")
+    parser.add_argument("--decode-threads", type=int, default=0, help="The photos case's decoding threads "
+                        "(default 0: the library's choice)")
+    parser.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false", help="Photos: decode in full")
+    parser.add_argument("--draft-check", type=int, default=1000, help="Photos: digits upscaled to 640x480 JPEGs on "
+                        "which the digits model's top-1 with JPEG draft mode is compared with full decoding "
+                        "(default 1000; 0: skip)")
+    parser.add_argument("--cores", help="Photos: run the case once per core count, e.g. 1,2,4,8,16, each in a "
+                        "fresh process under taskset on the first N cores, and print one table")
+    parser.add_argument("--cache", default=str(CACHE), help="Where the MobileNetV2-sized model is built once "
+                        "(default benchmarks/.cache)")
     parser.add_argument("--json", help="Also write the JSON summary to this file")
     parser.add_argument("--quiet", action="store_true", help="No progress lines on stderr")
     args = parser.parse_args(argv)
@@ -880,6 +1233,11 @@ def main(argv: list[str] | None = None) -> int:
         args.images = min(args.images, 300)
         args.batch_size = min(args.batch_size, 32)
         args.keras_per_image = min(args.keras_per_image, 10)
+        args.photo_images = min(args.photo_images, 64)
+        args.draft_check = min(args.draft_check, 50)
+    cases = {c.strip() for c in args.cases.split(",") if c.strip()}
+    if not cases or cases - {"digits", "photos"}:
+        parser.error("--cases: choose from digits, photos")
     if args.images < 1 or args.batch_size < 1:
         parser.error("--images and --batch-size must be positive")
 
@@ -887,8 +1245,16 @@ def main(argv: list[str] | None = None) -> int:
         if not args.quiet:
             print(message, file=sys.stderr, flush=True)
 
-    summary = run(args, log)
-    print(format_table(summary))
+    if args.cores:
+        summary: dict[str, Any] = {"photos_scaling": run_scaling(args, argv, log)}
+        print(format_scaling(summary["photos_scaling"]))
+    else:
+        summary = run(args, log) if "digits" in cases else {}
+        if "digits" in cases:
+            print(format_table(summary))
+        if "photos" in cases:
+            summary["photos"] = run_photos(args, log)
+            print(format_photos(summary["photos"]))
     text = json.dumps(summary, indent=2)
     print(text)
     if args.json:

@@ -90,6 +90,9 @@ class stream(luigi.Config):  # noqa: N801
     publish_timeout_s = luigi.FloatParameter(default=60.0, description="How long StreamData waits for the broker to confirm")
     max_message_bytes = luigi.IntParameter(default=8 * 1024 * 1024, description="Larger payloads are dead-lettered")
     max_pixels = luigi.IntParameter(default=4096 * 4096, description="Larger images are dead-lettered before decoding")
+    jpeg_draft = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
+                                     description="Decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model "
+                                     "takes at most that (libjpeg's DCT scaling); false: always at full size")
 
 
 class kafka(luigi.Config):  # noqa: N801

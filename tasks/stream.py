@@ -88,6 +88,10 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                            description="onnxruntime threads per call; 0: every core but one, which "
                                            "the loop's own decoding and writing keep busy (when idle, "
                                            "the loop classifies part of a batch itself)")
+    decode_threads = luigi.IntParameter(default=0, significant=False,
+                                        description="Threads that decode and preprocess batches of large images "
+                                        "(photos) while the model runs; 0: the cores onnxruntime does not use, "
+                                        "at least one")
     model_uri = luigi.Parameter(default="", description="The registered model to score with: models:/NAME@ALIAS "
                                 "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
                                 "starts; empty: models:/<[registry] model_name>@champion after the chain's "
@@ -165,7 +169,8 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         for setting, value, least in (("predict_batch_size", self.predict_batch_size, 1),
                                       ("stream_timeout_ms", self.stream_timeout_ms, 0),
                                       ("max_messages", self.max_messages, 0),
-                                      ("inference_threads", self.inference_threads, 0)):
+                                      ("inference_threads", self.inference_threads, 0),
+                                      ("decode_threads", self.decode_threads, 0)):
             if value < least:
                 raise ConfigError(f"PredictTask.{setting}", f"{value} is not allowed; it must be at least {least}")
         cfg, db_cfg = stream(), database()
@@ -198,7 +203,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 limits=DecodeLimits(cfg.max_message_bytes, cfg.max_pixels), max_messages=self.max_messages or None,
                 # At most once a second, after a commit; LiveStatus only stores it for its thread.
                 progress=lambda so_far: live.update(*predict_status(so_far, self.max_messages or None)),
-                shadow=shadow,
+                shadow=shadow, decode_threads=self.decode_threads or None, jpeg_draft=cfg.jpeg_draft,
             )
         finally:
             for transport in transports:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from vectorai.errors import ModelError
-from vectorai.preprocess import PreprocessSpec
+from vectorai.preprocess import PreprocessSpec, as_model_input
 
 #: Keys of the ONNX metadata_props that make the model self-describing.
 META_CLASS_NAMES = "vectorai.class_names"
@@ -74,6 +74,8 @@ class OnnxClassifier:
         import onnxruntime as ort
 
         self.path = Path(path)
+        #: onnxruntime's intra-op threads: the prediction loop decodes on the cores left over.
+        self.threads = threads or default_threads()
         if not self.path.is_file():
             raise ModelError(self.path, "file not found; run ExportOnnx first")
         try:
@@ -109,10 +111,12 @@ class OnnxClassifier:
                              f"{spec.height}x{spec.width}x{spec.channels}")
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities for a preprocessed float32 (N, H, W, C) batch; one session call."""
+        """Class probabilities for a preprocessed (N, H, W, C) batch, float32 in [0, 1] or uint8
+        pixels (scaled here, so a batch waiting for the model holds a quarter of the bytes); one
+        session call."""
         if len(batch) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return self._session.run(None, {self._input_name: batch})[0]
+        return self._session.run(None, {self._input_name: as_model_input(batch)})[0]
 
 
 def _read_info(path: Path, session) -> ModelInfo:

@@ -35,7 +35,7 @@ import numpy as np
 
 from vectorai.errors import MessageDecodeError
 from vectorai.png import Scanlines, encode_png, image_of, inflate_png, unfilter
-from vectorai.preprocess import PreprocessSpec, preprocess_image
+from vectorai.preprocess import UINT8_MODES, PreprocessSpec, fit_uint8, preprocess_image
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage
 
 PNG = "image/png"
@@ -200,7 +200,7 @@ class DecodedImages:
 
 def decode_messages(
     messages: Sequence[ReceivedMessage], num_classes: int | None = None, limits: DecodeLimits = DecodeLimits(),
-    spec: PreprocessSpec | None = None,
+    spec: PreprocessSpec | None = None, *, jpeg_draft: bool = False,
 ) -> DecodedImages:
     """Turn a batch of received messages into images; a message that cannot be decoded is a
     failure with the reason, and never stops the rest.
@@ -213,14 +213,16 @@ def decode_messages(
     preprocessed (``preprocess_image``) as soon as it is decoded, one at a time: so a batch never
     holds more than one full-size image, whatever its messages declare (256 4096x4096 RGBA PNGs
     would otherwise be 16 GiB of pixels at once). The result is already float32 in [0, 1] at the
-    model's shape, which preprocessing leaves as it is."""
+    model's shape, which preprocessing leaves as it is. An 8-bit image is brought to the model's
+    size in 8 bits (``preprocess.fit_uint8``, a JPEG in ``jpeg_draft`` mode when that is on), and
+    stays uint8 until the model takes it."""
     decoded: list[ReceivedMessage] = []
     pixels: list[Scanlines | _RawPixels | np.ndarray] = []
     labels: list[int | None] = []
     stamps: list[dt.datetime | None] = []
     failures = Failures()
     for message in messages:
-        parts = failures.run(message, _decode_parts, message, num_classes, limits, spec)
+        parts = failures.run(message, _decode_parts, message, num_classes, limits, spec, jpeg_draft)
         if parts is None:
             continue
         image, label, stamp = parts
@@ -236,7 +238,7 @@ def decode_message(
 ) -> DecodedMessage:
     """Turn a received message into an image; raise MessageDecodeError naming what is wrong."""
     failures = Failures()
-    parts = failures.run(message, _decode_parts, message, num_classes, limits, None)
+    parts = failures.run(message, _decode_parts, message, num_classes, limits, None, False)
     if parts is None:
         key = message.attributes.get("id")
         raise MessageDecodeError(message.source, key if isinstance(key, str) else None, failures[0][1])
@@ -245,7 +247,7 @@ def decode_message(
 
 
 def _decode_parts(message: ReceivedMessage, num_classes: int | None, limits: DecodeLimits,
-                  spec: PreprocessSpec | None,
+                  spec: PreprocessSpec | None, jpeg_draft: bool,
                   ) -> tuple[Scanlines | _RawPixels | np.ndarray, int | None, dt.datetime | None]:
     """Everything one message needs before the model: run inside the isolation boundary."""
     if message.problem is not None:
@@ -254,9 +256,11 @@ def _decode_parts(message: ReceivedMessage, num_classes: int | None, limits: Dec
     _check_attributes(attrs)
     label = _parse_label(attrs.get("label"), num_classes)
     stamp = _parse_timestamp(attrs.get("produced-at"))
-    pixels = _pixels(message, limits)
+    pixels = _pixels(message, limits, spec, jpeg_draft)
     if spec is not None and not _at_model_size(pixels, spec):
-        pixels = preprocess_image(_one(pixels), spec)
+        image = _one(pixels)
+        pixels = (fit_uint8(image, spec.height, spec.width, spec.channels) if image.dtype == np.uint8
+                  else preprocess_image(image, spec))
     return pixels, label, stamp
 
 
@@ -305,7 +309,8 @@ def _at_model_size(pixels: Scanlines | _RawPixels | np.ndarray, spec: Preprocess
     return shape[:2] == (spec.height, spec.width)
 
 
-def _pixels(message: ReceivedMessage, limits: DecodeLimits) -> Scanlines | _RawPixels | np.ndarray:
+def _pixels(message: ReceivedMessage, limits: DecodeLimits, spec: PreprocessSpec | None = None,
+            jpeg_draft: bool = False) -> Scanlines | _RawPixels | np.ndarray:
     attrs = message.attributes
     payload = message.payload
     if type(payload) is not bytes:  # a transport's bug, or a queue row's TEXT: never joined as bytes
@@ -319,11 +324,11 @@ def _pixels(message: ReceivedMessage, limits: DecodeLimits) -> Scanlines | _RawP
         inflated = inflate_png(payload, limits.max_pixels)
         if inflated is not None:
             return inflated
-        return _decode_encoded(payload, content_type, limits)
+        return _decode_encoded(payload, content_type, limits, spec, jpeg_draft)
     if content_type.startswith(NDARRAY):
         return _decode_raw(payload, content_type, attrs, limits)
     if content_type == JPEG:
-        return _decode_encoded(payload, content_type, limits)
+        return _decode_encoded(payload, content_type, limits, spec, jpeg_draft)
     raise _unknown_type(content_type)
 
 
@@ -417,7 +422,10 @@ def _raw_layout(content_type: str, dtype_attribute: str | None, shape_attribute:
     return dtype, shape, math.prod(shape) * dtype.itemsize, full_type  # math.prod: np.prod costs more
 
 
-def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits) -> np.ndarray:
+def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits, spec: PreprocessSpec | None = None,
+                    jpeg_draft: bool = False) -> np.ndarray:
+    """The image's pixels; with the model's ``spec``, an 8-bit image straight at the model's size
+    (``fit_uint8``: decoded in draft mode when asked, so never at full size)."""
     from PIL import Image, UnidentifiedImageError  # here: even a cached import costs per message
 
     try:
@@ -430,6 +438,8 @@ def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits) -> 
                 raise _Invalid(f"{width}x{height} pixels exceed the limit of {limits.max_pixels}")
             if img.mode not in ("L", "RGB", "RGBA", "LA", "P", "I;16", "I", "F", "1", "CMYK", "YCbCr"):
                 raise _Invalid(f"unsupported image mode {img.mode}")
+            if spec is not None and img.mode in UINT8_MODES:
+                return fit_uint8(img, spec.height, spec.width, spec.channels, jpeg_draft=jpeg_draft)
             if img.mode in ("P", "LA", "1"):
                 img = img.convert("RGBA" if img.mode == "P" else "L")
             elif img.mode in ("CMYK", "YCbCr"):

@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Callable, Iterator, Mapping, Sequence
@@ -30,9 +30,10 @@ import peewee as pw
 
 from vectorai import db as results_db
 from vectorai.errors import BatchError, ModelError, VectoraiError
-from vectorai.inference import OnnxClassifier
-from vectorai.messages import DecodeLimits, Failures, decode_messages, id_problem, stored_content_type
-from vectorai.preprocess import preprocess_images
+from vectorai.inference import OnnxClassifier, available_cores
+from vectorai.messages import (DecodedImages, DecodeLimits, Failures, decode_messages, id_problem,
+                               stored_content_type)
+from vectorai.preprocess import preprocess_images, stack_if_uniform
 from vectorai.transports.base import ReceivedMessage, Transport
 
 log = logging.getLogger(__name__)
@@ -257,12 +258,15 @@ class ClassifiedBatch:
 
 def decode_batch(
     source: Transport, messages: Sequence[ReceivedMessage], classifier: OnnxClassifier,
-    limits: DecodeLimits = DecodeLimits(),
+    limits: DecodeLimits = DecodeLimits(), *, jpeg_draft: bool = False, images: DecodedImages | None = None,
 ) -> DecodedBatch:
-    """Decode and preprocess a batch into one array; poison goes to ``dead`` with the reason."""
+    """Decode and preprocess a batch into one array; poison goes to ``dead`` with the reason.
+
+    ``images``: the batch already decoded (by the pool, ``_Decoding``); only the rest is done."""
     now = results_db.utc_now()
     spec = classifier.spec
-    images = decode_messages(messages, len(classifier.class_names), limits, spec)
+    if images is None:
+        images = decode_messages(messages, len(classifier.class_names), limits, spec, jpeg_draft=jpeg_draft)
     failures = images.failures
     decoded, labels, stamps, pixels = images.messages, images.labels, images.produced_at, images.images
     duplicates = 0
@@ -274,7 +278,7 @@ def decode_batch(
     batch = np.empty((0,), dtype=np.float32)
     if decoded:
         try:
-            batch = preprocess_images(pixels, spec)
+            batch = _model_pixels(pixels, spec)
         except Exception:  # noqa: BLE001 - some image is bad: find it one by one, keep the rest
             good: list[int] = []
             rows = []
@@ -287,6 +291,20 @@ def decode_batch(
             batch = np.stack(rows) if rows else batch
     dead = [_dead_letter(message, reason, now) for message, reason in failures]
     return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates)
+
+
+def _model_pixels(pixels: np.ndarray | list[np.ndarray], spec) -> np.ndarray:
+    """The batch as one array: uint8 pixels already at the model's shape as they are (the model
+    scales them a chunk at a time: a quarter of the memory while the batch waits), else
+    preprocessed to float32."""
+    if not isinstance(pixels, np.ndarray):
+        pixels = stack_if_uniform(pixels)
+    if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.shape[1:3] == (spec.height, spec.width):
+        if pixels.ndim == 3 and spec.channels == 1:
+            return pixels[:, :, :, None]
+        if pixels.ndim == 4 and pixels.shape[3] == spec.channels:
+            return pixels
+    return preprocess_images(pixels, spec)
 
 
 def _preprocess_one(image: np.ndarray, spec) -> np.ndarray:
@@ -405,6 +423,18 @@ def _record(report: RunReport, batch: ClassifiedBatch, new: int) -> None:
 #: (7,760-7,830 against 7,810-7,850), and with two chunks in the model at once the smaller one
 #: keeps memory flat (peak RSS 87-89 MiB for 1 batch and 94 for 10, against 95 and 105-108).
 CHUNK = 32
+#: At most this many bytes of float input per onnxruntime call: fewer than ``CHUNK`` images when
+#: they are large. The model's intermediate tensors grow with its input, and two chunks run at
+#: once: for a MobileNetV2-sized model at 224x224 a process peaked at 475 MiB classifying chunks
+#: of 32 photos and 217 MiB with chunks of 8, at the same CPU per image (10.5-11.6 ms on a busy
+#: machine for 4 to 32 per call). 28x28 digits still go 32 at a time.
+CHUNK_INPUT_BYTES = 8 * 224 * 224 * 3 * 4
+
+
+def chunk_images(pixels: np.ndarray) -> int:
+    """Images per onnxruntime call for a batch of these pixels."""
+    per_image = 4 * int(np.prod(pixels.shape[1:])) if pixels.ndim > 1 else 4
+    return max(1, min(CHUNK, CHUNK_INPUT_BYTES // max(per_image, 1)))
 
 
 class _Job:
@@ -418,7 +448,8 @@ class _Job:
         self._classifier = classifier
         self._pixels = pixels
         self._out = np.empty((len(pixels), len(classifier.class_names)), dtype=np.float32)
-        count = -(-len(pixels) // CHUNK)
+        self._chunk = chunk_images(pixels)
+        count = -(-len(pixels) // self._chunk)
         self._front, self._back = 0, count  # the unclaimed chunks are [front, back)
         self._unfinished = count
         self._lock = threading.Lock()
@@ -438,7 +469,7 @@ class _Job:
             else:
                 index = self._front
                 self._front += 1
-        rows = slice(index * CHUNK, (index + 1) * CHUNK)
+        rows = slice(index * self._chunk, (index + 1) * self._chunk)
         try:
             self._out[rows] = self._classifier.predict_proba(self._pixels[rows])
         except BaseException as err:  # noqa: BLE001 - handed to whoever waits for the result
@@ -504,6 +535,91 @@ class _Inference:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
+#: A batch is decoded by the pool (``_Decoding``) when its messages average at least this many
+#: bytes. A smaller message is mostly Python work (attributes, a small inflate) that holds the
+#: GIL, and a second thread decoding it only queues for the GIL (see ``_Inference``); a photo is
+#: Pillow's and numpy's C code, which releases it, so pool threads decode side by side with the
+#: model. (A 28x28 PNG is under 1 KiB; a 640x480 JPEG tens of KiB.)
+POOL_MIN_PAYLOAD_BYTES = 4096
+#: Messages per task of the decoding pool: small enough that its threads share a batch evenly.
+DECODE_SLICE = 16
+
+
+def default_decode_threads(inference_threads: int) -> int:
+    """Threads that decode and preprocess: the cores onnxruntime does not use, at least one."""
+    return max(1, available_cores() - inference_threads)
+
+
+def _worth_a_pool(messages: Sequence[ReceivedMessage]) -> bool:
+    total = sum(len(message.payload) for message in messages if isinstance(message.payload, (bytes, bytearray)))
+    return total >= POOL_MIN_PAYLOAD_BYTES * len(messages)
+
+
+class _Decoding:
+    """One batch being decoded by the pool, in slices of ``DECODE_SLICE`` messages.
+
+    Each slice is ``messages.decode_messages``, so every message is still decoded inside the one
+    isolation boundary (``Failures.run``); the slices are put back together in message order."""
+
+    def __init__(self, pool: ThreadPoolExecutor, messages: Sequence[ReceivedMessage], num_classes: int,
+                 limits: DecodeLimits, spec, jpeg_draft: bool) -> None:
+        self._arguments = (num_classes, limits, spec)
+        self._jpeg_draft = jpeg_draft
+        self._slices = [messages[i:i + DECODE_SLICE] for i in range(0, len(messages), DECODE_SLICE)]
+        self._futures: list[Future] = [pool.submit(self._decode, part) for part in self._slices]
+
+    def _decode(self, part: Sequence[ReceivedMessage]) -> DecodedImages:
+        return decode_messages(part, *self._arguments, jpeg_draft=self._jpeg_draft)
+
+    def done(self) -> bool:
+        return all(future.done() for future in self._futures)
+
+    def result(self) -> DecodedImages:
+        """The batch decoded; the caller decodes the slices no pool thread has started yet
+        instead of waiting for them."""
+        parts = [self._decode(part) if future.cancel() else future.result()
+                 for part, future in zip(self._slices, self._futures)]
+        return _joined(parts)
+
+    def cancel(self) -> None:
+        for future in self._futures:
+            future.cancel()
+
+
+def _joined(parts: list[DecodedImages]) -> DecodedImages:
+    """Decoded slices of a batch as one, in message order: one array when they all are arrays
+    of one shape and type, else a list of images."""
+    if len(parts) == 1:
+        return parts[0]
+    failures = Failures()
+    messages: list[ReceivedMessage] = []
+    labels: list[int | None] = []
+    stamps: list[dt.datetime | None] = []
+    for part in parts:
+        messages += part.messages
+        labels += part.labels
+        stamps += part.produced_at
+        failures += part.failures
+    images = [part.images for part in parts if part.messages]
+    if images and all(isinstance(i, np.ndarray) for i in images) and len(
+            {(i.shape[1:], i.dtype) for i in images}) == 1:
+        joined: np.ndarray | list[np.ndarray] = np.concatenate(images)
+    else:
+        joined = [image for part in images for image in part]
+    return DecodedImages(messages, joined, labels, stamps, failures)
+
+
+@dataclass
+class _InFlight:
+    """A consumed batch not yet acknowledged: being decoded by the pool, then in the model."""
+
+    source: Transport
+    messages: Sequence[ReceivedMessage]
+    decoding: _Decoding | None = None
+    decoded: DecodedBatch | None = None
+    job: _Job | None = None
+
+
 @contextlib.contextmanager
 def _batch_context(source: Transport, messages: Sequence[ReceivedMessage]) -> Iterator[None]:
     """Name the batch (source, positions) in an error that concerns all of it. Our own errors
@@ -558,14 +674,16 @@ def run_predictions(
     progress: Callable[[RunReport], None] | None = None,
     progress_interval_s: float = 1.0,
     shadow: OnnxClassifier | None = None,
+    decode_threads: int | None = None,
+    jpeg_draft: bool = True,
 ) -> RunReport:
     """Drain every source until each has had nothing new for ``timeout_ms``.
 
     Per batch: onnxruntime calls, one database transaction, then one acknowledgement of that
     source, always in that order; a batch is acknowledged only after its rows are committed. The
     model runs on a background thread one batch ahead of the database (at most two batches are
-    in memory; see ``_Inference``). If anything fails, every batch not yet acknowledged is
-    released for redelivery and the error propagates.
+    in memory, three with the decoding pool; see ``_Inference``). If anything fails, every batch
+    not yet acknowledged is released for redelivery and the error propagates.
 
     ``progress``, when given, is called with the report so far (``seconds`` up to the last
     commit) after a committed batch, at most once per ``progress_interval_s``: the clock is
@@ -575,6 +693,13 @@ def run_predictions(
     ``shadow``, when given, also classifies every batch (on the loop's thread, after the primary
     model): its rows go to ``shadow_prediction`` in the same transaction, and the report gives
     the agreement between the two and the shadow's accuracy. Without it nothing here changes.
+
+    A batch of large messages (photos: ``POOL_MIN_PAYLOAD_BYTES``) is decoded and preprocessed
+    by a pool of ``decode_threads`` threads (default: the cores onnxruntime does not use, at
+    least one) while the model classifies the batch before it; then at most three batches are
+    in memory (one decoding, one in the model, one being written), else two. ``jpeg_draft``:
+    decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most that
+    (``preprocess.fit_uint8``).
     """
     if shadow is not None and shadow.spec != classifier.spec:
         raise ModelError(shadow.info.version, f"the shadow model expects {_describe_spec(shadow.spec)} images but "
@@ -584,13 +709,34 @@ def run_predictions(
     started = last_progress = time.perf_counter()
     next_report = started + progress_interval_s
     active = list(sources)
-    in_flight: deque[tuple[DecodedBatch, _Job]] = deque()
+    in_flight: deque[_InFlight] = deque()
     inference = _Inference(classifier)
+    threads = decode_threads or default_decode_threads(getattr(classifier, "threads", available_cores()))
+    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    num_classes = len(classifier.class_names)
+
+    def to_model(entry: _InFlight) -> None:
+        if entry.job is None:
+            with _batch_context(entry.source, entry.messages):
+                entry.decoded = decode_batch(entry.source, entry.messages, classifier, limits,
+                                             images=entry.decoding.result())
+                entry.decoding = None
+                entry.job = inference.submit(entry.decoded)
+
+    def submit_decoded() -> None:
+        """Batches the pool has decoded go to the model, in the order they were consumed."""
+        for entry in in_flight:
+            if entry.job is None:
+                if not entry.decoding.done():
+                    return
+                to_model(entry)
 
     def complete_oldest() -> None:
         nonlocal last_progress, next_report
-        decoded, job = in_flight[0]
-        following = in_flight[1][1] if len(in_flight) > 1 else None
+        to_model(in_flight[0])
+        submit_decoded()
+        decoded, job = in_flight[0].decoded, in_flight[0].job
+        following = in_flight[1].job if len(in_flight) > 1 else None
         with _batch_context(decoded.source, decoded.messages):
             batch = label_batch(decoded, job.result(spare=following), classifier)
             if shadow is not None and batch.rows:
@@ -625,20 +771,32 @@ def run_predictions(
                         report.consumed += len(messages)
                         report.source(source.name).consumed += len(messages)
                         unqueued = (source, messages)  # released too if decoding fails
+                        entry = _InFlight(source, messages)
                         with _batch_context(source, messages):
-                            decoded = decode_batch(source, messages, classifier, limits)
-                            in_flight.append((decoded, inference.submit(decoded)))
+                            if _worth_a_pool(messages):
+                                entry.decoding = _Decoding(pool, messages, num_classes, limits, classifier.spec,
+                                                           jpeg_draft)
+                            else:
+                                entry.decoded = decode_batch(source, messages, classifier, limits,
+                                                             jpeg_draft=jpeg_draft)
+                                entry.job = inference.submit(entry.decoded)
+                        in_flight.append(entry)
                         unqueued = None
                     elif not in_flight:
                         active.remove(source)  # nothing new for timeout_ms: drained
                 elif active:
                     active.clear()  # max_messages reached
-                # Keep one batch in the model while the previous one is written; with nothing new,
-                # finish everything before waiting.
-                if len(in_flight) > 1 or (in_flight and not messages):
+                submit_decoded()
+                # Keep one batch in the model while the previous one is written (and, with the
+                # pool, one more decoding); with nothing new, finish everything before waiting.
+                ahead = 2 if in_flight and in_flight[-1].decoding is not None else 1
+                if len(in_flight) > ahead or (in_flight and not messages):
                     complete_oldest()
         except BaseException:
-            batches = [(decoded.source, decoded.messages) for decoded, _ in reversed(in_flight)]
+            for entry in in_flight:
+                if entry.decoding is not None:
+                    entry.decoding.cancel()
+            batches = [(entry.source, entry.messages) for entry in reversed(in_flight)]
             for batch_source, batch in ([unqueued] if unqueued else []) + batches:  # newest first
                 try:
                     batch_source.release(batch)
@@ -647,6 +805,7 @@ def run_predictions(
                     log.warning("could not release %d messages from %s: %s", len(batch), batch_source.name, err)
             raise
         finally:
+            pool.shutdown(wait=True, cancel_futures=True)
             inference.close()
     # Throughput excludes the final wait that proved each source was drained.
     report.seconds = last_progress - started
