@@ -21,8 +21,9 @@ ENCODINGS = ("png", "jpeg", "raw")
 def digit_image(index: int, size: int = 28) -> np.ndarray:
     """A distinct, recognisable greyscale image per index (a bright bar at a place of its own)."""
     image = np.zeros((size, size), dtype=np.uint8)
-    row = 3 + (index * 5) % (size - 8)
-    image[row:row + 4, 2:size - 2] = 255
+    bar = max(1, size // 7)
+    row = (index * 5) % (size - bar)
+    image[row:row + bar, 1:size - 1] = 255
     image[:, (index * 3) % size] = 128
     return image
 
