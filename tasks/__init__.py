@@ -3,8 +3,10 @@
 from tasks.common import install_error_reporting
 from tasks.data import DownloadData, SplitData
 from tasks.model import ExportOnnx, PromoteModel, TrainModel
+from tasks.review import ReviewedData
 from tasks.stream import PredictTask, StreamData
 
 install_error_reporting()
 
-__all__ = ["DownloadData", "SplitData", "TrainModel", "ExportOnnx", "PromoteModel", "StreamData", "PredictTask"]
+__all__ = ["DownloadData", "SplitData", "TrainModel", "ExportOnnx", "PromoteModel", "StreamData", "PredictTask",
+           "ReviewedData"]

@@ -28,6 +28,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_results(argv: list[str] | None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        return _serve(argv[1:])
     parser = argparse.ArgumentParser(prog="vectorai-results", description=__doc__)
     parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite file")
     parser.add_argument("--limit", type=int, default=10, help="how many recent predictions to list")
@@ -58,6 +61,40 @@ def _print_results(argv: list[str] | None) -> int:
         label = "" if row.true_label is None else str(row.true_label)
         print(f"{str(row.predicted_at):26} {row.source:8} {row.message_id[:28]:28} {row.predicted_name[:12]:12} "
               f"{row.confidence:6.3f} {label:>5}")
+    return 0
+
+
+def _serve(argv: list[str]) -> int:
+    """``vectorai-results serve``: the results page (vectorai.review)."""
+    parser = argparse.ArgumentParser(prog="vectorai-results serve", description="Serve the results page: runs, "
+                                     "predictions, confusion matrices, dead letters and corrections")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback: needs a token)")
+    parser.add_argument("--port", type=int, default=8090, help="port (0: any free one)")
+    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite file")
+    parser.add_argument("--token", default="", help="asked for once per browser; default $VECTORAI_REVIEW_TOKEN")
+    parser.add_argument("--reviewer", default="", help="name stored with corrections; default: the OS user")
+    parser.add_argument("--luigid-url", default="", help="luigid's address, to link each run to it")
+    parser.add_argument("--mlflow-url", default="", help="the MLflow UI's address, to link each model version")
+    args = parser.parse_args(argv)
+
+    from tasks.config import database, paths
+    from vectorai import db as results_db
+    from vectorai.errors import VectoraiError
+    from vectorai.redact import mask_error
+    from vectorai.review.app import ReviewSettings
+    from vectorai.review.server import TOKEN_ENV, check_bind, default_reviewer, serve
+
+    url = args.database_url or database().resolved_url()
+    settings = ReviewSettings(reviewer=args.reviewer or default_reviewer(),
+                              token=args.token or os.environ.get(TOKEN_ENV) or None,
+                              reports_dir=paths().data / "reports", luigid_url=args.luigid_url or None,
+                              mlflow_url=args.mlflow_url or None)
+    try:
+        check_bind(args.host, settings.token)
+        serve(results_db.connect(url, database().connect_timeout_s), settings, args.host, args.port)
+    except VectoraiError as err:
+        print(f"vectorai-results: {mask_error(str(err), url)}", file=sys.stderr)
+        return 1
     return 0
 
 

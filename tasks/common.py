@@ -16,10 +16,16 @@ import luigi
 _FILE_NAME_PART = re.compile(r"[A-Za-z0-9_:+-][A-Za-z0-9._:+-]{0,99}")
 
 
+#: Parameters added after outputs were first named, with their defaults: at the default they are
+#: left out of the hash, so every model named before keeps its name and is not retrained.
+_ADDED_LATER = {"extra_train": ""}
+
+
 def params_hash(task: luigi.Task) -> str:
     """A short hash of the task's significant parameters: changing one changes the output path,
     so a new setting retrains instead of silently reusing an old model."""
-    params = task.to_str_params(only_significant=True, only_public=True)
+    params = {name: value for name, value in task.to_str_params(only_significant=True, only_public=True).items()
+              if _ADDED_LATER.get(name, value + "x") != value}
     digest = hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()
     return digest[:10]
 

@@ -53,12 +53,42 @@ class SplitData(VectoraiTaskMixin, luigi.Task):
         default=False, significant=False,
                                               description="Trust and load the old project's pickled .p datasets")
 
+    extra_train = luigi.Parameter(config_path=dict(section="SplitData", name="extra_train"), default="",
+        description="Images added to the training split only (never validation, test or a stream "
+                    "sample): 'reviewed' (the review table's corrections, through ReviewedData) or an .npz; "
+                    "their count and a hash of them are part of the name")
+
+    def requires(self):
+        if self.extra_train == "reviewed":
+            from tasks.review import ReviewedData
+
+            return ReviewedData()
+        return []
+
+    @property
+    def extra_train_path(self) -> Path | None:
+        if not self.extra_train:
+            return None
+        return Path(self.input().path) if self.extra_train == "reviewed" else Path(self.extra_train)
+
+    @property
+    def extra_train_name(self) -> str:
+        """``-reviewed-N-HASH`` / ``-extra-N-HASH`` for the extra training images, '' without."""
+        if not self.extra_train:
+            return ""
+        if self.extra_train == "reviewed":
+            return "-" + Path(self.input().path).stem  # ReviewedData's name is its count and hash
+        from tasks.review import extra_train_name
+
+        return extra_train_name(Path(self.extra_train))
+
     @property
     def dataset_label(self) -> str:
         return Path(self.dataset).name.removesuffix(".npz") or "dataset"
 
     def output(self) -> luigi.LocalTarget:
-        return luigi.LocalTarget(paths().data / "processed" / self.dataset_label / params_hash(self))
+        return luigi.LocalTarget(paths().data / "processed" / self.dataset_label /
+                                 f"{params_hash(self)}{self.extra_train_name}")
 
     def run(self) -> None:
         from vectorai.prepare import make_splits
@@ -74,3 +104,7 @@ class SplitData(VectoraiTaskMixin, luigi.Task):
                 test_fraction=self.test_fraction, seed=self.seed, stream_size=self.stream_size,
                 allow_legacy_pickle=self.allow_legacy_pickle,
             )
+            if self.extra_train_path is not None:
+                from vectorai.review.dataset import add_to_train
+
+                add_to_train(Path(tmp) / "train.npz", self.extra_train_path)

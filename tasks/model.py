@@ -43,7 +43,8 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
 
     @property
     def model_name(self) -> str:
-        return f"{self.requires().dataset_label}-{params_hash(self)}"
+        # The extra training images' count and hash: new reviews retrain, nothing else does.
+        return f"{self.requires().dataset_label}-{params_hash(self)}{self.requires().extra_train_name}"
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(paths().models / self.model_name / "keras")

@@ -92,7 +92,21 @@ class ShadowPrediction(_Base):
         indexes = ((("source", "message_id", "model_version"), True),)
 
 
-MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter, ShadowPrediction)
+class Review(_Base):
+    """A person's correction of one prediction (``vectorai-results serve``): the class the image
+    really is. One row per (source, message_id); a later review replaces the earlier one."""
+
+    source = pw.CharField(max_length=32)
+    message_id = pw.CharField(max_length=255)
+    label = pw.IntegerField()
+    reviewed_at = pw.DateTimeField()
+    reviewer = pw.CharField(max_length=255)
+
+    class Meta:
+        indexes = ((("source", "message_id"), True),)
+
+
+MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter, ShadowPrediction, Review)
 #: Advisory lock key held while the tables are created (any constant; "vectorai" in ASCII).
 _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 

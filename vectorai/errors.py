@@ -97,3 +97,12 @@ class RegistryError(VectoraiError):
         self.uri = uri
         self.reason = reason
         super().__init__(f"model {uri}: {reason}")
+
+
+class ReviewError(VectoraiError):
+    """A correction or a page request that cannot be carried out (unknown message, bad filter)."""
+
+    def __init__(self, what: str, reason: str) -> None:
+        self.what = what
+        self.reason = reason
+        super().__init__(f"{what}: {reason}")

@@ -1,0 +1,103 @@
+"""The whole review loop: a stream the model was not trained for, corrections made in the page
+through a real browser, a retrain with them, promotion on images held apart, and the next run
+scoring with the new champion."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from vectorai.split import load_images
+from vectorai.streaming import message_id
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+REVIEWED, HELD_APART, NEXT_RUN = 200, 100, 40
+
+
+def _rotated(images: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.rot90(images, k=1, axes=(1, 2)))
+
+
+def _report(project, run_at: str) -> dict:
+    reports = [json.loads(p.read_text()) for p in (project.data / "reports").glob("predict-*.json")]
+    [report] = [r for r in reports if r["run_at"] == run_at]
+    return report
+
+
+def _serve(project) -> tuple[subprocess.Popen, str]:
+    exe = Path(sys.executable).parent / "vectorai-results"
+    proc = subprocess.Popen([str(exe), "serve", "--port", "0", "--reviewer", "loop-test"], cwd=project.root,
+                            env=project.command_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    line = proc.stdout.readline()
+    if "serving http://" not in line:
+        proc.kill()
+        raise AssertionError(f"vectorai-results serve did not start: {line}{proc.stdout.read()}")
+    return proc, line.split("serving ")[1].split("/ ")[0]
+
+
+def test_corrections_in_the_page_retrain_and_the_next_run_uses_them(project, page, tmp_path):
+    [split_dir] = (project.data / "processed" / "mnist-sample").iterdir()
+    test = load_images(split_dir / "test.npz")
+    assert len(test) >= REVIEWED + HELD_APART + NEXT_RUN
+    # Digits turned a quarter: a kind of image the model never saw. The split's test images, so
+    # none of them is in the training split either.
+    stream = _rotated(test.images[:REVIEWED + HELD_APART])
+    labels = test.labels[:REVIEWED + HELD_APART]
+    sample, eval_file, next_sample = tmp_path / "rotated.npz", tmp_path / "rotated-eval.npz", tmp_path / "rotated-next.npz"
+    np.savez(sample, x=stream, y=labels)
+    np.savez(eval_file, x=stream[REVIEWED:], y=labels[REVIEWED:])  # held apart: never reviewed
+    np.savez(next_sample, x=_rotated(test.images[-NEXT_RUN:]), y=test.labels[-NEXT_RUN:])
+    common = ["--eval-file", str(eval_file), "--stream-timeout-ms", "500"]
+
+    # 1. Stream the 300; the trained model makes the first champion and scores them badly.
+    project.luigi("PredictTask", "--sample-file", str(sample), "--run-at", "before", *common)
+    before = _report(project, "before")
+    assert before["predicted"] == REVIEWED + HELD_APART and before["accuracy"] < 0.5, before
+
+    # 2. Correct 200 of them in the page, with the keyboard, in a real browser.
+    truth = {message_id(sample.stem, i): int(labels[i]) for i in range(REVIEWED)}
+    server, base = _serve(project)
+    try:
+        page.goto(f"{base}/predictions?unreviewed=1&limit=300")
+        page.wait_for_load_state("networkidle")
+        cards = page.locator(".card")
+        assert cards.count() == REVIEWED + HELD_APART
+        for i in range(cards.count()):
+            card = cards.nth(i)
+            key = card.get_attribute("data-id")
+            if key not in truth:
+                continue
+            card.focus()
+            with page.expect_response(lambda r: r.url.endswith("/review") and r.status == 200):
+                page.keyboard.press(str(truth[key]))
+        page.screenshot(path=str(page.screenshots / "reviewed.png"))
+        page.goto(f"{base}/predictions?unreviewed=1&limit=300")
+        assert page.locator(".card").count() == HELD_APART
+    finally:
+        server.terminate()
+        server.wait(10)
+
+    # 3.-5. Retrain with the reviews (a short schedule: the point is the loop, not the model),
+    # promote on the held-apart 100, and stream new images to the next run.
+    project.luigi("PredictTask", "--sample-file", str(next_sample), "--run-at", "after", "--extra-train",
+                  "reviewed", "--epochs", "6", *common, timeout=1500)
+    [export] = (project.data / "reviewed").glob("reviewed-200-*.npz")
+    exported = load_images(export)
+    assert sorted(exported.labels.tolist()) == sorted(truth.values())
+    [decision_file] = project.root.glob("models/*-reviewed-200-*/promotion/*.json")
+    decision = json.loads(decision_file.read_text())
+    assert decision["outcome"] == "promoted", decision
+    assert decision["images"] == HELD_APART
+    assert decision["candidate"]["accuracy"] >= decision["champion"]["accuracy"] + 0.25, decision
+    after = _report(project, "after")
+    new_version = f"{decision['registered_model']}/{decision['candidate']['version']}"
+    assert after["model_version"] == new_version != before["model_version"]
+    assert after["predicted"] == NEXT_RUN
+    print(f"\nheld-apart accuracy: {decision['champion']['accuracy']:.3f} before, "
+          f"{decision['candidate']['accuracy']:.3f} after {REVIEWED} reviews")

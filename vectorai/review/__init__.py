@@ -1,0 +1,8 @@
+"""The results web page (``vectorai-results serve``): runs, a predictions grid, confusion
+matrices, dead letters and corrections, and the export of corrections back into training.
+
+``queries`` reads and writes the tables, ``images`` re-encodes stored payloads as PNG
+thumbnails, ``charts`` draws SVG, ``app`` is the Flask application with its ``templates/`` and
+``static/`` beside it, ``server`` runs it, and ``dataset`` turns reviews into training data.
+Nothing here imports Luigi.
+"""
