@@ -14,6 +14,7 @@ from vectorai.redact import SecretText
 PASSWORD = "Kafka-s3cret-Pa55"
 
 
+@pytest.mark.kafka
 def test_a_debug_run_with_a_sasl_password_logs_it_nowhere(kafka_bootstrap, tmp_path):
     model = tmp_path / "tiny.onnx"
     tiny_onnx_model(model)

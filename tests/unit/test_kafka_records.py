@@ -127,3 +127,13 @@ def test_a_fetch_that_ends_inside_a_batch_reads_only_the_whole_batches():
     records, next_offset = read_records(bytes(first + second[:-5]), TOPIC, 0)
     assert [r.offset for r in records] == [0, 1, 2] and next_offset == 3
     assert all(isinstance(r, RecoveredRecord) and r.problem is None for r in records)
+
+
+def test_a_batch_whose_length_cannot_be_true_is_one_problem_at_its_first_offset():
+    good = three()
+    broken = bytearray(batch([(b"k3", b"v3", [])], base_offset=3))
+    struct.pack_into(">i", broken, 8, 5)  # shorter than a batch header
+    records, next_offset = read_records(bytes(good + broken), TOPIC, 0)
+    assert [r.offset for r in records] == [0, 1, 2, 3] and next_offset == 4
+    assert records[3].problem == "the Kafka client cannot parse record t/0@3: record batch at offset 3 has an " \
+                                 "impossible length 5"

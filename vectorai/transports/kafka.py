@@ -20,7 +20,7 @@ from typing import Any, Iterable, Sequence
 from vectorai.errors import TransportError
 from vectorai.redact import SecretText
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
-from vectorai.transports.kafka_records import lenient_partition_records
+from vectorai.transports.kafka_records import RecoveredRecord, lenient_partition_records
 
 log = logging.getLogger(__name__)
 
@@ -473,7 +473,7 @@ class KafkaTransport(Transport):
         # A record kafka-python could not parse (kafka_records) carries why: the decoder makes
         # it a dead letter, and it is acknowledged with its batch like any other.
         return ReceivedMessage(SOURCE, record.value or b"", attributes, claim.position_prefix + str(offset),
-                               (claim, offset), getattr(record, "problem", None))
+                               (claim, offset), record.problem if type(record) is RecoveredRecord else None)
 
     # --- shared ----------------------------------------------------------------------------
 

@@ -75,12 +75,17 @@ def read_records(raw: bytes, topic: str, partition: int, after: int = -1) -> tup
         end = pos + _LOG_OVERHEAD + length
         if length >= 0 and end > len(raw):
             break  # the fetch ended inside this batch: it is read whole by a later fetch
-        if length < _BATCH_HEADER.size - _LOG_OVERHEAD:
-            # No length to go by, so nothing after it can be found: one dead letter at its
-            # first offset; the next fetch starts after it.
+        magic = raw[pos + 16] if pos + 16 < len(raw) else None
+        if length < _BATCH_HEADER.size - _LOG_OVERHEAD or magic != 2:
+            # No v2 batch to go by (a length too small for its header, or the message format
+            # of Kafka before 0.11, which brokers since 4.0 no longer send), so its last offset
+            # is unknown: one dead letter at its first offset; the next fetch starts after it.
             offset = max(base_offset, after + 1)
-            out.append(_unreadable(topic, partition, offset, raw[pos:pos + _RAW_CAP],
-                                   f"record batch at offset {base_offset} has an impossible length {length}"))
+            if length < _BATCH_HEADER.size - _LOG_OVERHEAD:
+                problem = f"record batch at offset {base_offset} has an impossible length {length}"
+            else:
+                problem = f"message format v{magic} is not read here"
+            out.append(_unreadable(topic, partition, offset, raw[pos:pos + _RAW_CAP], problem))
             return out, offset + 1
         chunk = raw[pos:end]
         pos = end
@@ -100,11 +105,9 @@ def read_records(raw: bytes, topic: str, partition: int, after: int = -1) -> tup
 
 
 def _read_batch(chunk: bytes, topic: str, partition: int, after: int) -> tuple[list[RecoveredRecord], int]:
-    (base_offset, _, leader_epoch, magic, crc, attributes, last_delta, first_timestamp, max_timestamp,
+    (base_offset, _, leader_epoch, _, crc, attributes, last_delta, first_timestamp, max_timestamp,
      _, _, _, count) = _BATCH_HEADER.unpack_from(chunk)
     next_offset = base_offset + last_delta + 1
-    if magic != 2:
-        raise ValueError(f"message format v{magic} is not read here")
     if attributes & _CONTROL or next_offset - 1 <= after:
         return [], next_offset  # transaction markers are never handed to consumers
     from kafka.record.util import calc_crc32c
@@ -243,13 +246,13 @@ def lenient_partition_records(base: type) -> type:
     class LenientPartitionRecords(base):  # type: ignore[misc, valid-type]
         def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
             raw = records._buffer  # the fetched bytes, kept before kafka-python's parser reads them
-            last = -1
             try:
-                for record in super()._unpack_records(tp, records, key_deserializer, value_deserializer):
-                    last = record.offset
-                    yield record
+                # yield from: no Python code of ours runs per record on this, the usual, path.
+                yield from super()._unpack_records(tp, records, key_deserializer, value_deserializer)
                 return
             except Exception as err:  # noqa: BLE001 - whatever the parser raised, read on here
+                # The parser moves next_fetch_offset past each record before handing it out.
+                last = self.next_fetch_offset - 1
                 log.warning("kafka-python cannot parse a record of %s after offset %d (%s: %s); "
                             "reading the rest of the fetch leniently", tp, last, type(err).__name__, err)
             recovered, next_offset = read_records(bytes(raw), tp.topic, tp.partition, last)
