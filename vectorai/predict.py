@@ -730,9 +730,12 @@ def run_predictions(
     the agreement between the two and the shadow's accuracy. Without it nothing here changes.
 
     A batch of large messages (photos: ``POOL_MIN_PAYLOAD_BYTES``) is decoded and preprocessed
-    by a pool of ``decode_threads`` threads (default: the cores onnxruntime does not use, at
-    least one) while the model classifies the batch before it; then at most three batches are
-    in memory (one decoding, one in the model, one being written), else two. ``jpeg_draft``:
+    by a pool of ``decode_threads`` threads while the model classifies the batch before it; then
+    at most three batches are in memory (one decoding, one in the model, one being written),
+    else two. By default the pool starts on the cores onnxruntime does not use (at least one)
+    and grows by one thread each time the model would wait for a batch still decoding, up to
+    one per core: how much of a core a photo's decoding needs against the model depends on both,
+    and a fixed split would leave either the model or the decoding short on many cores. ``jpeg_draft``:
     decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most that
     (``preprocess.fit_uint8``).
     """
