@@ -564,7 +564,8 @@ def _photos_worker(args: argparse.Namespace) -> dict[str, Any]:
     cpu = time.process_time() - cpu
     database.close()
     return {"consumed": report.consumed, "predicted": report.predicted, "dead_letters": report.dead_letters,
-            "seconds": report.seconds, "cpu_seconds": cpu, "peak_rss_kib": _peak_rss_kib()}
+            "seconds": report.seconds, "cpu_seconds": cpu, "peak_rss_kib": _peak_rss_kib(),
+            "decode_threads": report.decode_threads}
 
 
 def _peak_rss_kib() -> int:
@@ -1030,7 +1031,7 @@ def run_photos(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
     by a fresh process (PredictTask's library calls) by a MobileNetV2-sized model at 224x224,
     against that model's raw onnxruntime ceiling measured right before and after it."""
     from vectorai.inference import OnnxClassifier, available_cores
-    from vectorai.predict import CHUNK, default_decode_threads
+    from vectorai.predict import CHUNK
     from vectorai.preprocess import fit_uint8, preprocess_images
 
     count = args.photo_images
@@ -1073,7 +1074,6 @@ def run_photos(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         before = ceiling("before")
         log(f"photos: {RAW} before {before:,.1f} images/s")
         publish_photos(workdir / "queues", "photos", photos, count)
-        decode_threads = args.decode_threads or default_decode_threads(args.threads or max(1, available_cores() - 1))
         out = _run_worker(["photos", "--model", str(model_file), "--queue-root", str(workdir / "queues"), "--topic",
                            "photos", "--database", str(workdir / "photos.sqlite"), "--batch-size",
                            str(args.batch_size), "--decode-threads", str(args.decode_threads)]
@@ -1088,7 +1088,7 @@ def run_photos(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         "ratio_to_ceiling_beside": round(rate / ceiling, 4) if ceiling else None,
         "ceiling_runs": ceiling_runs, "predicted": out["predicted"], "dead_letters": out["dead_letters"],
         "cpu_seconds_per_1000_images": round(out["cpu_seconds"] * 1000 / max(out["consumed"], 1), 3),
-        "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1), "decode_threads": decode_threads,
+        "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1), "decode_threads": out["decode_threads"],
         "jpeg_draft": args.jpeg_draft,
     })
     log(f"photos: predict local+sqlite {rate:,.1f} images/s, {result['ratio_to_ceiling_beside']} of the ceiling "

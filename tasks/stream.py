@@ -90,8 +90,9 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                            "the loop classifies part of a batch itself)")
     decode_threads = luigi.IntParameter(default=0, significant=False,
                                         description="Threads that decode and preprocess batches of large images "
-                                        "(photos) while the model runs; 0: the cores onnxruntime does not use, "
-                                        "at least one")
+                                        "(photos) while the model runs; 0: start on the cores onnxruntime does "
+                                        "not use (at least one), one more each time the model would wait for "
+                                        "decoding, up to one per core")
     model_uri = luigi.Parameter(default="", description="The registered model to score with: models:/NAME@ALIAS "
                                 "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
                                 "starts; empty: models:/<[registry] model_name>@champion after the chain's "

@@ -20,7 +20,7 @@ import math
 import threading
 import time
 from collections import Counter, deque
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Callable, Iterator, Mapping, Sequence
@@ -109,6 +109,8 @@ class RunReport:
     shadow_correct: int = 0
     #: Batches the shadow model failed on; their primary rows were stored and acknowledged.
     shadow_errors: int = 0
+    #: Threads that decoded batches of photos by the end of the run (0: none was decoded so).
+    decode_threads: int = 0
 
     def source(self, name: str) -> SourceCounts:
         """The counts of source ``name``, created at zero."""
@@ -556,34 +558,67 @@ def _worth_a_pool(messages: Sequence[ReceivedMessage]) -> bool:
 
 
 class _Decoding:
-    """One batch being decoded by the pool, in slices of ``DECODE_SLICE`` messages.
+    """One batch being decoded in slices of ``DECODE_SLICE`` messages, which ``lanes`` pool
+    threads and, when it needs the batch, the loop's thread claim one at a time.
 
     Each slice is ``messages.decode_messages``, so every message is still decoded inside the one
     isolation boundary (``Failures.run``); the slices are put back together in message order."""
 
     def __init__(self, pool: ThreadPoolExecutor, messages: Sequence[ReceivedMessage], num_classes: int,
-                 limits: DecodeLimits, spec, jpeg_draft: bool) -> None:
+                 limits: DecodeLimits, spec, jpeg_draft: bool, lanes: int = 1) -> None:
         self._arguments = (num_classes, limits, spec)
         self._jpeg_draft = jpeg_draft
         self._slices = [messages[i:i + DECODE_SLICE] for i in range(0, len(messages), DECODE_SLICE)]
-        self._futures: list[Future] = [pool.submit(self._decode, part) for part in self._slices]
+        self._parts: list[DecodedImages | None] = [None] * len(self._slices)
+        self._next = 0
+        self._unfinished = len(self._slices)
+        self._lock = threading.Lock()
+        self._finished = threading.Event()
+        self._error: BaseException | None = None
+        if not self._slices:
+            self._finished.set()
+        for _ in range(min(lanes, len(self._slices))):
+            pool.submit(self._work)
 
-    def _decode(self, part: Sequence[ReceivedMessage]) -> DecodedImages:
-        return decode_messages(part, *self._arguments, jpeg_draft=self._jpeg_draft)
+    def _claim(self) -> int | None:
+        with self._lock:
+            if self._next >= len(self._slices):
+                return None
+            self._next += 1
+            return self._next - 1
+
+    def _work(self) -> None:
+        while (index := self._claim()) is not None:
+            try:
+                self._parts[index] = decode_messages(self._slices[index], *self._arguments,
+                                                     jpeg_draft=self._jpeg_draft)
+            except BaseException as err:  # noqa: BLE001 - handed to whoever waits for the batch
+                with self._lock:
+                    self._error = self._error or err
+                    self._next = len(self._slices)
+                self._finished.set()
+                return
+            with self._lock:
+                self._unfinished -= 1
+                if not self._unfinished:
+                    self._finished.set()
 
     def done(self) -> bool:
-        return all(future.done() for future in self._futures)
+        return self._finished.is_set()
 
     def result(self) -> DecodedImages:
-        """The batch decoded; the caller decodes the slices no pool thread has started yet
+        """The batch decoded; the caller decodes the slices no pool thread has claimed yet
         instead of waiting for them."""
-        parts = [self._decode(part) if future.cancel() else future.result()
-                 for part, future in zip(self._slices, self._futures)]
-        return _joined(parts)
+        self._work()
+        self._finished.wait()
+        if self._error is not None:
+            raise self._error
+        return _joined(self._parts)
 
     def cancel(self) -> None:
-        for future in self._futures:
-            future.cancel()
+        """Claim nothing more (a run that failed): the slices being decoded finish."""
+        with self._lock:
+            self._next = len(self._slices)
 
 
 def _joined(parts: list[DecodedImages]) -> DecodedImages:
@@ -695,9 +730,12 @@ def run_predictions(
     the agreement between the two and the shadow's accuracy. Without it nothing here changes.
 
     A batch of large messages (photos: ``POOL_MIN_PAYLOAD_BYTES``) is decoded and preprocessed
-    by a pool of ``decode_threads`` threads (default: the cores onnxruntime does not use, at
-    least one) while the model classifies the batch before it; then at most three batches are
-    in memory (one decoding, one in the model, one being written), else two. ``jpeg_draft``:
+    by a pool of ``decode_threads`` threads while the model classifies the batch before it; then
+    at most three batches are in memory (one decoding, one in the model, one being written),
+    else two. By default the pool starts on the cores onnxruntime does not use (at least one)
+    and grows by one thread each time the model would wait for a batch still decoding, up to
+    one per core: how much of a core a photo's decoding needs against the model depends on both,
+    and a fixed split would leave either the model or the decoding short on many cores. ``jpeg_draft``:
     decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most that
     (``preprocess.fit_uint8``).
     """
@@ -711,12 +749,19 @@ def run_predictions(
     active = list(sources)
     in_flight: deque[_InFlight] = deque()
     inference = _Inference(classifier)
-    threads = decode_threads or default_decode_threads(getattr(classifier, "threads", available_cores()))
-    pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+    # Decoding threads: as given, else from the cores onnxruntime does not use (at least one), one
+    # more each time the model would wait for a batch still decoding, up to one per core.
+    lanes = decode_threads or default_decode_threads(getattr(classifier, "threads", available_cores()))
+    most_lanes = decode_threads or max(lanes, available_cores())
+    pool = ThreadPoolExecutor(max_workers=most_lanes, thread_name_prefix="decode")
     num_classes = len(classifier.class_names)
 
     def to_model(entry: _InFlight) -> None:
+        nonlocal lanes
         if entry.job is None:
+            if not entry.decoding.done() and lanes < most_lanes and report.batches:
+                lanes += 1  # decoding holds the model back (not counting the first batch's start)
+                report.decode_threads = lanes
             with _batch_context(entry.source, entry.messages):
                 entry.decoded = decode_batch(entry.source, entry.messages, classifier, limits,
                                              images=entry.decoding.result())
@@ -775,7 +820,8 @@ def run_predictions(
                         with _batch_context(source, messages):
                             if _worth_a_pool(messages):
                                 entry.decoding = _Decoding(pool, messages, num_classes, limits, classifier.spec,
-                                                           jpeg_draft)
+                                                           jpeg_draft, lanes)
+                                report.decode_threads = lanes
                             else:
                                 entry.decoded = decode_batch(source, messages, classifier, limits,
                                                              jpeg_draft=jpeg_draft)

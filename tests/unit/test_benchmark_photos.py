@@ -65,5 +65,6 @@ def test_the_scaling_table_runs_the_photos_case_once_per_core_count(tmp_path, ca
     assert [row["cores"] for row in rows] == [1]
     # Pinned to one core, the library sees one: onnxruntime and the decoding pool one thread each.
     assert rows[0]["decode_threads"] == 1 and rows[0]["images_per_second"] > 0
-    table = proc.stdout.splitlines()
+    lines = proc.stdout.splitlines()
+    table = lines[:lines.index("{")]  # then the JSON
     assert table[0].startswith("photos scaling") and table[-1].split("|")[0].strip() == "1"

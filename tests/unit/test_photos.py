@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -233,7 +234,8 @@ def test_a_run_with_the_pool_keeps_every_row_every_dead_letter_and_at_most_three
     outgoing = []
     for i, image in enumerate(images):
         if i % poison_every == poison_every - 1:
-            outgoing.append(OutgoingMessage(_POISON[0][0], {"id": f"m{i:03d}", "content-type": "image/png"}))
+            payload = _POISON[0][0][:500] if small else _POISON[0][0]  # as small or large as the images
+            outgoing.append(OutgoingMessage(payload, {"id": f"m{i:03d}", "content-type": "image/png"}))
         else:
             outgoing.append(OutgoingMessage(encode_png(image), {"id": f"m{i:03d}", "content-type": "image/png"}))
     with open_transport("local", root=tmp_path, topic="t") as producer:
@@ -295,3 +297,33 @@ def test_large_images_go_to_the_model_in_smaller_chunks():
     job = predict._Job(model, np.zeros((20, 224, 224, 3), np.uint8))
     assert job.result().shape == (20, 2)
     assert sorted(model.sizes) == [4, 8, 8]
+
+
+@pytest.mark.parametrize("given_threads", [None, 2])
+def test_the_pool_grows_while_decoding_holds_the_model_back_unless_its_size_is_given(
+        tmp_path, tiny, monkeypatch, given_threads):
+    model, _ = tiny
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([OutgoingMessage(encode_png(_big_png(i)), {"id": f"m{i}", "content-type": "image/png"})
+                          for i in range(288)])
+        producer.flush(5)
+    decode = predict.decode_messages
+
+    def slow_decode(*args, **kwargs):
+        time.sleep(0.05)  # decoding far slower than this model: the model waits for it
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(predict, "decode_messages", slow_decode)
+    monkeypatch.setattr(predict, "available_cores", lambda: 4)
+    monkeypatch.setattr(model, "threads", 3)  # onnxruntime on 3 of the 4 cores: one decoding thread to start
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], model, database, batch_size=48, timeout_ms=30,
+                                 decode_threads=given_threads)
+
+    assert report.predicted == 288
+    # Given: as given. Else from one, one more each time the model waited, up to one per core.
+    if given_threads:
+        assert report.decode_threads == given_threads
+    else:
+        assert 1 < report.decode_threads <= 4
