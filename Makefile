@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LUIGI  := $(VENV)/bin/luigi
 
-.PHONY: setup demo test unit fuzz services-up services-down bench luigid clean
+.PHONY: setup demo test unit fuzz services-up services-down bench luigid clean chromium
 
 setup: $(VENV)/.installed
 
@@ -20,8 +20,13 @@ demo: setup
 	$(VENV)/bin/vectorai-results
 
 # Starts (and stops) Kafka, PostgreSQL and the Pub/Sub emulator itself, in the test session.
-test: setup
+test: setup chromium
 	$(PY) -m pytest
+
+# Debian's chromium for the browser tests, installed with apt when missing (needs root). Not
+# fatal here: without it the browser tests skip, or fail under CI=true, saying why.
+chromium:
+	-@$(PY) -m services.chromium
 
 unit: setup
 	$(PY) -m pytest tests/unit

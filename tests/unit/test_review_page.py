@@ -216,3 +216,19 @@ def test_reason_kinds_group_reasons_without_their_specifics():
     assert queries.reason_kind("payload of 9 bytes exceeds the limit of 8") == "payload of"
     assert queries.reason_kind("unknown content-type 'x/y'; expected") == "unknown content-type"
     assert queries.reason_kind("cannot decode image: broken") == "cannot decode image"
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {k: v for k, v in os.environ.items() if k not in ("VECTORAI_REVIEW_TOKEN", "DATABASE_URL")}
+    proc = subprocess.run([str(Path(sys.executable).parent / "vectorai-results"), "serve", "--host", "0.0.0.0",
+                           "--database-url", db.sqlite_url(tmp_path / "r.sqlite")],
+                          capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(Path.cwd())})
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "vectorai-results: setting serve --host: '0.0.0.0' is reachable from other machines; give --token or set "
+        "VECTORAI_REVIEW_TOKEN so that the page asks for it"]

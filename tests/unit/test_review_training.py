@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -89,3 +90,16 @@ def test_default_names_do_not_change(tmp_path):
     task = SplitData(dataset="digits")
     before = {k: v for k, v in task.to_str_params(only_significant=True, only_public=True).items() if k != "extra_train"}
     assert params_hash(task) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
+
+
+def test_the_model_is_named_by_its_extra_images(tmp_path):
+    from tasks.model import TrainModel
+
+    extra_path = tmp_path / "extra.npz"
+    np.savez(extra_path, x=np.zeros((5, 8, 8), np.uint8), y=np.arange(5))
+    plain, extra = TrainModel(dataset="digits"), TrainModel(dataset="digits", extra_train=str(extra_path))
+    assert "-extra-" not in plain.model_name
+    first = extra.model_name
+    assert re.fullmatch(r"digits-[0-9a-f]{10}-extra-5-[0-9a-f]{10}", first), first
+    np.savez(extra_path, x=np.ones((5, 8, 8), np.uint8), y=np.arange(5))  # other images, same count
+    assert TrainModel(dataset="digits", extra_train=str(extra_path)).model_name != first

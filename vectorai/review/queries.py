@@ -90,7 +90,10 @@ def _conditions(filters: GridFilter) -> list[pw.Expression]:
             .where(_same_message(ShadowPrediction)
                    & (ShadowPrediction.predicted_class != Prediction.predicted_class))))
     if filters.unreviewed:
-        found.append(Review.id.is_null())
+        # NOT EXISTS, not "the LEFT JOIN's review.id IS NULL": PostgreSQL plans that one as a
+        # join of the whole table, estimated at one row, and sorts it (5 s at 1,000,000 rows);
+        # NOT EXISTS is an anti-join that walks the id index and stops at the page's end.
+        found.append(~pw.fn.EXISTS(Review.select(Review.id).where(_same_message(Review))))
     if filters.source:
         found.append(Prediction.source == filters.source)
     if filters.model_version:
