@@ -38,7 +38,7 @@ WORKER = textwrap.dedent("""
     database = results_db.connect(url)
     transport = (CrashBeforeAck if mode == "crash" else PubSubTransport)(**settings)
     try:
-        report = run_predictions([transport], OnnxClassifier(model), database, batch_size=8, timeout_ms=3000)
+        report = run_predictions([transport], OnnxClassifier(model), database, batch_size=8, timeout_ms=1500)
         print(json.dumps(report.to_dict()))
     finally:
         transport.close()
@@ -47,7 +47,7 @@ WORKER = textwrap.dedent("""
 
 def test_a_poison_message_redelivered_to_other_processes_is_one_dead_letter(pubsub_settings, tmp_path):
     tiny_onnx_model(tmp_path / "tiny.onnx")
-    # Many attributes, so that two processes listing them in the same order is unlikely.
+    # Many attributes, so that three processes listing them in the same order is unlikely.
     attributes = {"id": "poison", "content-type": "image/png", "label": "1",
                   **{f"attribute-{name}": name * 3 for name in "abcdefghij"}}
     with PubSubTransport(**pubsub_settings) as producer:
@@ -60,13 +60,13 @@ def test_a_poison_message_redelivered_to_other_processes_is_one_dead_letter(pubs
                                url, mode], cwd=REPO, capture_output=True, text=True, timeout=120,
                               env={**os.environ, "PYTHONPATH": str(REPO), "PYTHONHASHSEED": str(hash_seed)})
 
-    for seed in (1, 2, 3):
+    for seed in (1, 2):
         crashed = worker("crash", seed)
         assert crashed.returncode != 0 and "before its acknowledgement" in crashed.stderr, crashed.stderr[-3000:]
-    finished = worker("finish", 4)
+    finished = worker("finish", 3)
     assert finished.returncode == 0, finished.stderr[-3000:]
     report = json.loads(finished.stdout.strip().splitlines()[-1])
-    assert report["consumed"] == 1 and report["dead_letters"] == 1  # it did come again, a fourth time
+    assert report["consumed"] == 1 and report["dead_letters"] == 1  # it did come again, a third time
     with sqlite3.connect(tmp_path / "results.sqlite") as db:
         dead = db.execute("SELECT message_id, reason, attributes FROM dead_letter").fetchall()
     assert len(dead) == 1, dead
