@@ -254,3 +254,25 @@ def test_a_text_payload_and_a_nan_attribute_in_the_local_queue_are_dead_letters_
         assert _strict_json(dead["q@2"].attributes)["label"] == "nan"
     finally:
         database.close()
+
+
+_ANY_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=8)  # lone surrogates too
+
+
+@settings(SETTINGS, max_examples=300)
+@given(attributes=st.dictionaries(_ANY_TEXT, st.one_of(_ANY_TEXT, _JSON_VALUES), max_size=8), data=st.data())
+def test_a_dead_letter_has_one_fingerprint_for_any_order_of_its_attributes_and_valid_json(attributes, data):
+    """As a Pub/Sub attribute map comes in another order in another process."""
+    import datetime as dt
+
+    from vectorai.predict import _dead_letter
+    from vectorai.transports.base import ReceivedMessage
+
+    shuffled = dict(data.draw(st.permutations(list(attributes.items()))))
+    now = dt.datetime(2026, 1, 1)
+    one, two = (_dead_letter(ReceivedMessage("pubsub", b"poison", attrs, "m-1"), "why", now)
+                for attrs in (attributes, shuffled))
+    assert one["fingerprint"] == two["fingerprint"] and one["attributes"] == two["attributes"]
+    stored = _strict_json(one["attributes"])
+    assert isinstance(stored, dict) and len(stored) == len(attributes)
+    one["attributes"].encode("ascii")  # lone surrogates escaped: storable in any text column
