@@ -107,4 +107,5 @@ class SplitData(VectoraiTaskMixin, luigi.Task):
             if self.extra_train_path is not None:
                 from vectorai.review.dataset import add_to_train
 
-                add_to_train(Path(tmp) / "train.npz", self.extra_train_path)
+                add_to_train(Path(tmp) / "train.npz", self.extra_train_path,
+                             held_out=[Path(tmp) / f"{name}.npz" for name in ("val", "test", "stream")])

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 
 from vectorai.split import load_images
-from vectorai.streaming import message_id
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -61,7 +60,10 @@ def test_corrections_in_the_page_retrain_and_the_next_run_uses_them(project, pag
     assert before["predicted"] == REVIEWED + HELD_APART and before["accuracy"] < 0.5, before
 
     # 2. Correct 200 of them in the page, with the keyboard, in a real browser.
-    truth = {message_id(sample.stem, i): int(labels[i]) for i in range(REVIEWED)}
+    # StreamData's manifest lists the ids it sent, in the sample's order.
+    [sent] = [m for m in map(json.loads, map(Path.read_text, (project.data / "stream" / "manifests").glob("*.json")))
+              if m["sample"] == str(sample)]
+    truth = {key: int(labels[i]) for i, key in enumerate(sent["ids"][:REVIEWED])}
     server, base = _serve(project)
     try:
         page.goto(f"{base}/predictions?unreviewed=1&limit=300")

@@ -103,3 +103,18 @@ def test_the_model_is_named_by_its_extra_images(tmp_path):
     assert re.fullmatch(r"digits-[0-9a-f]{10}-extra-5-[0-9a-f]{10}", first), first
     np.savez(extra_path, x=np.ones((5, 8, 8), np.uint8), y=np.arange(5))  # other images, same count
     assert TrainModel(dataset="digits", extra_train=str(extra_path)).model_name != first
+
+
+def test_an_extra_image_already_held_out_is_left_out(tmp_path):
+    from vectorai.review.dataset import add_to_train
+
+    names = [str(i) for i in range(3)]
+    train, test, extra = tmp_path / "train.npz", tmp_path / "test.npz", tmp_path / "extra.npz"
+    images = np.stack([digit_image(i, size=8) for i in range(6)])
+    save_images(train, LabelledImages(images[:2], np.array([0, 1]), names))
+    save_images(test, LabelledImages(images[2:4], np.array([2, 0]), names))
+    save_images(extra, LabelledImages(images[3:6], np.array([0, 1, 2]), names))  # images[3] is a test image
+    assert add_to_train(train, extra, held_out=[test]) == 2
+    merged = load_images(train)
+    assert len(merged) == 4
+    assert not any(np.array_equal(image, images[3]) for image in merged.images)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
@@ -14,7 +15,7 @@ from vectorai.db import Prediction, Review
 from vectorai.errors import DatasetError
 from vectorai.review.images import decode_stored
 from vectorai.prepare import load_stream_sample
-from vectorai.split import load_images, save_images
+from vectorai.split import image_digests, load_images, save_images
 
 
 @dataclass(frozen=True)
@@ -70,13 +71,20 @@ def export_reviewed(path: Path, class_names: list[str]) -> int:
     return len(labels)
 
 
-def add_to_train(train_path: Path, extra_path: Path) -> int:
+def add_to_train(train_path: Path, extra_path: Path, held_out: Sequence[Path] = ()) -> int:
     """Append the images of ``extra_path`` to the split's ``train_path`` (in place, atomically);
-    returns how many were added. Their class names must be the dataset's."""
+    returns how many were added. Their class names must be the dataset's. An extra image that is
+    also in one of the ``held_out`` files (the split's validation, test and stream sample) is
+    left out: training on it would score the model on what it learnt."""
     # load_stream_sample: save_images' format (a ReviewedData export) and a plain x/y .npz alike.
     train, extra = load_images(train_path), load_stream_sample(extra_path)
     if (extra.labels < 0).any():
         raise DatasetError(extra_path, "every extra training image needs a label (y)")
+    held = {digest for path in held_out if Path(path).is_file()
+            for digest in image_digests(load_stream_sample(Path(path)).images)}
+    if held:
+        keep = [i for i, digest in enumerate(image_digests(extra.images)) if digest not in held]
+        extra = extra.subset(keep)
     if not len(extra):
         return 0
     for label in np.unique(extra.labels).tolist():
