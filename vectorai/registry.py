@@ -291,7 +291,7 @@ def fetch_model(ref: ModelVersionRef, tracking_uri: str, cache_dir: Path,
     from vectorai.inference import OnnxClassifier
 
     check_model_name(ref.name)
-    folder = Path(cache_dir) / ref.name / check_version(ref.version, ref.uri)
+    folder = Path(cache_dir) / ref.name / check_version(ref.version, f"models:/{ref.name}")
     final = folder / "model.onnx"
     if ref.sha256 and _sha256_or_none(final) == ref.sha256:
         _check_fits(OnnxClassifier(final, threads=1), spec, ref)
