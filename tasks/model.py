@@ -120,7 +120,7 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
         from vectorai.export import export_onnx, log_onnx_to_mlflow
         from vectorai.preprocess import PreprocessSpec, preprocess_images
         from vectorai.prepare import load_splits
-        from vectorai.tracking import use_tracking_uri
+        from vectorai.tracking import mlflow_credentials
 
         spec = PreprocessSpec.from_dict(summary["preprocess"])
         test = load_splits(Path(self.requires().input().path)).test
@@ -142,17 +142,18 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
                 "test_accuracy": summary["metrics"]["test_accuracy"], "mlflow_run_id": summary["mlflow_run_id"],
                 "registered_model": {"name": version.name, "version": version.version},
             })
-            # use_tracking_uri: a password in an http(s) URI goes to MLflow's own variables, so
-            # nothing MLflow prints or raises here can show it.
-            log_onnx_to_mlflow(use_tracking_uri(tracking_uri), summary["mlflow_run_id"],
-                               [out / "model.onnx", out / "model.json"])
+            # MLflow gets the URI without its password (lent to MLflow's own variables for the
+            # call only), so nothing MLflow prints or raises here can show it.
+            with mlflow_credentials(tracking_uri) as uri:
+                log_onnx_to_mlflow(uri, summary["mlflow_run_id"], [out / "model.onnx", out / "model.json"])
 
     def register(self, onnx_path: Path, parity: dict[str, float]) -> ModelVersionRef:
         """Log ``onnx_path`` to the training run as an MLflow model and register it as a new
         version of ``registered_name``, tagged with the test accuracy, the parity figures, the
-        parameter hash, the dataset and its split (the test split's digest, what it trained on).
-        (PromoteModel calls it too, for an export made before exports were registered, or under
-        another name.)"""
+        parameter hash, the dataset and its split (the test split's digest, what it trained on); a
+        version already registered from the training run is used instead (a retry registers
+        nothing new). (PromoteModel calls it too, for an export made before exports were
+        registered, or under another name.)"""
         from vectorai.prepare import load_splits, split_tags, trained_on_digests
         from vectorai.preprocess import PreprocessSpec, preprocess_images
         from vectorai.registry import check_model_name, record_training_set, register_onnx_model
@@ -194,15 +195,19 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
                                            "version must gain over the champion to replace it")
 
     def output(self) -> luigi.LocalTarget:
+        from vectorai.tracking import store_identity
+
         # Not part of the model's identity, but of the decision's: another registered model, eval
-        # file or threshold is another decision.
-        key = json.dumps([self.requires().registered_name, self.eval_file, self.min_improvement])
+        # file, threshold or tracking store is another decision (a decision made in one store
+        # must not stand for another).
+        key = json.dumps([self.requires().registered_name, self.eval_file, self.min_improvement,
+                          store_identity(mlflow().resolved_uri())])
         name = f"{name_part(self.requires().registered_name)}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
         return luigi.LocalTarget(Path(self.input().path).parent / "promotion" / name)
 
     def run(self) -> None:
         from vectorai.prepare import load_splits, load_stream_sample
-        from vectorai.registry import log_decision, promote_version, unseen_by_either
+        from vectorai.registry import check_export, log_decision, promote_version, unseen_by_either
 
         onnx_dir = Path(self.input().path)
         exported = read_json(onnx_dir / "model.json")
@@ -211,6 +216,9 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
         if (exported.get("registered_model") or {}).get("name") != name:
             # Exported before exports were registered, or registered under another name.
             version = self.requires().register(onnx_dir / "model.onnx", exported["parity"]).version
+        tracking_uri = mlflow().resolved_uri()
+        # model.json names a version, not a store: make sure this store's version is this export.
+        check_export(name, version, exported["mlflow_run_id"], tracking_uri)
         if self.eval_file:
             data, eval_set = load_stream_sample(Path(self.eval_file)), self.eval_file
             chosen = "--eval-file, less the images either version trained on"
@@ -223,7 +231,6 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
             from vectorai.errors import DatasetError
 
             raise DatasetError(eval_set, "every image needs a label (y) to compare models")
-        tracking_uri = mlflow().resolved_uri()
         with LiveStatus(self) as live:
             live.update(f"choosing the images neither {name}/{version} nor @champion trained on")
             data, compared = unseen_by_either(name, version, data, tracking_uri=tracking_uri, eval_set=eval_set)

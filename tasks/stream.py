@@ -22,9 +22,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("luigi-interface")
 
 
-@requires(PromoteModel)
+@requires(SplitData)
 class StreamData(VectoraiTaskMixin, luigi.Task):
-    """Publish the stream sample; the manifest is written only after every message is confirmed."""
+    """Publish the stream sample; the manifest is written only after every message is confirmed.
+
+    It needs only the split: sending images must not train, export or promote a model (a
+    PredictTask pinned to a model would otherwise move ``@champion`` for every other run)."""
 
     transport = luigi.Parameter(config_path=dict(section="StreamData", name="transport"),
         default="", description="local, kafka or pubsub; empty: [stream] transport")
@@ -69,7 +72,7 @@ class StreamData(VectoraiTaskMixin, luigi.Task):
                                    "sample": str(sample_path), "encoding": cfg.encoding, "ids": ids})
 
 
-@inherits(StreamData)
+@inherits(StreamData, PromoteModel)
 class PredictTask(VectoraiTaskMixin, luigi.Task):
     """Consume the stream in batches, classify with onnxruntime, store every result."""
 
@@ -104,6 +107,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                        "report gives the agreement and both accuracies. Empty: no shadow")
 
     def requires(self):
+        # A pinned model (--model-uri, --model-path) never pulls in the chain's own model.
         deps = {} if self.model_path or self.model_uri else {"model": self.clone(PromoteModel)}
         if self.require_stream:
             deps["stream"] = self.clone(StreamData)

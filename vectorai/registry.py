@@ -10,16 +10,16 @@ inside the functions that need it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
 import os
 import re
 import shutil
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable, Iterable, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterable, Iterator, TypeVar
 
 import numpy as np
 
@@ -37,8 +37,15 @@ PREVIOUS = "previous"
 #: What a registered model name may hold here: it becomes a folder of the local cache.
 _NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,99}")
 _URI = re.compile(r"models:/(?P<name>[^/@]+)(?:@(?P<alias>[A-Za-z0-9_-]+)|/(?P<version>[0-9]+))")
-#: The file beside a cached model that says where it came from and what it hashed to.
-_CACHE_MANIFEST = "vectorai-cache.json"
+#: What a version number from the registry must look like before it becomes a cache folder.
+_VERSION = re.compile(r"[1-9][0-9]{0,17}")
+#: A run id as it may appear in a registry search filter (MLflow's are 32 hex digits).
+_RUN_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")
+#: The version tag holding the SHA-256 of its model.onnx, set when the version is created:
+#: what every download and every cached copy is checked against.
+SHA256_TAG = "sha256"
+#: How often PromoteModel judges again when @champion moved while it evaluated, before refusing.
+_MAX_REJUDGEMENTS = 3
 
 T = TypeVar("T")
 
@@ -51,6 +58,9 @@ class ModelVersionRef:
     version: str
     run_id: str
     source: str
+    #: The registry's SHA-256 tag of the version's model.onnx; empty for a version registered
+    #: without one (before the tag existed, or by another tool).
+    sha256: str = field(default="", compare=False)
 
     @property
     def label(self) -> str:
@@ -106,10 +116,13 @@ def _client(tracking_uri: str, subject: str):
 
 
 def _call(subject: str, tracking_uri: str, what: str, action: Callable[[], T]) -> T:
-    """``action()``, with whatever MLflow raises turned into one RegistryError line naming the
-    store (password masked)."""
+    """``action()``, with the store's credentials lent to MLflow for the call only, and whatever
+    MLflow raises turned into one RegistryError line naming the store (password masked)."""
+    from vectorai.tracking import mlflow_credentials
+
     try:
-        return action()
+        with mlflow_credentials(tracking_uri):
+            return action()
     except RegistryError:
         raise
     except Exception as err:  # noqa: BLE001 - MLflow raises MlflowException, requests and SQLAlchemy errors
@@ -121,7 +134,16 @@ def _call(subject: str, tracking_uri: str, what: str, action: Callable[[], T]) -
 
 def _ref(version) -> ModelVersionRef:
     return ModelVersionRef(name=version.name, version=str(version.version), run_id=version.run_id or "",
-                           source=version.source or "")
+                           source=version.source or "", sha256=(version.tags or {}).get(SHA256_TAG, ""))
+
+
+def check_version(version: str, subject: str) -> str:
+    """``version`` when it is a plain version number: it becomes a folder of the local cache, so
+    whatever a server answers must not name another place."""
+    if not _VERSION.fullmatch(str(version)):
+        raise RegistryError(subject, f"the registry answered version {str(version)[:40]!r}, which is not a "
+                            "version number (digits only)")
+    return str(version)
 
 
 def resolve(uri: str, tracking_uri: str) -> ModelVersionRef:
@@ -142,9 +164,12 @@ def alias_version(name: str, alias: str, tracking_uri: str) -> str | None:
     """The version ``alias`` points to, or None when the model or the alias does not exist."""
     from mlflow.exceptions import MlflowException
 
+    from vectorai.tracking import mlflow_credentials
+
     client = _client(tracking_uri, f"models:/{name}@{alias}")
     try:
-        return str(client.get_model_version_by_alias(name, alias).version)
+        with mlflow_credentials(tracking_uri):
+            return str(client.get_model_version_by_alias(name, alias).version)
     except MlflowException as err:
         if err.error_code in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE", "NOT_FOUND"):
             return None
@@ -157,9 +182,12 @@ def alias_version(name: str, alias: str, tracking_uri: str) -> str | None:
 def register_onnx_model(onnx_path: Path, *, tracking_uri: str, run_id: str, name: str,
                         input_example: np.ndarray, tags: dict[str, object]) -> ModelVersionRef:
     """Log ``onnx_path`` as an MLflow model (onnx flavour, signature and input example) in the
-    run ``run_id`` and register it as a new version of ``name``, tagged with ``tags``.
+    run ``run_id`` and register it as a new version of ``name``, created with ``tags`` and the
+    SHA-256 of its model.onnx (:data:`SHA256_TAG`).
 
-    The ONNX file is saved whole (no external data) and keeps its metadata, so the version's
+    A version of ``name`` already registered from ``run_id`` is returned instead: a retried
+    export (the first try failed after registering) must not leave an orphan version. The ONNX
+    file is saved whole (no external data) and keeps its metadata, so the version's
     ``model.onnx`` alone is a complete vectorai model (class names, preprocessing)."""
     import mlflow
     import mlflow.onnx
@@ -170,25 +198,66 @@ def register_onnx_model(onnx_path: Path, *, tracking_uri: str, run_id: str, name
 
     check_model_name(name)
     subject = f"models:/{name}"
+    existing = run_version(name, run_id, tracking_uri)
+    if existing is not None:
+        return existing
     example = np.asarray(input_example, dtype=np.float32)
     signature = infer_signature(example, OnnxClassifier(onnx_path, threads=1).predict_proba(example))
-    client = _client(tracking_uri, subject)
+    model = onnx.load(str(onnx_path))
+    # MLflow's onnx flavour writes the proto's serialisation as model.onnx (onnx.save_model, no
+    # external data): these are the bytes every download must have.
+    sha256 = hashlib.sha256(model.SerializeToString()).hexdigest()
+    _client(tracking_uri, subject)  # points MLflow at the store; a clear error for a missing one
 
     def log():
         with mlflow.start_run(run_id=run_id):
             return mlflow.onnx.log_model(
-                onnx.load(str(onnx_path)), name="onnx-model", registered_model_name=name, signature=signature,
-                input_example=example, save_as_external_data=False,
-                onnx_execution_providers=["CPUExecutionProvider"],
+                model, name="onnx-model", signature=signature, input_example=example,
+                save_as_external_data=False, onnx_execution_providers=["CPUExecutionProvider"],
+                # Given, not inferred: inferring them runs a child process (with the store's
+                # credentials in its environment) that loads the model again.
+                pip_requirements=mlflow.onnx.get_default_pip_requirements(),
             )
 
-    info = _call(subject, tracking_uri, "cannot log and register the ONNX model", log)
-    version = str(info.registered_model_version)
-    for key, value in tags.items():
-        _call(subject, tracking_uri, f"cannot tag version {version}",
-              lambda: client.set_model_version_tag(name, version, key, str(value)))
-    return _ref(_call(subject, tracking_uri, f"cannot read version {version}",
-                      lambda: client.get_model_version(name, version)))
+    info = _call(subject, tracking_uri, "cannot log the ONNX model", log)
+    # Tags given at creation: a version never exists without its digest.
+    created = _call(subject, tracking_uri, "cannot register the ONNX model",
+                    lambda: mlflow.register_model(info.model_uri, name,
+                                                  tags={**{k: str(v) for k, v in tags.items()},
+                                                        SHA256_TAG: sha256}))
+    return _ref(created)
+
+
+def run_version(name: str, run_id: str, tracking_uri: str) -> ModelVersionRef | None:
+    """The first version of ``name`` registered from run ``run_id``, or None."""
+    subject = f"models:/{name}"
+    check_model_name(name)
+    if not _RUN_ID.fullmatch(run_id):
+        raise RegistryError(subject, f"{run_id[:70]!r} is not an MLflow run id")
+    client = _client(tracking_uri, subject)
+    # Both values are checked above to hold no quote: the filter cannot be rewritten by them.
+    found = _call(subject, tracking_uri, f"cannot look up the versions of run {run_id}",
+                  lambda: list(client.search_model_versions(f"name = '{name}' and run_id = '{run_id}'")))
+    versions = sorted(found, key=lambda v: int(v.version))
+    return _ref(versions[0]) if versions else None
+
+
+def check_export(name: str, version: str, run_id: str, tracking_uri: str) -> ModelVersionRef:
+    """Version ``version`` of ``name`` in this store, after checking that it was registered
+    from ``run_id``: an export records only name and version, which another store (or a store
+    made anew) may use for another model."""
+    from vectorai.redact import mask_url
+
+    subject = f"models:/{name}/{version}"
+    mismatch = f"this export (run {run_id}) is not version {version} of {name} in {mask_url(tracking_uri)}"
+    try:
+        ref = resolve(subject, tracking_uri)
+    except RegistryError as err:
+        raise RegistryError(subject, f"{mismatch}: {err.reason}") from None
+    if ref.run_id != run_id:
+        raise RegistryError(subject, f"{mismatch}: that version comes from run {ref.run_id or '(none)'}; export "
+                            "against this store to promote there")
+    return ref
 
 
 def version_tags(ref: ModelVersionRef, tracking_uri: str) -> dict[str, str]:
@@ -212,26 +281,27 @@ def fetch_model(ref: ModelVersionRef, tracking_uri: str, cache_dir: Path,
                 spec: PreprocessSpec | None = None) -> Path:
     """The version's ``model.onnx`` in ``cache_dir/NAME/VERSION/``, downloaded the first time.
 
-    A download goes to a temporary folder beside its final place and is renamed into place only
-    after the model loaded with onnxruntime (and fits ``spec``, when given), so the cache never
-    holds half a model. A cached copy is used when its manifest names the same registered
-    version (same run and source: another store's version 3 is another model) and the file
-    still has the SHA-256 recorded at download; otherwise it is downloaded again."""
+    What a file is checked against is the registry's SHA-256 tag of the version, never something
+    written beside the file: a cached copy is used only when it has that digest, and a download
+    only when it has it too (else one error naming both). A download goes to a temporary folder
+    of its own and its model.onnx is moved into place with one atomic rename, so processes that
+    download at once all end with the same checked file and none removes a file another reads.
+    A version without the tag (registered before it existed) is downloaded each time, since
+    nothing local may stand in for it."""
     from vectorai.inference import OnnxClassifier
 
     check_model_name(ref.name)
-    final = Path(cache_dir) / ref.name / ref.version
-    expected = {"name": ref.name, "version": ref.version, "run_id": ref.run_id, "source": ref.source}
-    if _cached_copy_is_good(final, expected):
-        path = final / "model.onnx"
-        _check_fits(OnnxClassifier(path, threads=1), spec, ref)
-        return path
+    folder = Path(cache_dir) / ref.name / check_version(ref.version, f"models:/{ref.name}")
+    final = folder / "model.onnx"
+    if ref.sha256 and _sha256_or_none(final) == ref.sha256:
+        _check_fits(OnnxClassifier(final, threads=1), spec, ref)
+        return final
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{ref.version}-", dir=final.parent))
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".download-", dir=folder))
     try:
         client = _client(tracking_uri, ref.uri)  # a clear error for a missing store
-        # The URI as MLflow has it: an http(s) password is in MLflow's own variables instead.
+        # The URI as MLflow has it: an http(s) password is lent through MLflow's own variables.
         store = client.tracking_uri
 
         def download() -> str:
@@ -247,26 +317,23 @@ def fetch_model(ref: ModelVersionRef, tracking_uri: str, cache_dir: Path,
         if not found:
             raise RegistryError(ref.uri, "the registered version has no model.onnx (not an ONNX model logged "
                                 "by ExportOnnx)")
-        model_dir = found[0].parent
-        _check_fits(OnnxClassifier(model_dir / "model.onnx", threads=1), spec, ref)
-        manifest = {**expected, "sha256": _sha256(model_dir / "model.onnx"), "tracking_uri": mask_url(tracking_uri)}
-        (model_dir / _CACHE_MANIFEST).write_text(json.dumps(manifest, indent=2))
-        if final.exists():
-            # Another process cached it meanwhile, or the old copy was stale: replace it.
-            shutil.rmtree(final, ignore_errors=True)
-        os.replace(model_dir, final)
+        digest = _sha256(found[0])
+        if ref.sha256 and digest != ref.sha256:
+            raise RegistryError(ref.uri, f"the downloaded model.onnx has SHA-256 {digest}, not the {ref.sha256} "
+                                f"of the version's {SHA256_TAG} tag; the registry's artifact was changed or "
+                                "damaged, so it is not used")
+        _check_fits(OnnxClassifier(found[0], threads=1), spec, ref)
+        os.replace(found[0], final)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return final / "model.onnx"
+    return final
 
 
-def _cached_copy_is_good(folder: Path, expected: dict[str, str]) -> bool:
+def _sha256_or_none(path: Path) -> str | None:
     try:
-        manifest = json.loads((folder / _CACHE_MANIFEST).read_text())
-        return (all(manifest.get(key) == value for key, value in expected.items())
-                and manifest.get("sha256") == _sha256(folder / "model.onnx"))
-    except (OSError, ValueError):
-        return False
+        return _sha256(path)
+    except OSError:
+        return None
 
 
 def _check_fits(classifier: OnnxClassifier, spec: PreprocessSpec | None, ref: ModelVersionRef) -> None:
@@ -336,7 +403,13 @@ def promote_version(name: str, candidate: str, *, tracking_uri: str, images, lab
     """Evaluate version ``candidate`` of ``name`` and the current champion on the same labelled
     images, decide, and move the aliases when promoted (``previous`` to the old champion,
     ``champion`` to the candidate). Returns the decision record; a refusal is a normal result.
-    The candidate's version gets a ``promotion`` tag with the outcome."""
+    The candidate's version gets a ``promotion`` tag with the outcome.
+
+    The move is conditional: right before it, ``@champion`` is read again (under a lock shared
+    by the processes that use this cache folder); when another promotion moved it meanwhile, the
+    candidate is judged again against the new champion, and refused after
+    ``_MAX_REJUDGEMENTS`` such moves. So two promotions at once end as if one ran after the other,
+    and ``previous`` is the champion actually replaced."""
     subject = f"models:/{name}/{candidate}"
     cand_ref = resolve(subject, tracking_uri)
     tags = version_tags(cand_ref, tracking_uri)
@@ -344,20 +417,37 @@ def promote_version(name: str, candidate: str, *, tracking_uri: str, images, lab
     champion = alias_version(name, CHAMPION, tracking_uri)
 
     candidate_accuracy = evaluate(load_classifier(subject, tracking_uri, cache_dir, threads=None), images, labels)
-    champion_accuracy = None
-    if champion is not None and champion != candidate:
-        champion_accuracy = evaluate(load_classifier(f"models:/{name}/{champion}", tracking_uri, cache_dir),
-                                     images, labels)
-    decision = decide(candidate_accuracy, champion_accuracy, parity_passed=parity_passed,
-                      min_improvement=min_improvement, candidate_is_champion=champion == candidate)
-
+    accuracies = {candidate: candidate_accuracy}
+    moved: list[str | None] = []  # the champions that appeared while this promotion ran
     client = _client(tracking_uri, subject)
-    if decision.promote:
-        if champion is not None:
-            _call(subject, tracking_uri, f"cannot set alias {PREVIOUS}",
-                  lambda: client.set_registered_model_alias(name, PREVIOUS, champion))
-        _call(subject, tracking_uri, f"cannot set alias {CHAMPION}",
-              lambda: client.set_registered_model_alias(name, CHAMPION, candidate))
+    while True:
+        if len(moved) > _MAX_REJUDGEMENTS:
+            decision = Decision(False, "refused", f"@champion moved {len(moved)} times while this promotion ran "
+                                f"(last to version {champion}); run it again when promotions are quieter")
+            break
+        if champion is not None and champion not in accuracies:
+            accuracies[champion] = evaluate(load_classifier(f"models:/{name}/{champion}", tracking_uri, cache_dir),
+                                            images, labels)
+        champion_accuracy = accuracies[champion] if champion is not None and champion != candidate else None
+        decision = decide(candidate_accuracy, champion_accuracy, parity_passed=parity_passed,
+                          min_improvement=min_improvement, candidate_is_champion=champion == candidate)
+        with _promotion_lock(cache_dir, tracking_uri, name):
+            now = alias_version(name, CHAMPION, tracking_uri)
+            if now == champion:
+                if decision.promote:
+                    if champion is not None:
+                        _call(subject, tracking_uri, f"cannot set alias {PREVIOUS}",
+                              lambda: client.set_registered_model_alias(name, PREVIOUS, champion))
+                    _call(subject, tracking_uri, f"cannot set alias {CHAMPION}",
+                          lambda: client.set_registered_model_alias(name, CHAMPION, candidate))
+                break
+        # Another promotion moved @champion after it was read: judge again against the new one.
+        moved.append(now)
+        champion = now
+    if moved and len(moved) <= _MAX_REJUDGEMENTS:
+        decision = Decision(decision.promote, decision.outcome,
+                            f"{decision.reason} (judged again: @champion moved to "
+                            f"{', then '.join(f'version {v}' if v else 'none' for v in moved)} meanwhile)")
     _call(subject, tracking_uri, "cannot tag the version",
           lambda: client.set_model_version_tag(name, candidate, "promotion",
                                                f"{decision.outcome}: {decision.reason}"))
@@ -365,8 +455,7 @@ def promote_version(name: str, candidate: str, *, tracking_uri: str, images, lab
         "registered_model": name,
         "candidate": {"version": candidate, "accuracy": candidate_accuracy, "run_id": cand_ref.run_id,
                       "parity_passed": parity_passed},
-        "champion": ({"version": champion, "accuracy": champion_accuracy if champion != candidate
-                      else candidate_accuracy} if champion is not None else None),
+        "champion": ({"version": champion, "accuracy": accuracies.get(champion)} if champion is not None else None),
         "images": int(len(labels)),
         "eval_set": eval_set,
         "min_improvement": min_improvement,
@@ -375,6 +464,27 @@ def promote_version(name: str, candidate: str, *, tracking_uri: str, images, lab
         "aliases": {CHAMPION: candidate if decision.promote else champion,
                     PREVIOUS: champion if decision.promote else alias_version(name, PREVIOUS, tracking_uri)},
     }
+
+
+@contextlib.contextmanager
+def _promotion_lock(cache_dir: Path, tracking_uri: str, name: str) -> Iterator[None]:
+    """Held while @champion is read again and moved: an exclusive lock on a file in the cache
+    folder, one per store and registered model. It covers the processes sharing the folder (the
+    workers of one machine); promotions from other machines still see each other's moves in
+    the re-read, with the two requests of the move as the only window."""
+    import fcntl
+
+    from vectorai.tracking import store_identity
+
+    key = hashlib.sha256(f"{store_identity(tracking_uri)}\n{name}".encode()).hexdigest()[:16]
+    folder = Path(cache_dir) / ".locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / f"promote-{key}.lock", "a+b") as handle:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
 
 
 def log_decision(record: dict[str, object], *, tracking_uri: str, run_id: str, artifact_file: str) -> None:

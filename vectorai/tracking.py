@@ -17,24 +17,61 @@ def default_tracking_uri(mlflow_dir: Path) -> str:
     return f"sqlite:///{(mlflow_dir / 'mlflow.db').resolve()}"
 
 
-def use_tracking_uri(tracking_uri: str) -> str:
-    """Point MLflow at ``tracking_uri``; return the URI as MLflow now has it.
+#: MLflow's own variables for an http(s) store's user and password.
+_CREDENTIAL_VARIABLES = ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD")
 
-    A user and password in an http(s) URI are handed to MLflow through its own
-    ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` instead, so the URI that MLflow
-    prints ("View run ... at: <uri>") and puts in its errors carries no secret. Other stores
-    (``postgresql://`` via SQLAlchemy) need the password in the URI; their errors are masked
-    by :func:`mlflow_run`.
+
+def use_tracking_uri(tracking_uri: str) -> str:
+    """Point MLflow at ``tracking_uri`` without its user information; return the URI as MLflow
+    now has it.
+
+    MLflow prints that URI ("View run ... at: <uri>") and puts it in its errors, so it carries
+    no secret; the user and password of an http(s) URI are lent to MLflow only inside
+    :func:`mlflow_credentials`. Other stores (``postgresql://`` via SQLAlchemy) need the password
+    in the URI; their errors are masked by :func:`mlflow_run`.
     """
     import mlflow
 
-    uri, userinfo = _split_credentials(tracking_uri)
-    if userinfo is not None:
-        user, _, password = userinfo.partition(":")
-        os.environ["MLFLOW_TRACKING_USERNAME"] = unquote(user)
-        os.environ["MLFLOW_TRACKING_PASSWORD"] = unquote(password)
+    uri, _ = _split_credentials(tracking_uri)
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+@contextlib.contextmanager
+def mlflow_credentials(tracking_uri: str) -> Iterator[str]:
+    """MLflow pointed at ``tracking_uri`` (see :func:`use_tracking_uri`), with the URI's user and
+    password in ``MLFLOW_TRACKING_USERNAME`` / ``MLFLOW_TRACKING_PASSWORD`` for the block only.
+
+    MLflow reads those variables at each request, so its calls inside the block authenticate;
+    afterwards the variables are as they were (a user's own settings stay), so a child process
+    started later, or a request to another store, never gets this store's password.
+    """
+    uri = use_tracking_uri(tracking_uri)
+    _, userinfo = _split_credentials(tracking_uri)
+    if userinfo is None:
+        yield uri
+        return
+    user, _, password = userinfo.partition(":")
+    saved = {name: os.environ.get(name) for name in _CREDENTIAL_VARIABLES}
+    os.environ.update(zip(_CREDENTIAL_VARIABLES, (unquote(user), unquote(password))))
+    try:
+        yield uri
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def store_identity(tracking_uri: str) -> str:
+    """The store a tracking URI names, without user, password or secret query values: the same
+    for every credential, and safe to hash into a file name or show."""
+    uri, _ = _split_credentials(tracking_uri)
+    masked = mask_url(uri)
+    # A user name (or masked password) of another scheme is not part of the store's identity.
+    scheme, sep, rest = masked.partition("://")
+    return f"{scheme}{sep}{rest.rpartition('@')[2]}" if sep else masked
 
 
 def _split_credentials(tracking_uri: str) -> tuple[str, str | None]:
@@ -83,22 +120,23 @@ def mlflow_run(tracking_uri: str, experiment: str, artifact_dir: Path | None, ru
 
     if tracking_uri.startswith("sqlite:///"):
         Path(tracking_uri[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
-    use_tracking_uri(tracking_uri)
-    try:
-        existing = mlflow.get_experiment_by_name(experiment)
-        if existing is None:
-            location = None
-            if artifact_dir is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
-                artifact_dir.mkdir(parents=True, exist_ok=True)
-                location = artifact_dir.resolve().as_uri()
-            experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
-        else:
-            experiment_id = existing.experiment_id
-    except Exception as err:  # MLflow raises many types for an unreachable or malformed store
-        # MLflow's messages may quote the URI (REST errors name the request URL), and may span
-        # lines; the error is one line naming the store with its password masked.
-        reason = mask_error(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
-                            tracking_uri)
-        raise ConfigError("mlflow.tracking_uri", f"cannot use MLflow store {mask_url(tracking_uri)}: {reason}") from None
-    with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
-        yield run
+    # The whole run in the block: MLflow calls the store at every logged metric.
+    with mlflow_credentials(tracking_uri):
+        try:
+            existing = mlflow.get_experiment_by_name(experiment)
+            if existing is None:
+                location = None
+                if artifact_dir is not None and not tracking_uri.startswith(("http://", "https://", "databricks")):
+                    artifact_dir.mkdir(parents=True, exist_ok=True)
+                    location = artifact_dir.resolve().as_uri()
+                experiment_id = mlflow.create_experiment(experiment, artifact_location=location)
+            else:
+                experiment_id = existing.experiment_id
+        except Exception as err:  # MLflow raises many types for an unreachable or malformed store
+            # MLflow's messages may quote the URI (REST errors name the request URL), and may span
+            # lines; the error is one line naming the store with its password masked.
+            reason = mask_error(str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__,
+                                tracking_uri)
+            raise ConfigError("mlflow.tracking_uri", f"cannot use MLflow store {mask_url(tracking_uri)}: {reason}") from None
+        with mlflow.start_run(experiment_id=experiment_id, run_name=run_name) as run:
+            yield run

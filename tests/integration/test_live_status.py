@@ -3,6 +3,7 @@ MLflow link to a real ``mlflow server``), and the Prometheus text file PredictTa
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -12,6 +13,7 @@ import time
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -114,15 +116,22 @@ def test_a_failed_prediction_records_its_time_and_keeps_the_last_success(project
 @pytest.fixture
 def mlflow_server(tmp_path):
     """A real ``mlflow server`` on a free loopback port, with its store and artifacts in tmp_path."""
+    with running_mlflow_server(tmp_path) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_mlflow_server(folder: Path) -> Iterator[str]:
+    """``mlflow server`` on a free loopback port, its store and artifacts in ``folder``; its URL."""
     port = free_port()
-    log_path = tmp_path / "mlflow-server.log"
+    log_path = folder / "mlflow-server.log"
     env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow-server.db'}",
-             "--artifacts-destination", str(tmp_path / "mlflow-artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, env=env)
+             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow-server.db'}",
+             "--artifacts-destination", str(folder / "mlflow-artifacts")],
+            stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env)
     try:
         deadline = time.monotonic() + 180  # it migrates its database first: 40 s on a busy 2-core VM
         while not _healthy(port):

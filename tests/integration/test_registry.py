@@ -4,7 +4,9 @@ points to when it starts (the local SQLite store, and a real ``mlflow server``).
 
 from __future__ import annotations
 
+import hashlib
 import json
+import shutil
 import sqlite3
 from pathlib import Path
 
@@ -150,6 +152,7 @@ def test_an_export_from_before_the_registry_is_registered_when_promoted(two_mode
     old = json.loads(model_json.read_text())
     del old["registered_model"]
     model_json.write_text(json.dumps(old))
+    client(project).delete_model_version(NAME, "1")  # nothing registered from its run
     project.luigi("PromoteModel")
     assert aliases(project) == {"champion": "3"}
     assert client(project).get_model_version(NAME, "3").tags["model_name"] == model_json.parent.parent.name
@@ -174,17 +177,19 @@ def test_predict_scores_with_whatever_champion_points_to(two_models, tmp_path):
     project.luigi("PredictTask", "--model-uri", f"models:/{NAME}/1", "--require-stream", "false", "--run-at", "third")
     assert {r["model_version"] for r in rows(project, "third-")} == {f"{NAME}/1"}
 
-    # Each version downloaded once into the cache, with what it was checked against.
+    # Each version downloaded once into the cache, with the SHA-256 the registry has for it.
     cache = project.data / "mlflow" / "models-cache" / NAME
     assert sorted(p.name for p in cache.iterdir()) == ["1", "2"]
-    manifest = json.loads((cache / "2" / "vectorai-cache.json").read_text())
-    assert manifest["version"] == "2" and len(manifest["sha256"]) == 64
+    for version in ("1", "2"):
+        assert sorted(p.name for p in (cache / version).iterdir()) == ["model.onnx"]
+        tag = client(project).get_model_version(NAME, version).tags["sha256"]
+        assert hashlib.sha256((cache / version / "model.onnx").read_bytes()).hexdigest() == tag
 
 
 def test_a_shadow_run_stores_both_models_predictions_and_reports_their_agreement(two_models, tmp_path):
     project = new_project(tmp_path / "home", base=two_models)
-    project.luigi("StreamData")  # promotes version 1 on the way
-    client(project).set_registered_model_alias(NAME, "challenger", "2")
+    project.luigi("StreamData")
+    client(project).set_registered_model_alias(NAME, "challenger", "2")  # PredictTask promotes version 1
     project.luigi("PredictTask", "--shadow-model-uri", f"models:/{NAME}@challenger", "--run-at", "shadow")
 
     primary = {r["message_id"]: r for r in rows(project)}
@@ -217,7 +222,7 @@ def one_line_failure(project: Project, *args: str) -> str:
 
 def test_a_uri_that_does_not_resolve_or_a_model_that_does_not_fit_fails_before_consuming(two_models, tmp_path):
     project = new_project(tmp_path / "home", base=two_models)
-    project.luigi("StreamData", "--count", "20")  # promotes version 1 on the way
+    project.luigi("StreamData", "--count", "20")  # nothing promoted: there is no @champion yet
 
     line = one_line_failure(project, "--model-uri", "models:/nope@champion")
     assert "models:/nope@champion" in line and "nope" in line and "not found" in line
@@ -244,12 +249,77 @@ def test_the_registry_on_an_mlflow_server(tmp_path, mlflow_server):  # noqa: F81
     registered = mlflow_api(mlflow_server, "registered-models/get", name=NAME)["registered_model"]
     assert {a["alias"]: a["version"] for a in registered.get("aliases", [])} == {"champion": "1"}
     assert {r["model_version"] for r in rows(project)} == {f"{NAME}/1"} and len(rows(project)) == 20
-    manifest = json.loads((project.data / "mlflow" / "models-cache" / NAME / "1" / "vectorai-cache.json")
-                          .read_text())
-    assert manifest["tracking_uri"] == f"http://alice:***@{host}"
+    tags = {t["key"]: t["value"] for t in mlflow_api(mlflow_server, "model-versions/get", name=NAME,
+                                                     version="1")["model_version"]["tags"]}
+    cached = project.data / "mlflow" / "models-cache" / NAME / "1" / "model.onnx"
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == tags["sha256"]
 
     proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", "--model-uri",
                          "models:/nope@champion", check=False, extra_env=NO_TELEMETRY)
     assert proc.returncode == 30 and "Traceback" not in proc.stderr
     assert "vectorai error: model models:/nope@champion: " in proc.stderr
     assert "s3cret" not in proc.stdout + proc.stderr
+
+
+def test_a_pinned_model_never_trains_exports_or_moves_the_champion(two_models, tmp_path):
+    project = new_project(tmp_path / "home", base=two_models)
+    models = sorted(p.name for p in (project.root / "models").iterdir())
+    # --require-stream is left at true: StreamData sends the split's sample and needs nothing else.
+    project.luigi("PredictTask", "--model-uri", f"models:/{NAME}/2")
+    assert len(rows(project)) == 200 and {r["model_version"] for r in rows(project)} == {f"{NAME}/2"}
+    onnx = exported(project)["1"]["dir"] / "onnx" / "model.onnx"
+    # A model that was never trained (3 epochs) is not trained for a run that brings its own file.
+    project.luigi("PredictTask", "--model-path", str(onnx), "--epochs", "3", "--run-at", "path",
+                  "--sample-file", str(sample_file(project, tmp_path, "path", count=20)))
+    assert {r["model_version"] for r in rows(project, "path-")} == {exported(project)["1"]["dir"].name}
+    assert aliases(project) == {}
+    assert sorted(p.name for p in (project.root / "models").iterdir()) == models
+    assert not list((project.root / "models").glob("*/promotion"))
+
+
+def test_a_retried_export_registers_no_second_version(two_models, tmp_path):
+    project = new_project(tmp_path / "home", base=two_models)
+    export_dir = exported(project)["1"]["dir"]
+    # As after a try that registered its version and then failed: no target, a version in the registry.
+    shutil.rmtree(export_dir / "onnx")
+    project.luigi("ExportOnnx")
+    assert sorted(str(v.version) for v in client(project).search_model_versions(f"name='{NAME}'")) == ["1", "2"]
+    model_json = json.loads((export_dir / "onnx" / "model.json").read_text())
+    assert model_json["registered_model"] == {"name": NAME, "version": "1"}
+
+
+def test_promotion_is_tied_to_the_store_it_was_decided_in(two_models, tmp_path, mlflow_server):  # noqa: F811
+    import mlflow
+
+    from vectorai.preprocess import PreprocessSpec, preprocess_images
+    from vectorai.registry import register_onnx_model
+
+    project = new_project(tmp_path / "home", base=two_models)
+    project.luigi("PromoteModel")
+    assert aliases(project) == {"champion": "1"}
+    run_id = exported(project)["1"]["mlflow_run_id"]
+
+    # Another store: the decision made in the first is not taken as done there ...
+    host = mlflow_server.removeprefix("http://")
+    project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{host}")
+
+    def refused() -> str:
+        proc = project.luigi("PromoteModel", check=False, extra_env=NO_TELEMETRY)
+        assert proc.returncode == 30 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        [line] = [line for line in proc.stderr.splitlines() if line.startswith("vectorai error: ")]
+        assert "s3cret" not in proc.stdout + proc.stderr
+        return line
+
+    # ... and the export is not that store's version 1: there is none yet ...
+    line = refused()
+    assert f"this export (run {run_id}) is not version 1 of {NAME} in http://alice:***@{host}: " in line
+    # ... nor when that store's version 1 is another run's model.
+    mlflow.set_tracking_uri(mlflow_server)
+    other = mlflow.MlflowClient(mlflow_server).create_run(mlflow.set_experiment("other").experiment_id).info.run_id
+    register_onnx_model(exported(project)["2"]["dir"] / "onnx" / "model.onnx", tracking_uri=mlflow_server,
+                        run_id=other, name=NAME, tags={},
+                        input_example=preprocess_images(np.zeros((1, 28, 28), np.uint8), PreprocessSpec(28, 28, 1)))
+    line = refused()
+    assert f"is not version 1 of {NAME}" in line and f"that version comes from run {other}" in line
+    registered = mlflow_api(mlflow_server, "registered-models/get", name=NAME)["registered_model"]
+    assert not registered.get("aliases")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vectorai.errors import RegistryError
 from vectorai.registry import ModelVersionRef, decide, parse_model_uri
@@ -58,3 +60,30 @@ def test_other_uris_are_one_line_errors(uri):
 
 def test_rows_name_the_registered_version():
     assert ModelVersionRef("vectorai-digits", "3", "run", "models:/m-1").label == "vectorai-digits/3"
+
+
+@pytest.mark.parametrize("version", ["../../etc", "1/../2", "0", "", "01", "1e3", "\u0663", " 1", "1\n"])
+def test_a_version_from_the_registry_must_be_a_number_before_it_names_a_cache_folder(tmp_path, version):
+    from vectorai.registry import fetch_model
+
+    ref = ModelVersionRef("vectorai-digits", version, "run", "models:/m-1", sha256="0" * 64)
+    with pytest.raises(RegistryError) as err:
+        fetch_model(ref, f"sqlite:///{tmp_path / 'no-store.db'}", tmp_path / "cache")
+    assert "not a version number (digits only)" in str(err.value) and "\n" not in str(err.value)
+    assert not (tmp_path / "cache").exists()
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=30))
+def test_any_version_the_registry_answers_is_refused_or_stays_inside_the_cache(version):
+    from pathlib import Path
+
+    from vectorai.registry import check_version
+
+    try:
+        checked = check_version(version, "models:/m")
+    except RegistryError:
+        return
+    cache = Path("/cache/m")
+    assert checked == version and version.isascii() and version.isdigit()
+    assert (cache / checked).parent == cache and ".." not in checked
