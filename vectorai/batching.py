@@ -61,7 +61,7 @@ class BudgetedSource:
         self.transport = transport
         self.max_bytes = max_bytes
         transport.max_read_bytes = max_bytes
-        self._largest = 1  # nothing seen yet: the first delivery is as many as a batch holds
+        self._largest = 0  # nothing seen yet: the first delivery is as many as a batch holds
         self._carried: deque[ReceivedMessage] = deque()
 
     @property
@@ -75,11 +75,11 @@ class BudgetedSource:
         if max_messages <= 0:
             return []
         if not self._carried:
-            ask = min(max_messages, max(1, self.max_bytes // self._largest))
+            ask = min(max_messages, max(1, self.max_bytes // self._largest)) if self._largest else max_messages
             delivered = self.transport.consume_batch(ask, timeout_ms)
             if not delivered:
                 return []
-            self._largest = max(max(map(payload_size, delivered)), 1)
+            self._largest = max(map(payload_size, delivered))
             self._carried.extend(delivered)
         sizes = [payload_size(m) for m in self._carried]
         take = take_within_budget(sizes, max_messages, self.max_bytes)
