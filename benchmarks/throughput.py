@@ -13,7 +13,9 @@ What it measures (each as images/s and as a ratio to the raw onnxruntime figure)
 4. Keras ``model.predict`` per image and per batch (when the model's ``keras/model.keras`` exists);
 5. PredictTask's peak memory (ru_maxrss of a fresh process) for one batch of messages and for ten,
    and for one batch of hostile ones: 4096x4096 RGBA PNGs (64 KiB each on the wire, 64 MiB of
-   pixels each), which must stay under 1 GiB with every message predicted or dead-lettered.
+   pixels each), which must stay under 1 GiB with every message predicted or dead-lettered; and
+   for 64 noise PNGs of 8 MiB each with the default byte budget (4 with ``--tiny``), which must
+   stay under 600 MiB with every one predicted.
 
 The images are real MNIST digits (the ``mnist-sample`` built-in) repeated to ``--images`` with
 unique ids. Services it needs are taken from KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL /
@@ -29,12 +31,14 @@ import os
 import platform
 import resource
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -497,6 +501,50 @@ def measure_large_images(model_file: Path, workdir: Path, count: int, batch_size
             "seconds": round(time.perf_counter() - started, 1)}
 
 
+#: The byte-budget case of the memory section: this many noise PNGs of just under 8 MiB each
+#: ([stream] max_message_bytes), through PredictTask's defaults (max_batch_bytes 64 MiB).
+BYTES_COUNT, BYTES_SIDE = 64, 2890
+BYTES_BUDGET_MIB = 600
+
+
+def _noise_png(rng: np.random.Generator, side: int) -> bytes:
+    """A greyscale PNG of noise, rows unfiltered and stored uncompressed: 8,355,656 bytes at
+    2890 a side, made in milliseconds (encode_png's filter choice takes half a second)."""
+    from vectorai.png import SIGNATURE, _chunk
+
+    scanlines = np.frombuffer(rng.bytes(side * (side + 1)), dtype=np.uint8).reshape(side, side + 1).copy()
+    scanlines[:, 0] = 0
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    return b"".join((SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 0)),
+                     _chunk(b"IEND", b"")))
+
+
+def measure_byte_budget(model_file: Path, workdir: Path, count: int, threads: int | None = None) -> dict[str, Any]:
+    """Peak RSS of the predict path (local queue + SQLite, a fresh process, PredictTask's
+    default batch size and byte budget) over ``count`` different 8 MiB noise PNGs: every one
+    must be predicted within BYTES_BUDGET_MIB."""
+    from vectorai.batching import DEFAULT_MAX_BATCH_BYTES
+    from vectorai.transports import open_transport
+    from vectorai.transports.base import OutgoingMessage
+
+    rng = np.random.default_rng(8)
+    settings = {"root": workdir / "queues", "topic": f"bytes-{uuid.uuid4().hex[:8]}"}
+    size = 0
+    with open_transport("local", **settings) as producer:
+        for i in range(count):  # one at a time: this process holds one image
+            payload = _noise_png(rng, BYTES_SIDE)
+            size = len(payload)
+            producer.publish([OutgoingMessage(payload, {"id": f"noise-{i}", "content-type": "image/png"})])
+            producer.flush(60)
+    started = time.perf_counter()
+    out = _run_worker(["memory", "--model", str(model_file), "--queue-root", str(settings["root"]), "--topic",
+                       settings["topic"], "--database", str(workdir / f"{settings['topic']}.sqlite"),
+                       "--batch-size", "256"] + (["--threads", str(threads)] if threads else []))
+    return {"messages": count, "bytes_each": size, "max_batch_bytes": DEFAULT_MAX_BATCH_BYTES,
+            "consumed": out["consumed"], "predicted": out["predicted"], "dead_letters": out["dead_letters"],
+            "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1), "seconds": round(time.perf_counter() - started, 1)}
+
+
 # --- subprocess workers (TensorFlow and memory measurements stay out of this process) ---------
 
 
@@ -793,6 +841,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
                                                args.batch_size, args.threads)
         log(f"peak memory, {memory['large']['messages']} {LARGE_SIDE}x{LARGE_SIDE} PNGs: "
             f"{memory['large']['peak_rss_mib']} MiB")
+        memory["bytes"] = measure_byte_budget(model_dir / "model.onnx", workdir, 4 if args.tiny else BYTES_COUNT,
+                                              args.threads)
+        log(f"peak memory, {memory['bytes']['messages']} PNGs of 8 MiB: {memory['bytes']['peak_rss_mib']} MiB")
 
     import onnxruntime
 
@@ -820,6 +871,9 @@ def run(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str, Any]:
             f"dead-lettered": memory["large"]["peak_rss_mib"] < LARGE_BUDGET_MIB
             and memory["large"]["consumed"] == memory["large"]["messages"]
             == memory["large"]["predicted"] + memory["large"]["dead_letters"],
+            f"peak memory of 8 MiB PNGs under {BYTES_BUDGET_MIB} MiB, every one predicted":
+            memory["bytes"]["peak_rss_mib"] < BYTES_BUDGET_MIB
+            and memory["bytes"]["predicted"] == memory["bytes"]["messages"],
         },
         "targets_judged_against": "the ceiling measured beside each case (ratio_to_ceiling_beside)",
         **({"baseline_model": comparison} if comparison else {}),
@@ -854,6 +908,10 @@ def format_table(summary: dict[str, Any]) -> str:
     lines.append(f"peak memory, {large['messages']:,} {large['side']}x{large['side']} RGBA PNGs of "
                  f"{large['bytes_each'] // 1024} KiB in batches of {large['batch_size']}: {large['peak_rss_mib']:.1f} MiB "
                  f"({large['predicted']} predicted, {large['dead_letters']} dead letters, {large['seconds']} s)")
+    noise = memory["bytes"]
+    lines.append(f"peak memory, {noise['messages']:,} noise PNGs of {noise['bytes_each'] / 2**20:.2f} MiB, "
+                 f"max_batch_bytes {noise['max_batch_bytes'] >> 20} MiB: {noise['peak_rss_mib']:.1f} MiB "
+                 f"({noise['predicted']} predicted, {noise['seconds']} s)")
     if "baseline_model" in summary:
         compared = summary["baseline_model"]
         lines.append(f"{RAW}, this model vs --baseline-model {compared['baseline']}: "

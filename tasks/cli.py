@@ -32,7 +32,9 @@ def _print_results(argv: list[str] | None) -> int:
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
     parser = argparse.ArgumentParser(prog="vectorai-results", description=__doc__)
-    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite file")
+    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite "
+                        "file. Never with a password: put the whole URL in $DATABASE_URL, or the password in "
+                        "~/.pgpass")
     parser.add_argument("--limit", type=int, default=10, help="how many recent predictions to list")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
@@ -42,6 +44,12 @@ def _print_results(argv: list[str] | None) -> int:
     from vectorai.errors import VectoraiError
     from vectorai.redact import mask_error, mask_url
 
+    if args.database_url and mask_url(args.database_url) != args.database_url:
+        # A command line is visible to every user of the machine (ps, /proc) and kept in shell
+        # history: refuse before connecting, and without echoing the URL.
+        print("vectorai-results: --database-url must not contain a password; put the URL in $DATABASE_URL "
+              "instead, or leave the password out and put it in ~/.pgpass", file=sys.stderr)
+        return 2
     url = args.database_url or database().resolved_url()
     try:
         results_db.connect(url, database().connect_timeout_s)

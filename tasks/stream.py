@@ -84,6 +84,9 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                          description="Also run StreamData first (the demo chain); false when "
                                          "other producers feed the topic")
     predict_batch_size = luigi.IntParameter(default=256, significant=False, description="Messages per batch")
+    max_batch_bytes = luigi.IntParameter(default=64 * 1024 * 1024, significant=False,
+                                         description="Payload bytes per batch: a batch closes when its next "
+                                         "message would pass this; one larger message is a batch of its own")
     stream_timeout_ms = luigi.IntParameter(default=2000, significant=False,
                                            description="Finish after waiting this long for new messages")
     max_messages = luigi.IntParameter(default=0, significant=False, description="Stop after this many; 0: no limit")
@@ -172,6 +175,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         check_name_part("PredictTask.run_at", self.run_at)
         inside(paths().data, Path(self.output().path), "PredictTask.run_at")
         for setting, value, least in (("predict_batch_size", self.predict_batch_size, 1),
+                                      ("max_batch_bytes", self.max_batch_bytes, 1),
                                       ("stream_timeout_ms", self.stream_timeout_ms, 0),
                                       ("max_messages", self.max_messages, 0),
                                       ("inference_threads", self.inference_threads, 0),
@@ -209,6 +213,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 # At most once a second, after a commit; LiveStatus only stores it for its thread.
                 progress=lambda so_far: live.update(*predict_status(so_far, self.max_messages or None)),
                 shadow=shadow, decode_threads=self.decode_threads or None, jpeg_draft=cfg.jpeg_draft,
+                max_batch_bytes=self.max_batch_bytes,
             )
         finally:
             for transport in transports:

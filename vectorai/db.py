@@ -16,10 +16,15 @@ from typing import Iterable, Sequence
 import peewee as pw
 
 from vectorai import pg_copy
+from vectorai.batching import take_within_budget
 from vectorai.errors import DatabaseError
 from vectorai.redact import mask_error, mask_url  # noqa: F401 - mask_url is part of this module's API
 
 database_proxy = pw.DatabaseProxy()
+
+#: The insert-or-ignore path (a redelivered batch) sends rows in statements of at most this
+#: many bytes of blob values (one larger row alone).
+INSERT_PAGE_BYTES = 4 * 1024 * 1024
 
 #: Dead letters keep at most this many bytes of the raw payload: enough to inspect, never a
 #: way for a hostile stream to fill the database.
@@ -289,11 +294,19 @@ def _insert_postgres(db: pw.PostgresqlDatabase, model: type[pw.Model], fields: l
         except errors.UniqueViolation:
             raise _AlreadyStored() from None
         return len(values)
-    # Identifiers composed by psycopg2, values sent as parameters; one page, so a single INSERT
-    # whose row count covers the whole batch.
+    # Identifiers composed by psycopg2, values sent as parameters. psycopg2 renders a page as
+    # one statement, its bytea values escaped (2-4 times their size): pages of at most
+    # INSERT_PAGE_BYTES of values, each INSERT's row count added up.
     statement = sql.SQL("INSERT INTO {} ({}) VALUES %s ON CONFLICT DO NOTHING").format(table, columns)
-    execute_values(cursor, statement, values, page_size=len(values))
-    return cursor.rowcount
+    blobs = [i for i, f in enumerate(fields) if isinstance(f, pw.BlobField)]
+    sizes = [sum(len(row[i] or b"") for i in blobs) for row in values] if blobs else [0] * len(values)
+    new = start = 0
+    while start < len(values):
+        count = take_within_budget(sizes[start:], len(values), INSERT_PAGE_BYTES)
+        execute_values(cursor, statement, values[start:start + count], page_size=count)
+        new += cursor.rowcount
+        start += count
+    return new
 
 
 #: Per database, per table: the binary COPY encoders of its columns (None: text format).

@@ -29,6 +29,7 @@ import numpy as np
 import peewee as pw
 
 from vectorai import db as results_db
+from vectorai.batching import DEFAULT_MAX_BATCH_BYTES, BudgetedSource
 from vectorai.errors import BatchError, ModelError, VectoraiError
 from vectorai.inference import OnnxClassifier, available_cores
 from vectorai.messages import (DecodedImages, DecodeLimits, Failures, decode_messages, id_problem,
@@ -678,6 +679,18 @@ def _describe_batch(source: Transport, messages: Sequence[ReceivedMessage]) -> s
     return f"batch of {len(messages)} from {source.name} ({where})"
 
 
+def _release(source: Transport, messages: Sequence[ReceivedMessage]) -> None:
+    """Give messages back for redelivery, best effort: the error that stopped the run (if any)
+    is the one to report, and unreleased messages still come back, only later (a Pub/Sub ack
+    deadline)."""
+    if not messages:
+        return
+    try:
+        source.release(messages)
+    except Exception as err:  # noqa: BLE001 - see above
+        log.warning("could not release %d messages from %s: %s", len(messages), source.name, err)
+
+
 @contextlib.contextmanager
 def _fewer_young_collections(threshold: int) -> Iterator[None]:
     """Raise the garbage collector's youngest-generation threshold to at least ``threshold``
@@ -711,6 +724,7 @@ def run_predictions(
     shadow: OnnxClassifier | None = None,
     decode_threads: int | None = None,
     jpeg_draft: bool = True,
+    max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
 ) -> RunReport:
     """Drain every source until each has had nothing new for ``timeout_ms``.
 
@@ -738,6 +752,9 @@ def run_predictions(
     and a fixed split would leave either the model or the decoding short on many cores. ``jpeg_draft``:
     decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most that
     (``preprocess.fit_uint8``).
+
+    A batch holds at most ``batch_size`` messages and ``max_batch_bytes`` of payload, except
+    that one message larger than that is a batch of its own (``vectorai.batching``).
     """
     if shadow is not None and shadow.spec != classifier.spec:
         raise ModelError(shadow.info.version, f"the shadow model expects {_describe_spec(shadow.spec)} images but "
@@ -746,7 +763,8 @@ def run_predictions(
                        shadow_model_version=shadow.info.version if shadow is not None else "")
     started = last_progress = time.perf_counter()
     next_report = started + progress_interval_s
-    active = list(sources)
+    budgeted = [BudgetedSource(source, max_batch_bytes) for source in sources]
+    active = list(budgeted)
     in_flight: deque[_InFlight] = deque()
     inference = _Inference(classifier)
     # Decoding threads: as given, else from the cores onnxruntime does not use (at least one), one
@@ -811,19 +829,20 @@ def run_predictions(
                     turn += 1
                     # With batches in flight, only take what has already arrived: waiting for new
                     # messages must never hold back the commit of those already classified.
-                    messages = source.consume_batch(want, 0 if in_flight else timeout_ms)
+                    messages = source.next_batch(want, 0 if in_flight else timeout_ms)
                     if messages:
                         report.consumed += len(messages)
                         report.source(source.name).consumed += len(messages)
-                        unqueued = (source, messages)  # released too if decoding fails
-                        entry = _InFlight(source, messages)
-                        with _batch_context(source, messages):
+                        transport = source.transport
+                        unqueued = (transport, messages)  # released too if decoding fails
+                        entry = _InFlight(transport, messages)
+                        with _batch_context(transport, messages):
                             if _worth_a_pool(messages):
                                 entry.decoding = _Decoding(pool, messages, num_classes, limits, classifier.spec,
                                                            jpeg_draft, lanes)
                                 report.decode_threads = lanes
                             else:
-                                entry.decoded = decode_batch(source, messages, classifier, limits,
+                                entry.decoded = decode_batch(transport, messages, classifier, limits,
                                                              jpeg_draft=jpeg_draft)
                                 entry.job = inference.submit(entry.decoded)
                         in_flight.append(entry)
@@ -838,17 +857,16 @@ def run_predictions(
                 ahead = 2 if in_flight and in_flight[-1].decoding is not None else 1
                 if len(in_flight) > ahead or (in_flight and not messages):
                     complete_oldest()
+            for source in budgeted:  # max_messages reached with messages delivered beyond it
+                _release(source.transport, source.take_carried())
         except BaseException:
             for entry in in_flight:
                 if entry.decoding is not None:
                     entry.decoding.cancel()
             batches = [(entry.source, entry.messages) for entry in reversed(in_flight)]
-            for batch_source, batch in ([unqueued] if unqueued else []) + batches:  # newest first
-                try:
-                    batch_source.release(batch)
-                except Exception as err:  # noqa: BLE001 - the first error is the one to report
-                    # Unreleased messages still come back, only later (a Pub/Sub ack deadline).
-                    log.warning("could not release %d messages from %s: %s", len(batch), batch_source.name, err)
+            carried = [(source.transport, source.take_carried()) for source in budgeted if source.carried]
+            for batch_source, batch in carried + ([unqueued] if unqueued else []) + batches:  # newest first
+                _release(batch_source, batch)
             raise
         finally:
             pool.shutdown(wait=True, cancel_futures=True)

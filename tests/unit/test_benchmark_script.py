@@ -83,6 +83,9 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
     runs = summary["memory"]["runs"]
     assert [r["multiple"] for r in runs] == [1, 10]
     assert all(r["consumed"] == r["messages"] and r["peak_rss_mib"] > 0 for r in runs)
+    noise = summary["memory"]["bytes"]  # the byte-budget case, 4 images of 8 MiB when tiny
+    assert noise["messages"] == noise["consumed"] == noise["predicted"] == 4 and noise["peak_rss_mib"] > 0
+    assert 8 * 2**20 - 40_000 < noise["bytes_each"] <= 8 * 2**20 and "noise PNGs of" in proc.stdout
     # The table is printed before the JSON.
     assert proc.stdout.startswith("case") and "raw onnxruntime" in proc.stdout
 

@@ -1,4 +1,5 @@
-"""``vectorai-results`` piped into a reader that stops early (``| head``) ends quietly."""
+"""``vectorai-results``: piped into a reader that stops early (``| head``) it ends quietly; it refuses
+a password on its command line."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from vectorai import db
 
@@ -57,3 +60,27 @@ def test_a_reader_gone_before_the_first_line_is_no_error(tmp_path):
 
     assert proc.stderr == ""
     assert proc.returncode == 0
+
+
+@pytest.mark.parametrize("url", [
+    "postgresql://app:hunter2@127.0.0.1:1/predictions",
+    "postgresql://app@127.0.0.1:1/predictions?password=hunter2",
+    "postgresql://app:hun%40ter2@127.0.0.1:1/predictions",
+])
+def test_a_password_on_the_command_line_is_refused_in_one_line(tmp_path, url):
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "--database-url", url], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": ""})
+    assert proc.returncode == 2 and proc.stdout == ""
+    [line] = proc.stderr.splitlines()
+    assert "--database-url must not contain a password" in line and "$DATABASE_URL" in line and "~/.pgpass" in line
+    assert "hunter2" not in line and "hun%40ter2" not in line and "127.0.0.1" not in line
+
+
+def test_the_same_url_from_database_url_is_used(tmp_path):
+    """The refusal is of the command line only: $DATABASE_URL may hold a password (here an
+    SQLite URL stands in: what matters is that the environment's URL is the one read)."""
+    url = _results_database(tmp_path / "results.sqlite")
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "--limit", "1"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": url})
+    assert proc.returncode == 0 and proc.stdout.startswith(f"database: {url}"), proc.stderr

@@ -51,6 +51,10 @@ class Transport(abc.ABC):
 
     #: Short name used in rows and reports ("local", "kafka", "pubsub").
     name: str = "transport"
+    #: A hint: ``consume_batch`` may stop reading once the payloads it has read would pass this
+    #: many bytes (always returning at least one message). The predict loop sets it to its batch
+    #: budget; transports that read a bounded amount anyway (Kafka's fetches) ignore it.
+    max_read_bytes: int | None = None
 
     @abc.abstractmethod
     def publish(self, messages: Iterable[OutgoingMessage]) -> None:

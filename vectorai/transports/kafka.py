@@ -25,6 +25,11 @@ from vectorai.transports.kafka_records import RecoveredRecord, lenient_partition
 log = logging.getLogger(__name__)
 
 SOURCE = "kafka"
+#: The largest record this transport sends, and the ``max.message.bytes`` of a topic it
+#: creates: Kafka's 1 MiB default would refuse the images ``[stream] max_message_bytes`` (8 MiB)
+#: admits, before the consumer could even dead-letter larger ones. The consumer fetches up to
+#: 16 MiB per partition, and always at least one whole record.
+MAX_RECORD_BYTES = 16 * 1024 * 1024
 #: How long consume_batch may overrun its timeout to finish joining the consumer group.
 REBALANCE_GRACE_S = 30.0
 #: Each kafka-python poll hands work to its network thread twice and waits for it (0.5-0.8 ms
@@ -159,6 +164,7 @@ class KafkaTransport(Transport):
                 enable_idempotence=True,
                 linger_ms=20,
                 batch_size=256 * 1024,
+                max_request_size=MAX_RECORD_BYTES,
                 max_block_ms=self.connect_timeout_ms,
             )
         return self._producer
@@ -493,7 +499,8 @@ class KafkaTransport(Transport):
                 try:
                     admin.create_topics(
                         {self.topic: {"num_partitions": self.partitions,
-                                      "replication_factor": replication}},
+                                      "replication_factor": replication,
+                                      "configs": {"max.message.bytes": str(MAX_RECORD_BYTES)}}},
                         timeout_ms=self.connect_timeout_ms, wait_for_metadata=True,
                     )
                 except TopicAlreadyExistsError:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
+from vectorai.batching import take_within_budget
 from vectorai.errors import ConfigError, TransportError
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
 
@@ -92,7 +93,7 @@ class LocalTransport(Transport):
             try:
                 rows = self._db.execute(
                     "SELECT offset, attributes, payload FROM messages WHERE offset > ? ORDER BY offset LIMIT ?",
-                    (start, max_messages),
+                    (start, self._within_read_bytes(start, max_messages)),
                 ).fetchall()
             except sqlite3.Error as err:
                 raise TransportError("local", f"cannot read {self.path}: {err}") from None
@@ -102,6 +103,16 @@ class LocalTransport(Transport):
             if time.monotonic() >= deadline:
                 return []
             time.sleep(_POLL_INTERVAL_S)
+
+    def _within_read_bytes(self, start: int, max_messages: int) -> int:
+        """How many rows after ``start`` to read so that their payloads stay within
+        ``max_read_bytes`` (at least one). ``length()`` of a BLOB takes its size from the row's
+        header, so this reads no payload."""
+        if self.max_read_bytes is None:
+            return max_messages
+        sizes = [size or 0 for (size,) in self._db.execute(
+            "SELECT length(payload) FROM messages WHERE offset > ? ORDER BY offset LIMIT ?", (start, max_messages))]
+        return max(take_within_budget(sizes, max_messages, self.max_read_bytes), 1)
 
     def _received(self, offset: int, attributes: object, payload: object) -> ReceivedMessage:
         """The row as a message. SQLite keeps any type in any column, so a queue written by
