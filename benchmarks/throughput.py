@@ -3,6 +3,7 @@
     python benchmarks/throughput.py                       # 30,000 images, every transport and database
     python benchmarks/throughput.py --transports local --databases sqlite --images 5000
     python benchmarks/throughput.py --tiny --json out.json
+    python benchmarks/throughput.py --cases photos --cores 1,2,4,8,16
 
 What it measures (each as images/s and as a ratio to the raw onnxruntime figure):
 
@@ -17,6 +18,10 @@ What it measures (each as images/s and as a ratio to the raw onnxruntime figure)
    for 64 noise PNGs of 8 MiB each with the default byte budget (4 with ``--tiny``), which must
    stay under 600 MiB with every one predicted.
 
+``--cases photos`` measures photos instead (``run_photos``): 640x480 JPEGs into a
+MobileNetV2-sized model at 224x224 on the local queue and SQLite, against that model's ceiling;
+``--cores 1,2,4`` runs that case once per core count under taskset and prints one table.
+
 The images are real MNIST digits (the ``mnist-sample`` built-in) repeated to ``--images`` with
 unique ids. Services it needs are taken from KAFKA_BOOTSTRAP_SERVERS / DATABASE_URL /
 PUBSUB_EMULATOR_HOST, else from ``python -m services`` if they already run, else started here and
@@ -26,6 +31,7 @@ stopped at the end. This is a measurement, not a test: nothing here asserts a sp
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import os
 import platform
@@ -1020,7 +1026,7 @@ def make_photos(count: int, seed: int = 0) -> list[bytes]:
         coarse = Image.fromarray(rng.integers(0, 256, (9, 12, 3), dtype=np.uint8))
         smooth = np.asarray(coarse.resize(PHOTO_SIZE, Image.BICUBIC), dtype=np.float32)
         grainy = np.clip(smooth + rng.normal(0, 5, smooth.shape), 0, 255).astype(np.uint8)
-        buffer = __import__("io").BytesIO()
+        buffer = io.BytesIO()
         Image.fromarray(grainy).save(buffer, format="JPEG", quality=85)
         photos.append(buffer.getvalue())
     return photos
@@ -1068,7 +1074,7 @@ def draft_agreement(model_file: Path, count: int) -> dict[str, Any]:
     messages = []
     for i, digit in enumerate(images):
         photo = Image.fromarray(digit).resize(PHOTO_SIZE, Image.BICUBIC).convert("RGB")
-        buffer = __import__("io").BytesIO()
+        buffer = io.BytesIO()
         photo.save(buffer, format="JPEG", quality=85)
         messages.append(ReceivedMessage(source="bench", payload=buffer.getvalue(), position=str(i),
                                         attributes={"id": f"d{i}", "content-type": "image/jpeg"}))
@@ -1112,7 +1118,7 @@ def run_photos(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
         from PIL import Image
 
         def pixels(payload: bytes) -> np.ndarray:
-            with Image.open(__import__("io").BytesIO(payload)) as photo:
+            with Image.open(io.BytesIO(payload)) as photo:
                 return fit_uint8(photo, spec.height, spec.width, spec.channels)
 
         # Enough images that every core has chunks of its own when they are classified side by side.

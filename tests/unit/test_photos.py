@@ -204,8 +204,7 @@ def test_the_pool_decodes_a_batch_as_one_thread_does_in_order_with_the_dead_lett
 
 
 class _WatchedQueue(LocalTransport):
-    """The real local queue, noting how many messages were consumed and not yet acknowledged,
-    and which thread decoded what."""
+    """The real local queue, noting the most messages consumed and not yet acknowledged."""
 
     def __init__(self, *args, **kwargs) -> None:
         super().__init__(*args, **kwargs)
