@@ -749,9 +749,9 @@ def run_predictions(
     else two. By default the pool starts on the cores onnxruntime does not use (at least one)
     and grows by one thread each time the model would wait for a batch still decoding, up to
     one per core: how much of a core a photo's decoding needs against the model depends on both,
-    and a fixed split would leave either the model or the decoding short on many cores. ``jpeg_draft``:
-    decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most that
-    (``preprocess.fit_uint8``).
+    and a fixed split would leave either the model or the decoding short on many cores.
+    ``jpeg_draft``: decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most
+    that (``preprocess.fit_uint8``).
 
     A batch holds at most ``batch_size`` messages and ``max_batch_bytes`` of payload, except
     that one message larger than that is a batch of its own (``vectorai.batching``).
