@@ -7,6 +7,8 @@ from __future__ import annotations
 import struct
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vectorai.transports.kafka_records import RecoveredRecord, lenient_partition_records, read_records
 
@@ -137,3 +139,23 @@ def test_a_batch_whose_length_cannot_be_true_is_one_problem_at_its_first_offset(
     assert [r.offset for r in records] == [0, 1, 2, 3] and next_offset == 4
     assert records[3].problem == "the Kafka client cannot parse record t/0@3: record batch at offset 3 has an " \
                                  "impossible length 5"
+
+
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(flips=st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=6),
+       cut=st.integers(0, 10_000), after=st.integers(-1, 6))
+def test_any_bytes_are_read_without_an_error_in_rising_offsets_within_their_batches(flips, cut, after):
+    """Bytes flipped anywhere (batch headers included), the fetch cut anywhere: read_records never
+    raises, hands out rising offsets above ``after``, never past the last batch read."""
+    data = bytearray(three("XX") + batch([(b"k3", b"v3" * 40, [("h", b"x")])] * 2, base_offset=3, compression=1)
+                     + batch([(b"k5", b"v5", [])], base_offset=5))
+    for at, value in flips:
+        data[at % len(data)] = value
+    records, next_offset = read_records(bytes(data[:len(data) - cut % len(data)]), TOPIC, 0, after)
+    offsets = [r.offset for r in records]
+    assert offsets == sorted(set(offsets)) and all(offset > after for offset in offsets)
+    if records:
+        assert next_offset is not None and next_offset > offsets[-1]
+    for record in records:
+        assert record.problem is None or record.problem.startswith(f"the Kafka client cannot parse record t/0@{record.offset}: ")
+        assert isinstance(record.value, bytes) or record.value is None

@@ -101,7 +101,10 @@ def read_records(raw: bytes, topic: str, partition: int, after: int = -1) -> tup
                                    f"record batch of offsets {base_offset}..{last} cannot be read: "
                                    f"{type(err).__name__}: {err}")]
         out.extend(records)
-    return out, next_offset
+        # The position only moves forward: a later batch's offsets at or below this one's are
+        # not read again (as kafka-python's fetcher would not).
+        after = max(after, next_offset - 1, records[-1].offset if records else after)
+    return out, None if next_offset is None else after + 1
 
 
 def _read_batch(chunk: bytes, topic: str, partition: int, after: int) -> tuple[list[RecoveredRecord], int]:
@@ -119,27 +122,32 @@ def _read_batch(chunk: bytes, topic: str, partition: int, after: int) -> tuple[l
     timestamp_type = 1 if attributes & _LOG_APPEND_TIME else 0
     records: list[RecoveredRecord] = []
     pos = 0
-    previous = base_offset - 1
+    previous, last = base_offset - 1, next_offset - 1
     for _ in range(count):
         start = pos
         try:
             record, pos = _read_record(body, pos)
+            delta = record[0]
         except _Unreadable as err:
-            delta = err.offset_delta
-            offset = base_offset + delta if delta is not None and base_offset + delta > previous else previous + 1
-            previous = offset
-            length = _record_length(body, start)
+            record, reason, delta = None, str(err), err.offset_delta
+        # Offsets rise within a batch and end at its last one, whatever a corrupt delta says: the
+        # consumer's position must never move back, nor past records of the next batch.
+        offset = base_offset + delta if delta is not None and previous < base_offset + delta <= last else previous + 1
+        if offset > last:
+            break
+        previous = offset
+        if record is None:
+            end = _record_length(body, start)
             if offset > after:
-                records.append(_unreadable(topic, partition, offset, bytes(body[start:start + min(length or _RAW_CAP, _RAW_CAP)]),
-                                           str(err), leader_epoch))
-            if length is None:
+                raw = bytes(body[start:end if end is not None else len(body)][:_RAW_CAP])
+                records.append(_unreadable(topic, partition, offset, raw, reason, leader_epoch))
+            if end is None:
                 break  # its length is unreadable too: the rest of the batch cannot be found
-            pos = length
+            pos = end
             continue
-        delta, timestamp_delta, key, value, headers, problems = record
-        offset = previous = base_offset + delta
         if offset <= after:
             continue
+        _, timestamp_delta, key, value, headers, problems = record
         problem = "; ".join(filter(None, [batch_problem, *problems])) or None
         timestamp = max_timestamp if timestamp_type else first_timestamp + timestamp_delta
         records.append(RecoveredRecord(
