@@ -747,7 +747,7 @@ def run_predictions(
     by a pool of ``decode_threads`` threads while the model classifies the batch before it; then
     at most three batches are in memory (one decoding, one in the model, one being written),
     else two. By default the pool starts on the cores onnxruntime does not use (at least one)
-    and grows by one thread each time the model would wait for a batch still decoding, up to
+    and doubles each time the model would wait for a batch still decoding, up to
     one per core: how much of a core a photo's decoding needs against the model depends on both,
     and a fixed split would leave either the model or the decoding short on many cores.
     ``jpeg_draft``: decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most
@@ -767,8 +767,8 @@ def run_predictions(
     active = list(budgeted)
     in_flight: deque[_InFlight] = deque()
     inference = _Inference(classifier)
-    # Decoding threads: as given, else from the cores onnxruntime does not use (at least one), one
-    # more each time the model would wait for a batch still decoding, up to one per core.
+    # Decoding threads: as given, else from the cores onnxruntime does not use (at least one),
+    # doubled each time the model would wait for a batch still decoding, up to one per core.
     lanes = decode_threads or default_decode_threads(getattr(classifier, "threads", available_cores()))
     most_lanes = decode_threads or max(lanes, available_cores())
     pool = ThreadPoolExecutor(max_workers=most_lanes, thread_name_prefix="decode")
@@ -778,7 +778,9 @@ def run_predictions(
         nonlocal lanes
         if entry.job is None:
             if not entry.decoding.done() and lanes < most_lanes and report.batches:
-                lanes += 1  # decoding holds the model back (not counting the first batch's start)
+                # Decoding holds the model back (not counting the first batch's start). Doubling
+                # finds the pool a 16-core host needs within a few batches; one at a time did not.
+                lanes = min(most_lanes, 2 * lanes)
                 report.decode_threads = lanes
             with _batch_context(entry.source, entry.messages):
                 entry.decoded = decode_batch(entry.source, entry.messages, classifier, limits,
