@@ -90,11 +90,6 @@ class BudgetedSource:
         carried, self._carried = list(self._carried), deque()
         return carried
 
-    def release_carried(self) -> None:
-        """Give the transport back what it delivered and no batch has taken yet."""
-        if self._carried:
-            self.transport.release(self.take_carried())
-
     @property
     def carried(self) -> int:
         """Messages delivered and waiting for a batch."""
