@@ -94,12 +94,38 @@ def new_project(root: Path, base: Path | None = None) -> Project:
                 shutil.copytree(base / part, root / part, dirs_exist_ok=True)
         if (base / "data" / "mlflow").exists():
             shutil.copytree(base / "data" / "mlflow", root / "data" / "mlflow", dirs_exist_ok=True)
+            _point_store_at_copy(root / "data" / "mlflow" / "mlflow.db", base, root)
     project = Project(root)
     project.set("paths", data_dir=root / "data", models_dir=root / "models")
     project.set("core", no_lock="true")
     project.set("retcode", already_running=10, missing_data=20, not_run=25, task_failed=30,
                 scheduling_error=35, unhandled_exception=40)
     return project
+
+
+#: MLflow's columns that hold an artifact location (an absolute path for a local store).
+_ARTIFACT_COLUMNS = (
+    "UPDATE experiments SET artifact_location = replace(artifact_location, ?, ?)",
+    "UPDATE runs SET artifact_uri = replace(artifact_uri, ?, ?)",
+    "UPDATE model_versions SET storage_location = replace(storage_location, ?, ?)",
+    "UPDATE logged_models SET artifact_location = replace(artifact_location, ?, ?)",
+)
+
+
+def _point_store_at_copy(db: Path, base: Path, root: Path) -> None:
+    """The copied MLflow store's artifact locations are absolute paths into ``base``: point them
+    at the copy, or every copy would log (promotion decisions, ...) into the shared base's runs."""
+    import sqlite3
+
+    if not db.is_file():
+        return
+    with sqlite3.connect(db) as conn:
+        for statement in _ARTIFACT_COLUMNS:
+            try:
+                conn.execute(statement, (str(base), str(root)))
+            except sqlite3.OperationalError:  # a table this MLflow version does not have
+                pass
+    conn.close()
 
 
 @pytest.fixture(scope="session")
