@@ -232,16 +232,21 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
 
             raise DatasetError(eval_set, "every image needs a label (y) to compare models")
         with LiveStatus(self) as live:
-            live.update(f"choosing the images neither {name}/{version} nor @champion trained on")
-            data, compared = unseen_by_either(name, version, data, tracking_uri=tracking_uri, eval_set=eval_set)
-            for label in compared["training_set_unknown"]:
-                log.warning("%s: %s has no record of what it trained on (registered by an older vectorai); it may "
-                            "have trained on some of the images compared on", self.task_id, label)
-            live.update(f"comparing {name}/{version} with @champion on {len(data.labels):,} images")
-            record = promote_version(name, version, tracking_uri=tracking_uri, images=data.images,
-                                     labels=data.labels, cache_dir=registry().cache,
-                                     min_improvement=self.min_improvement, eval_set=eval_set)
-            record["compared_on"] = {"source": eval_set, "chosen": chosen, **compared}
+            def choose(champion: str | None):
+                """The images neither the candidate nor this champion trained on (chosen again
+                for a champion that another promotion moved in meanwhile)."""
+                kept, compared = unseen_by_either(name, version, data, tracking_uri=tracking_uri,
+                                                  eval_set=eval_set, champion=champion)
+                for label in compared["training_set_unknown"]:
+                    log.warning("%s: %s has no record of what it trained on (registered by an older vectorai); it "
+                                "may have trained on some of the images compared on", self.task_id, label)
+                live.update(f"comparing {name}/{version} with {name}/{champion} on {len(kept.labels):,} images")
+                return kept.images, kept.labels, compared
+
+            record = promote_version(name, version, tracking_uri=tracking_uri, choose=choose,
+                                     cache_dir=registry().cache, min_improvement=self.min_improvement,
+                                     eval_set=eval_set)
+            record["compared_on"] = {"source": eval_set, "chosen": chosen, **record.pop("compared")}
             live.update(f"{record['outcome']}: {record['reason']}", 100)
         log_decision(record, tracking_uri=tracking_uri, run_id=exported["mlflow_run_id"],
                      artifact_file=f"promotion/{Path(self.output().path).name}")

@@ -397,9 +397,14 @@ def decide(candidate_accuracy: float, champion_accuracy: float | None, *, parity
     return Decision(False, "refused", f"{comparison}: below the {needed:.4f} needed")
 
 
-def promote_version(name: str, candidate: str, *, tracking_uri: str, images, labels: np.ndarray,
-                    cache_dir: Path, min_improvement: float = 0.0,
-                    eval_set: str = "") -> dict[str, object]:
+#: The images to judge the candidate against one champion on (``None``: no champion yet): images,
+#: their labels, and a record of how they were chosen.
+ChooseImages = Callable[[str | None], tuple[object, np.ndarray, dict]]
+
+
+def promote_version(name: str, candidate: str, *, tracking_uri: str, cache_dir: Path, images=None,
+                    labels: np.ndarray | None = None, choose: ChooseImages | None = None,
+                    min_improvement: float = 0.0, eval_set: str = "") -> dict[str, object]:
     """Evaluate version ``candidate`` of ``name`` and the current champion on the same labelled
     images, decide, and move the aliases when promoted (``previous`` to the old champion,
     ``champion`` to the candidate). Returns the decision record; a refusal is a normal result.
@@ -409,15 +414,26 @@ def promote_version(name: str, candidate: str, *, tracking_uri: str, images, lab
     by the processes that use this cache folder); when another promotion moved it meanwhile, the
     candidate is judged again against the new champion, and refused after
     ``_MAX_REJUDGEMENTS`` such moves. So two promotions at once end as if one ran after the other,
-    and ``previous`` is the champion actually replaced."""
+    and ``previous`` is the champion actually replaced.
+
+    ``choose(champion)`` gives the images to compare the candidate with that champion on (images,
+    labels and a record of how they were chosen, returned as ``compared``): a new champion may
+    have trained on images the old one did not, so the set is chosen again for it. Without it,
+    ``images`` and ``labels`` serve for every champion."""
     subject = f"models:/{name}/{candidate}"
     cand_ref = resolve(subject, tracking_uri)
     tags = version_tags(cand_ref, tracking_uri)
     parity_passed = tags.get("parity_passed", "false").lower() == "true"
     champion = alias_version(name, CHAMPION, tracking_uri)
+    if choose is None:
+        if images is None or labels is None:
+            raise TypeError("promote_version needs images and labels, or choose")
+        fixed = (images, labels, {})
+        choose = lambda _champion: fixed  # noqa: E731 - one set for every champion
 
-    candidate_accuracy = evaluate(load_classifier(subject, tracking_uri, cache_dir, threads=None), images, labels)
-    accuracies = {candidate: candidate_accuracy}
+    candidate_model = load_classifier(subject, tracking_uri, cache_dir, threads=None)
+    # Per champion judged: the images chosen for the pair, the candidate's and the champion's accuracy.
+    judged: dict[str | None, tuple[object, np.ndarray, dict, float, float | None]] = {}
     moved: list[str | None] = []  # the champions that appeared while this promotion ran
     client = _client(tracking_uri, subject)
     while True:
@@ -425,10 +441,14 @@ def promote_version(name: str, candidate: str, *, tracking_uri: str, images, lab
             decision = Decision(False, "refused", f"@champion moved {len(moved)} times while this promotion ran "
                                 f"(last to version {champion}); run it again when promotions are quieter")
             break
-        if champion is not None and champion not in accuracies:
-            accuracies[champion] = evaluate(load_classifier(f"models:/{name}/{champion}", tracking_uri, cache_dir),
-                                            images, labels)
-        champion_accuracy = accuracies[champion] if champion is not None and champion != candidate else None
+        if champion not in judged:
+            chosen_images, chosen_labels, compared = choose(champion)
+            judged[champion] = (chosen_images, chosen_labels, compared,
+                                evaluate(candidate_model, chosen_images, chosen_labels),
+                                None if champion is None or champion == candidate else evaluate(
+                                    load_classifier(f"models:/{name}/{champion}", tracking_uri, cache_dir),
+                                    chosen_images, chosen_labels))
+        _, chosen_labels, compared, candidate_accuracy, champion_accuracy = judged[champion]
         decision = decide(candidate_accuracy, champion_accuracy, parity_passed=parity_passed,
                           min_improvement=min_improvement, candidate_is_champion=champion == candidate)
         with _promotion_lock(cache_dir, tracking_uri, name):
@@ -455,8 +475,9 @@ def promote_version(name: str, candidate: str, *, tracking_uri: str, images, lab
         "registered_model": name,
         "candidate": {"version": candidate, "accuracy": candidate_accuracy, "run_id": cand_ref.run_id,
                       "parity_passed": parity_passed},
-        "champion": ({"version": champion, "accuracy": accuracies.get(champion)} if champion is not None else None),
-        "images": int(len(labels)),
+        "champion": ({"version": champion, "accuracy": champion_accuracy} if champion is not None else None),
+        "images": int(len(chosen_labels)),
+        "compared": compared,
         "eval_set": eval_set,
         "min_improvement": min_improvement,
         **asdict(decision),
@@ -555,14 +576,14 @@ def trained_on(ref: ModelVersionRef, tracking_uri: str) -> frozenset[str] | None
 
 
 def unseen_by_either(name: str, candidate: str, data: LabelledImages, *, tracking_uri: str,
-                     eval_set: str) -> tuple[LabelledImages, dict[str, object]]:
-    """``data`` less the images version ``candidate`` of ``name`` or the current champion trained
+                     eval_set: str, champion: str | None) -> tuple[LabelledImages, dict[str, object]]:
+    """``data`` less the images version ``candidate`` of ``name`` or version ``champion`` trained
     on, and a record of what was kept (see ``vectorai.split.leave_out_seen``): a comparison on
     images one of them learnt from favours that one."""
     from vectorai.errors import DatasetError
     from vectorai.split import leave_out_seen
 
-    versions = sorted({candidate, alias_version(name, CHAMPION, tracking_uri)} - {None})
+    versions = sorted({candidate, champion} - {None})
     seen = {f"{name}/{v}": trained_on(resolve(f"models:/{name}/{v}", tracking_uri), tracking_uri) for v in versions}
     kept, compared = leave_out_seen(data, seen)
     if not compared["images"]:
