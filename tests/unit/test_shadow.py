@@ -8,7 +8,6 @@ import pytest
 
 from tests.unit.helpers import expected_classes, tiny_onnx_model
 from vectorai import db as results_db
-from vectorai.errors import ModelError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
 from vectorai.predict import run_predictions
@@ -83,17 +82,21 @@ def test_without_a_shadow_the_report_and_tables_have_none(tmp_path):
     assert "shadow" not in report.to_dict() and results_db.ShadowPrediction.select().count() == 0
 
 
-def test_a_shadow_model_of_another_input_size_is_refused_before_anything_is_consumed(tmp_path):
+def test_a_shadow_model_of_another_input_size_scores_the_same_images_with_its_own_preprocessing(tmp_path):
     tiny_onnx_model(tmp_path / "primary.onnx")
-    tiny_onnx_model(tmp_path / "wide.onnx", height=16, width=16)
-    _stream(tmp_path, np.zeros((3, 8, 8), np.uint8), [0] * 3)
+    wide_weights = tiny_onnx_model(tmp_path / "wide.onnx", height=16, width=16)
+    images = np.random.default_rng(4).integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    _stream(tmp_path, images, [0] * 12)
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    wide = OnnxClassifier(tmp_path / "wide.onnx")
     with open_transport("local", root=tmp_path, topic="t") as source:
-        with pytest.raises(ModelError, match="shadow model expects 16x16x1 images but the model it shadows "
-                                             "expects 8x8x1"):
-            run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
-                            timeout_ms=50, shadow=OnnxClassifier(tmp_path / "wide.onnx"))
-        assert source.lag() == 4
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=wide)
+    stored = {r.message_id: r.predicted_class for r in results_db.ShadowPrediction.select()}
+    # The 8x8 images reach the 16x16 model resized by its own preprocessing, not the primary's batch.
+    want = expected_classes(wide_weights, preprocess_images(images, wide.spec))
+    assert stored == {f"m{i}": int(c) for i, c in enumerate(want)}
+    assert report.shadow_scored == 12 and report.predicted == 12
 
 
 def _failing_model(path, source) -> None:
