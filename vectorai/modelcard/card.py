@@ -254,7 +254,6 @@ def _bind(raw: Mapping[str, Any], session) -> ModelCard:
     input_name = _pick(raw, "input", list(inputs), "pixel_values", "input")
     output_name = _pick(raw, "output", list(outputs), "logits", "output")
     channels = 1 if channel_order == "L" else 3
-    processing.check_channels(channels)
 
     graph_input = inputs[input_name]
     if graph_input.type != "tensor(float)":
@@ -272,6 +271,7 @@ def _bind(raw: Mapping[str, Any], session) -> ModelCard:
         if isinstance(shape[axis], int) and shape[axis] != want:
             raise CardValueError(f"input {input_name} {_shape(shape)} has {shape[axis]} {what} on axis {axis} but the "
                                  f"card gives {want} ({layout} {channel_order} {height}x{width})")
+    processing.check_channels(channels)
 
     card = ModelCard((), processing, layout, channel_order, output_kind, input_name, output_name)
     try:

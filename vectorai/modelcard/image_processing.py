@@ -270,7 +270,7 @@ def _positive(value: Any, what: str) -> float:
 
 
 def _size(value: Any, key: str, *, shortest_edge: bool) -> dict[str, int]:
-    if value is None:
+    if value is None or (isinstance(value, Mapping) and not value):
         return {}
     if isinstance(value, int) and not isinstance(value, bool):
         edge = _positive_int(value, key)
