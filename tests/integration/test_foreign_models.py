@@ -21,7 +21,6 @@ from tests.foreign_models import COLOURS, VIT_PREPROCESSOR, colour_graph, colour
 from vectorai.streaming import publish_images
 from vectorai.transports import open_transport
 
-transformers = pytest.importorskip("transformers")
 logging.getLogger("transformers").setLevel(logging.ERROR)
 
 IMAGENET = {"image_mean": [0.485, 0.456, 0.406], "image_std": [0.229, 0.224, 0.225]}

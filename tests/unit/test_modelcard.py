@@ -16,8 +16,11 @@ from vectorai.errors import ModelError
 from vectorai.inference import OnnxClassifier
 from vectorai.modelcard import ImageProcessing
 
-transformers = pytest.importorskip("transformers")  # a dev dependency: make test installs it
 logging.getLogger("transformers").setLevel(logging.ERROR)  # "PyTorch was not found": it is not needed
+
+
+# transformers and skl2onnx are dev dependencies (make test installs them): imported where used,
+# never skipped.
 
 
 def reference(config: dict, image: np.ndarray) -> np.ndarray:
@@ -190,7 +193,6 @@ def test_a_model_without_metadata_or_card_and_an_unreadable_card(tmp_path):
 
 
 def test_skl2onnx_zipmap_output_is_refused_with_the_option_that_fixes_it(tmp_path):
-    pytest.importorskip("skl2onnx")
     from skl2onnx import to_onnx
     from sklearn.linear_model import LogisticRegression
 
