@@ -162,7 +162,7 @@ def test_a_keras_model_exported_with_tf2onnx_as_nchw_imagenet_224_rgb(kafka_home
 
     preprocessor = {"size": {"height": 224, "width": 224}, "resample": 2, "do_rescale": True,
                     "rescale_factor": 1 / 255, "do_normalize": True, **IMAGENET}
-    train_images, train_labels = colour_images(96, seed=5)
+    train_images, train_labels = colour_images(64, seed=5)
     processing = ImageProcessing.from_config(preprocessor)
     x = np.stack([processing.process(im, 3) for im in train_images])  # (N, 3, 224, 224)
     keras.utils.set_random_seed(0)
@@ -170,7 +170,7 @@ def test_a_keras_model_exported_with_tf2onnx_as_nchw_imagenet_224_rgb(kafka_home
                               keras.layers.Conv2D(8, 1, activation="relu"), keras.layers.GlobalAveragePooling2D(),
                               keras.layers.Dense(3, activation="softmax")])
     model.compile(optimizer=keras.optimizers.Adam(0.05), loss="sparse_categorical_crossentropy")
-    model.fit(x, train_labels, epochs=40, batch_size=32, verbose=0)
+    model.fit(x, train_labels, epochs=30, batch_size=32, verbose=0)
     signature = (tf.TensorSpec((None, 3, 224, 224), tf.float32, name="pixel_values"),)
 
     @tf.function(input_signature=signature)
