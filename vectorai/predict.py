@@ -287,7 +287,9 @@ def decode_batch(
     batch = np.empty((0,), dtype=np.float32)
     if decoded:
         try:
-            batch = _model_pixels(pixels, classifier)
+            # A card model always preprocesses for itself (transformers' steps from the decoded pixels).
+            batch = (classifier.preprocess(pixels) if classifier.decode_spec is None
+                     else _model_pixels(pixels, classifier.spec))
         except Exception:  # noqa: BLE001 - some image is bad: find it one by one, keep the rest
             good: list[int] = []
             rows = []
@@ -315,13 +317,10 @@ def _decode_spec(classifier: OnnxClassifier, shadow: OnnxClassifier | None):
     return None if _own_shadow_input(classifier, shadow) else classifier.decode_spec
 
 
-def _model_pixels(pixels: np.ndarray | list[np.ndarray], classifier: OnnxClassifier) -> np.ndarray:
+def _model_pixels(pixels: np.ndarray | list[np.ndarray], spec) -> np.ndarray:
     """The batch as one array: uint8 pixels already at the model's shape as they are (the model
     scales them a chunk at a time: a quarter of the memory while the batch waits), else
-    preprocessed (float32; a card model's own preprocessing, always)."""
-    if classifier.decode_spec is None:
-        return classifier.preprocess(pixels)
-    spec = classifier.spec
+    preprocessed to float32."""
     if not isinstance(pixels, np.ndarray):
         pixels = stack_if_uniform(pixels)
     if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.shape[1:3] == (spec.height, spec.width):
