@@ -215,3 +215,16 @@ def test_the_card_embedded_at_registration_is_the_whole_card(tmp_path):
     assert alone.card == model.card
     images, _ = colour_images(6)
     np.testing.assert_array_equal(alone.preprocess(images), model.preprocess(images))
+
+
+def test_card_keys_given_as_flags_override_the_files(tmp_path):
+    """What vectorai-register's --channel-order etc. do: the optimum folder says RGB (no
+    vectorai.json); the flag makes it BGR, and only then are the colours right."""
+    folder = optimum_folder(tmp_path / "m", channel_order="BGR")
+    images, labels = colour_images(30, seed=4)
+    for overrides, right in (({}, False), ({"channel_order": "BGR"}, True)):
+        model = OnnxClassifier(folder, card_overrides=overrides)
+        accuracy = (model.predict_proba(model.preprocess(images)).argmax(axis=1) == labels).mean()
+        assert (accuracy >= 0.95) == right, (overrides, accuracy)
+    with pytest.raises(ModelError, match="flags: unknown key 'colour'"):
+        OnnxClassifier(folder, card_overrides={"colour": "BGR"})
