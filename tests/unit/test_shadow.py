@@ -141,3 +141,23 @@ def test_a_failing_shadow_model_is_logged_and_counted_and_the_primary_rows_are_s
     samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples["vectorai_predict_last_run_shadow_errors"] == 2
     assert samples["vectorai_predict_last_run_messages_predicted"] == 20
+
+
+def test_a_shadow_whose_own_preprocessing_fails_is_counted_and_the_primary_rows_are_stored(tmp_path, caplog):
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    tiny_onnx_model(tmp_path / "wide.onnx", height=16, width=16)
+    wide = OnnxClassifier(tmp_path / "wide.onnx")
+
+    def broken(images):
+        raise ValueError("no such filter")
+
+    wide.preprocess = broken
+    _stream(tmp_path, np.zeros((6, 8, 8), np.uint8), [0] * 6)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=wide)
+        assert source.lag() == 0
+    assert results_db.Prediction.select().count() == 6 and results_db.ShadowPrediction.select().count() == 0
+    assert report.shadow_errors == 1 and report.to_dict()["by_source"]["local"]["shadow_errors"] == 1
+    assert any("could not preprocess a batch (ValueError: no such filter)" in r.getMessage() for r in caplog.records)
