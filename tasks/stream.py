@@ -102,9 +102,10 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
     model_uri = luigi.Parameter(default="", description="The registered model to score with: models:/NAME@ALIAS "
                                 "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
                                 "starts; empty: models:/<[registry] model_name>@champion after the chain's "
-                                "PromoteModel. It must fit image_size and channels")
-    model_path = luigi.Parameter(default="", description="A plain exported model.onnx to use instead of a "
-                                 "registered model; it must fit image_size and channels")
+                                "PromoteModel. Its own metadata or card says what images it takes")
+    model_path = luigi.Parameter(default="", description="A model to use instead of a registered one: an "
+                                 "exported model.onnx, or a foreign model with its card (a Hugging Face optimum "
+                                 "folder, or a folder or .onnx with vectorai.json beside it)")
     shadow_model_uri = luigi.Parameter(default="", description="Also score every batch with this registered model "
                                        "(e.g. models:/NAME@challenger) into the shadow_prediction table; the "
                                        "report gives the agreement and both accuracies. Empty: no shadow")
@@ -167,7 +168,6 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         from vectorai.inference import OnnxClassifier
         from vectorai.messages import DecodeLimits
         from vectorai.predict import run_predictions
-        from vectorai.preprocess import PreprocessSpec
         from vectorai.redact import mask_url
         from vectorai.registry import load_classifier
         from vectorai.transports import open_transport
@@ -184,21 +184,22 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 raise ConfigError(f"PredictTask.{setting}", f"{value} is not allowed; it must be at least {least}")
         cfg, db_cfg = stream(), database()
         threads = self.inference_threads or None
-        spec = PreprocessSpec(self.image_size, self.image_size, self.channels)
+        # No image_size or channels here: they are about training; a model's metadata or card
+        # says what it takes, and each model (the shadow too) preprocesses for itself.
         if self.model_path:
             classifier = OnnxClassifier(self.model_path, threads=threads)
-            classifier.expect_spec(spec)
         else:
             # Resolved now, not when the chain was built: a refused promotion still scores with
             # the champion, and moving the alias changes what the next scheduled run uses.
             live.update(f"resolving {self.model_uri_to_use}")
-            classifier = load_classifier(self.model_uri_to_use, mlflow().resolved_uri(), registry().cache, spec,
-                                         threads)
+            classifier = load_classifier(self.model_uri_to_use, mlflow().resolved_uri(), registry().cache,
+                                         threads=threads)
         self._model_version = classifier.info.version
         shadow = None
         if self.shadow_model_uri:
             live.update(f"resolving the shadow model {self.shadow_model_uri}")
-            shadow = load_classifier(self.shadow_model_uri, mlflow().resolved_uri(), registry().cache, spec, threads)
+            shadow = load_classifier(self.shadow_model_uri, mlflow().resolved_uri(), registry().cache,
+                                     threads=threads)
         url = db_cfg.resolved_url()
         live.update(f"reading {', '.join(self.source_names)} with model {classifier.info.version}",
                     0 if self.max_messages else None)

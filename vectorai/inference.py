@@ -6,11 +6,12 @@ import json
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 
 from vectorai.errors import ModelError
-from vectorai.preprocess import PreprocessSpec, as_model_input
+from vectorai.preprocess import PreprocessSpec, as_model_input, preprocess_images
 
 #: Keys of the ONNX metadata_props that make the model self-describing.
 META_CLASS_NAMES = "vectorai.class_names"
@@ -66,34 +67,55 @@ def _session_options(threads: int | None):
 
 
 class OnnxClassifier:
-    """An exported model plus what it needs to be used: class names and preprocessing."""
+    """An ONNX classifier plus what it needs to be used: class names and preprocessing.
 
-    def __init__(self, path: str | Path, threads: int | None = None, version: str | None = None) -> None:
+    ``path`` is one of our exports (a ``.onnx`` whose metadata holds class names and
+    preprocessing), or a foreign model with a card (``vectorai.modelcard``): a Hugging Face
+    optimum folder, a folder or file with ``vectorai.json``, or a registered version whose card
+    is embedded. Either way ``preprocess`` turns decoded images into the model's input and
+    ``predict_proba`` gives class probabilities."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, version: str | None = None,
+                 card_overrides: dict | None = None) -> None:
         """``version``: what rows record as the model version instead of the one stored in the
-        file (a registered model's ``NAME/VERSION``)."""
+        file (a registered model's ``NAME/VERSION``). ``card_overrides``: card keys given as
+        flags, over the card's files."""
         import onnxruntime as ort
+
+        from vectorai.modelcard import load_card, model_file
 
         self.path = Path(path)
         #: onnxruntime's intra-op threads: the prediction loop decodes on the cores left over.
         self.threads = threads or default_threads()
-        if not self.path.is_file():
-            raise ModelError(self.path, "file not found; run ExportOnnx first")
+        onnx_file = model_file(self.path)
+        if not onnx_file.is_file():
+            raise ModelError(self.path, "file not found; run ExportOnnx first" if onnx_file == self.path
+                             else f"no {onnx_file.name} in the folder")
         try:
             self._session = ort.InferenceSession(
-                str(self.path), sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
+                str(onnx_file), sess_options=_session_options(threads), providers=["CPUExecutionProvider"]
             )
         except Exception as err:  # onnxruntime raises its own Fail/InvalidProtobuf types
             raise ModelError(self.path, f"cannot load ONNX model: {str(err).splitlines()[0]}") from None
-        self.info = _read_info(self.path, self._session)
+        meta = self._session.get_modelmeta().custom_metadata_map
+        #: The foreign model's card; None for our own exports.
+        self.card = None
+        if META_PREPROCESS in meta and META_CLASS_NAMES in meta and not card_overrides:
+            self.info = _read_info(self.path, self._session)
+            self._input_name, self._output_name = self._session.get_inputs()[0].name, None
+            shape = self._session.get_inputs()[0].shape
+            want = (self.info.spec.height, self.info.spec.width, self.info.spec.channels)
+            if len(shape) != 4 or tuple(shape[1:]) != want:
+                raise ModelError(self.path, f"model input shape {shape} does not fit the stored "
+                                 f"preprocessing {want}")
+        else:
+            self.card = load_card(self.path, self._session, meta, card_overrides)
+            (height, width), channels = self.card.size, self.card.channels
+            self.info = ModelInfo(list(self.card.class_names), PreprocessSpec(height, width, channels),
+                                  meta.get(META_VERSION) or self.path.stem)
+            self._input_name, self._output_name = self.card.input_name, self.card.output_name
         if version is not None:
             self.info = replace(self.info, version=version)
-        inputs = self._session.get_inputs()
-        self._input_name = inputs[0].name
-        shape = inputs[0].shape
-        want = (self.info.spec.height, self.info.spec.width, self.info.spec.channels)
-        if len(shape) != 4 or tuple(shape[1:]) != want:
-            raise ModelError(self.path, f"model input shape {shape} does not fit the stored "
-                             f"preprocessing {want}")
 
     @property
     def class_names(self) -> list[str]:
@@ -101,7 +123,28 @@ class OnnxClassifier:
 
     @property
     def spec(self) -> PreprocessSpec:
+        """The model's image height, width and channels."""
         return self.info.spec
+
+    @property
+    def preprocessing(self) -> object:
+        """What preprocessing this model needs, comparable with ``==``: two models with equal
+        ones take the same batch."""
+        if self.card is None:
+            return self.info.spec
+        return (self.card.processing, self.card.layout, self.card.channel_order)
+
+    @property
+    def decode_spec(self) -> PreprocessSpec | None:
+        """The spec decoding may shrink large images to on the way (our own preprocessing); None
+        for a card model, whose image processor must see the decoded pixels as they are."""
+        return self.info.spec if self.card is None else None
+
+    def preprocess(self, images: np.ndarray | Sequence[np.ndarray]) -> np.ndarray:
+        """Decoded images (an (N, H, W[, C]) array or a list of any sizes) to this model's input batch."""
+        if self.card is not None:
+            return self.card.preprocess(images)
+        return preprocess_images(images, self.info.spec)
 
     def expect_spec(self, spec: PreprocessSpec) -> None:
         """Fail clearly when a configured image size/channels does not match this model."""
@@ -111,12 +154,14 @@ class OnnxClassifier:
                              f"{spec.height}x{spec.width}x{spec.channels}")
 
     def predict_proba(self, batch: np.ndarray) -> np.ndarray:
-        """Class probabilities for a preprocessed (N, H, W, C) batch, float32 in [0, 1] or uint8
-        pixels (scaled here, so a batch waiting for the model holds a quarter of the bytes); one
-        session call."""
+        """Class probabilities for a preprocessed batch (``preprocess``); one session call. For our
+        own models, (N, H, W, C) float32 in [0, 1] or uint8 pixels (scaled here, so a batch waiting
+        for the model holds a quarter of the bytes)."""
         if len(batch) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
-        return self._session.run(None, {self._input_name: as_model_input(batch)})[0]
+        if self.card is None:
+            return self._session.run(None, {self._input_name: as_model_input(batch)})[0]
+        return self.card.to_probabilities(self._session.run([self._output_name], {self._input_name: batch})[0])
 
 
 def _read_info(path: Path, session) -> ModelInfo:

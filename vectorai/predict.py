@@ -30,7 +30,7 @@ import peewee as pw
 
 from vectorai import db as results_db
 from vectorai.batching import DEFAULT_MAX_BATCH_BYTES, BudgetedSource
-from vectorai.errors import BatchError, ModelError, VectoraiError
+from vectorai.errors import BatchError, VectoraiError
 from vectorai.inference import OnnxClassifier, available_cores
 from vectorai.messages import (DecodedImages, DecodeLimits, Failures, decode_messages, id_problem,
                                stored_content_type)
@@ -244,6 +244,9 @@ class DecodedBatch:
     received_at: dt.datetime
     #: Messages left out because their id came earlier in the same batch.
     duplicates: int = 0
+    #: The shadow model's own input for the same rows, when its preprocessing differs (a
+    #: foreign model's card); None: it takes ``pixels``.
+    shadow_pixels: np.ndarray | None = None
 
 
 @dataclass
@@ -262,14 +265,17 @@ class ClassifiedBatch:
 def decode_batch(
     source: Transport, messages: Sequence[ReceivedMessage], classifier: OnnxClassifier,
     limits: DecodeLimits = DecodeLimits(), *, jpeg_draft: bool = False, images: DecodedImages | None = None,
+    shadow: OnnxClassifier | None = None,
 ) -> DecodedBatch:
-    """Decode and preprocess a batch into one array; poison goes to ``dead`` with the reason.
+    """Decode and preprocess a batch into one array (and the ``shadow``'s, when it preprocesses
+    otherwise); poison goes to ``dead`` with the reason.
 
     ``images``: the batch already decoded (by the pool, ``_Decoding``); only the rest is done."""
     now = results_db.utc_now()
-    spec = classifier.spec
+    own_shadow_input = _own_shadow_input(classifier, shadow)
     if images is None:
-        images = decode_messages(messages, len(classifier.class_names), limits, spec, jpeg_draft=jpeg_draft)
+        images = decode_messages(messages, len(classifier.class_names), limits, _decode_spec(classifier, shadow),
+                                 jpeg_draft=jpeg_draft)
     failures = images.failures
     decoded, labels, stamps, pixels = images.messages, images.labels, images.produced_at, images.images
     duplicates = 0
@@ -281,19 +287,34 @@ def decode_batch(
     batch = np.empty((0,), dtype=np.float32)
     if decoded:
         try:
-            batch = _model_pixels(pixels, spec)
+            # A card model always preprocesses for itself (transformers' steps from the decoded pixels).
+            batch = (classifier.preprocess(pixels) if classifier.decode_spec is None
+                     else _model_pixels(pixels, classifier.spec))
         except Exception:  # noqa: BLE001 - some image is bad: find it one by one, keep the rest
             good: list[int] = []
             rows = []
             for i, message in enumerate(decoded):
-                row = failures.run(message, _preprocess_one, pixels[i], spec)
+                row = failures.run(message, _preprocess_one, pixels[i], classifier)
                 if row is not None:
                     rows.append(row)
                     good.append(i)
             decoded, labels, stamps = _select(good, decoded, labels, stamps)
+            pixels = [pixels[i] for i in good]
             batch = np.stack(rows) if rows else batch
+    shadow_batch = _shadow_input(shadow, pixels) if own_shadow_input and decoded else None
     dead = [_dead_letter(message, reason, now) for message, reason in failures]
-    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates)
+    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates, shadow_batch)
+
+
+def _own_shadow_input(classifier: OnnxClassifier, shadow: OnnxClassifier | None) -> bool:
+    """Whether the shadow needs its own input (another card or size) rather than the primary's batch."""
+    return shadow is not None and shadow.preprocessing != classifier.preprocessing
+
+
+def _decode_spec(classifier: OnnxClassifier, shadow: OnnxClassifier | None):
+    """The size decoding may bring images to on the way (our own preprocessing); None when a
+    model's card, or a shadow of its own, must see the decoded pixels as they are."""
+    return None if _own_shadow_input(classifier, shadow) else classifier.decode_spec
 
 
 def _model_pixels(pixels: np.ndarray | list[np.ndarray], spec) -> np.ndarray:
@@ -310,8 +331,19 @@ def _model_pixels(pixels: np.ndarray | list[np.ndarray], spec) -> np.ndarray:
     return preprocess_images(pixels, spec)
 
 
-def _preprocess_one(image: np.ndarray, spec) -> np.ndarray:
-    return preprocess_images([image], spec)[0]
+def _preprocess_one(image: np.ndarray, classifier: OnnxClassifier) -> np.ndarray:
+    return classifier.preprocess([image])[0]
+
+
+def _shadow_input(shadow: OnnxClassifier, pixels) -> np.ndarray | None:
+    """The shadow's own input for images the primary model took; None when one of them does not
+    suit the shadow: shadow scoring is best effort and never costs the primary its rows."""
+    try:
+        return shadow.preprocess(pixels)
+    except Exception as err:  # noqa: BLE001 - logged and counted; the batch goes on without shadow rows
+        log.warning("the shadow model %s could not preprocess a batch (%s: %s); no shadow rows for it",
+                    shadow.info.version, type(err).__name__, " ".join(str(err).split())[:500])
+        return None
 
 
 def _first_of_each_id(messages: Sequence[ReceivedMessage]) -> list[int] | None:
@@ -670,10 +702,6 @@ def _batch_context(source: Transport, messages: Sequence[ReceivedMessage]) -> It
         raise BatchError(_describe_batch(source, messages), f"{type(err).__name__}: {err}") from err
 
 
-def _describe_spec(spec) -> str:
-    return f"{spec.height}x{spec.width}x{spec.channels}"
-
-
 def _describe_batch(source: Transport, messages: Sequence[ReceivedMessage]) -> str:
     where = messages[0].position if len(messages) == 1 else f"{messages[0].position} .. {messages[-1].position}"
     return f"batch of {len(messages)} from {source.name} ({where})"
@@ -756,9 +784,6 @@ def run_predictions(
     A batch holds at most ``batch_size`` messages and ``max_batch_bytes`` of payload, except
     that one message larger than that is a batch of its own (``vectorai.batching``).
     """
-    if shadow is not None and shadow.spec != classifier.spec:
-        raise ModelError(shadow.info.version, f"the shadow model expects {_describe_spec(shadow.spec)} images but "
-                         f"the model it shadows expects {_describe_spec(classifier.spec)}")
     report = RunReport(model_version=classifier.info.version,
                        shadow_model_version=shadow.info.version if shadow is not None else "")
     started = last_progress = time.perf_counter()
@@ -784,7 +809,7 @@ def run_predictions(
                 report.decode_threads = lanes
             with _batch_context(entry.source, entry.messages):
                 entry.decoded = decode_batch(entry.source, entry.messages, classifier, limits,
-                                             images=entry.decoding.result())
+                                             images=entry.decoding.result(), shadow=shadow)
                 entry.decoding = None
                 entry.job = inference.submit(entry.decoded)
 
@@ -805,7 +830,13 @@ def run_predictions(
         with _batch_context(decoded.source, decoded.messages):
             batch = label_batch(decoded, job.result(spare=following), classifier)
             if shadow is not None and batch.rows:
-                _score_shadow(report, batch, decoded.pixels, shadow)
+                shadow_input = (decoded.shadow_pixels if _own_shadow_input(classifier, shadow)
+                                else decoded.pixels)
+                if shadow_input is not None:
+                    _score_shadow(report, batch, shadow_input, shadow)
+                else:  # its preprocessing failed (logged in _shadow_input)
+                    for counts in (report, report.source(batch.source.name)):
+                        counts.shadow_errors += 1
             _record(report, batch, results_db.write_results(database, batch.rows, batch.dead,
                                                             batch.shadow_rows))
             batch.source.acknowledge(batch.messages)
@@ -840,12 +871,12 @@ def run_predictions(
                         entry = _InFlight(transport, messages)
                         with _batch_context(transport, messages):
                             if _worth_a_pool(messages):
-                                entry.decoding = _Decoding(pool, messages, num_classes, limits, classifier.spec,
-                                                           jpeg_draft, lanes)
+                                entry.decoding = _Decoding(pool, messages, num_classes, limits,
+                                                           _decode_spec(classifier, shadow), jpeg_draft, lanes)
                                 report.decode_threads = lanes
                             else:
                                 entry.decoded = decode_batch(transport, messages, classifier, limits,
-                                                             jpeg_draft=jpeg_draft)
+                                                             jpeg_draft=jpeg_draft, shadow=shadow)
                                 entry.job = inference.submit(entry.decoded)
                         in_flight.append(entry)
                         unqueued = None

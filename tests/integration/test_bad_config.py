@@ -76,8 +76,6 @@ def test_missing_and_corrupt_model_files(streamed, tmp_path):
     line = fail(streamed, "PredictTask", "--require-stream", "false", "--model-path", str(tmp_path / "bad.onnx"))
     assert re.search(r"model .*bad\.onnx: cannot load ONNX model", line)
     [model] = (streamed.root / "models").glob("*/onnx/model.onnx")
-    line = fail(streamed, "PredictTask", "--require-stream", "false", "--model-path", str(model), "--image-size", "32")
-    assert "expects 28x28x1 images but the configuration says 32x32x1" in line
     # Truncated on disk after export. (The chain itself scores with the registered version's
     # own copy, checked by its SHA-256, so only a plain file can be damaged this way.)
     model.write_bytes(model.read_bytes()[:1000])

@@ -284,6 +284,7 @@ class _CountingClassifier:
     def __init__(self, model, fail_on_call: int | None = None, pause_s: float = 0.0) -> None:
         self._model = model
         self.class_names, self.spec, self.info = model.class_names, model.spec, model.info
+        self.preprocess, self.preprocessing, self.decode_spec = model.preprocess, model.preprocessing, model.decode_spec
         self.calls: list[tuple[str, int]] = []
         self.fail_on_call = fail_on_call
         self.pause_s = pause_s

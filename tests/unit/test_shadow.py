@@ -8,7 +8,6 @@ import pytest
 
 from tests.unit.helpers import expected_classes, tiny_onnx_model
 from vectorai import db as results_db
-from vectorai.errors import ModelError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
 from vectorai.predict import run_predictions
@@ -83,17 +82,21 @@ def test_without_a_shadow_the_report_and_tables_have_none(tmp_path):
     assert "shadow" not in report.to_dict() and results_db.ShadowPrediction.select().count() == 0
 
 
-def test_a_shadow_model_of_another_input_size_is_refused_before_anything_is_consumed(tmp_path):
+def test_a_shadow_model_of_another_input_size_scores_the_same_images_with_its_own_preprocessing(tmp_path):
     tiny_onnx_model(tmp_path / "primary.onnx")
-    tiny_onnx_model(tmp_path / "wide.onnx", height=16, width=16)
-    _stream(tmp_path, np.zeros((3, 8, 8), np.uint8), [0] * 3)
+    wide_weights = tiny_onnx_model(tmp_path / "wide.onnx", height=16, width=16)
+    images = np.random.default_rng(4).integers(0, 256, (12, 8, 8), dtype=np.uint8)
+    _stream(tmp_path, images, [0] * 12)
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    wide = OnnxClassifier(tmp_path / "wide.onnx")
     with open_transport("local", root=tmp_path, topic="t") as source:
-        with pytest.raises(ModelError, match="shadow model expects 16x16x1 images but the model it shadows "
-                                             "expects 8x8x1"):
-            run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
-                            timeout_ms=50, shadow=OnnxClassifier(tmp_path / "wide.onnx"))
-        assert source.lag() == 4
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=wide)
+    stored = {r.message_id: r.predicted_class for r in results_db.ShadowPrediction.select()}
+    # The 8x8 images reach the 16x16 model resized by its own preprocessing, not the primary's batch.
+    want = expected_classes(wide_weights, preprocess_images(images, wide.spec))
+    assert stored == {f"m{i}": int(c) for i, c in enumerate(want)}
+    assert report.shadow_scored == 12 and report.predicted == 12
 
 
 def _failing_model(path, source) -> None:
@@ -138,3 +141,23 @@ def test_a_failing_shadow_model_is_logged_and_counted_and_the_primary_rows_are_s
     samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples["vectorai_predict_last_run_shadow_errors"] == 2
     assert samples["vectorai_predict_last_run_messages_predicted"] == 20
+
+
+def test_a_shadow_whose_own_preprocessing_fails_is_counted_and_the_primary_rows_are_stored(tmp_path, caplog):
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    tiny_onnx_model(tmp_path / "wide.onnx", height=16, width=16)
+    wide = OnnxClassifier(tmp_path / "wide.onnx")
+
+    def broken(images):
+        raise ValueError("no such filter")
+
+    wide.preprocess = broken
+    _stream(tmp_path, np.zeros((6, 8, 8), np.uint8), [0] * 6)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=wide)
+        assert source.lag() == 0
+    assert results_db.Prediction.select().count() == 6 and results_db.ShadowPrediction.select().count() == 0
+    assert report.shadow_errors == 1 and report.to_dict()["by_source"]["local"]["shadow_errors"] == 1
+    assert any("could not preprocess a batch (ValueError: no such filter)" in r.getMessage() for r in caplog.records)
