@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import struct
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 log = logging.getLogger(__name__)
 
