@@ -228,10 +228,12 @@ class Stack:
         return [line.split("|") for line in out.splitlines() if line]
 
     def leftovers(self) -> dict[str, list[str]]:
-        """Containers, volumes and networks of this project still present."""
+        """Containers, pods, volumes and networks of this project still present."""
         label = f"label=com.docker.compose.project={self.project}"
         return {
             "containers": podman("ps", "--all", "--format", "{{.Names}}", "--filter", label).stdout.split(),
+            # podman-compose puts the project's containers in a pod of its own.
+            "pods": [p for p in podman("pod", "ls", "--format", "{{.Name}}").stdout.split() if self.project in p],
             "volumes": [v for v in podman("volume", "ls", "--format", "{{.Name}}").stdout.split()
                         if v.startswith(f"{self.project}_")],
             "networks": [n for n in podman("network", "ls", "--format", "{{.Name}}").stdout.split()

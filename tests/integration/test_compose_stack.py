@@ -29,11 +29,14 @@ STARTED = ["kafka", "postgres", "mlflow", "luigid"]  # what the chain needs; the
 EPOCHS = 2  # the smallest training that still classifies well enough to check its answers
 
 
-def get_json(port: int, path: str, **query: str) -> dict:
+def get_json(port: int, path: str, body: dict | None = None, **query: str) -> dict:
+    """GET with ``query``, or POST ``body`` as JSON, to a published port; the answer's JSON."""
     url = f"http://127.0.0.1:{port}{path}"
     if query:
         url += "?" + urllib.parse.urlencode(query)
-    with urllib.request.urlopen(url, timeout=30) as response:
+    request = urllib.request.Request(url, data=None if body is None else json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
 
 
@@ -94,8 +97,8 @@ def test_compose_stack_runs_the_whole_chain(engine, tmp_path):
 
         # The run in the MLflow server, and the version it registered as champion.
         experiment = get_json(ports["MLFLOW"], "/api/2.0/mlflow/experiments/get-by-name", experiment_name="vectorai")
-        runs = get_json(ports["MLFLOW"], "/api/2.0/mlflow/runs/search", experiment_ids=experiment["experiment"]
-                        ["experiment_id"]).get("runs", [])
+        runs = get_json(ports["MLFLOW"], "/api/2.0/mlflow/runs/search",
+                        body={"experiment_ids": [experiment["experiment"]["experiment_id"]]}).get("runs", [])
         finished = [r for r in runs if r["info"]["status"] == "FINISHED"]
         assert len(finished) == 1, runs
         params = {p["key"]: p["value"] for p in finished[0]["data"].get("params", [])}
@@ -124,7 +127,7 @@ def test_compose_stack_runs_the_whole_chain(engine, tmp_path):
         timings["down_s"] = time.monotonic() - started
         print("compose test timings:", json.dumps({k: round(v, 1) for k, v in timings.items()}))
 
-    assert stack.leftovers() == {"containers": [], "volumes": [], "networks": []}
+    assert stack.leftovers() == {"containers": [], "pods": [], "volumes": [], "networks": []}
     # Only the stable-tagged images remain, whose layers the next run reuses; an image a
     # rebuild took a tag from is removed (it was this test's, and nothing uses it now).
     stable_now = compose_stack.stable_image_ids()
