@@ -26,17 +26,20 @@ WORKDIR /app
 # it out: docker compose build --build-arg EXTRAS=kafka,pubsub,postgres
 ARG EXTRAS=train,kafka,pubsub,postgres
 
-# The dependencies first, from the three files that name them, so that a change to
-# the code alone reuses this layer. constraints.txt pins the versions CI tested. The
+# The dependencies first, from the two files that name them, so that a change to the
+# code alone reuses this layer; setup.py reads README.md only for the package's long
+# description, so an empty one stands in for it here and editing the README reinstalls
+# nothing. constraints.txt pins the versions CI tested. The
 # `scheduler` extra (SQLAlchemy, prometheus-client) is for luigid's task history and
 # /metrics, which the pipeline itself does not need. When ./wheels holds wheels
 # (`pip download -c constraints.txt -d wheels ...` on a machine that can reach an
 # index), pip installs from them alone, for builds without network access; it is
 # mounted, not copied, so the wheels never end up in the image.
-COPY setup.py README.md constraints.txt /app/
+COPY setup.py constraints.txt /app/
 RUN --mount=type=cache,target=/root/.cache/pip \
     --mount=type=bind,source=wheels,target=/tmp/wheels \
     if ls /tmp/wheels/*.whl >/dev/null 2>&1; then set -- --no-index --find-links /tmp/wheels; fi \
+    && touch README.md \
     && pip install "$@" -c constraints.txt -e ".[${EXTRAS},scheduler]"
 
 # The code. No second pip install: the editable install above already made the
