@@ -100,6 +100,8 @@ def debian_base() -> None:
 
 def check_engine() -> None:
     """Raise EngineError unless podman runs a container here (with the base image)."""
+    if os.geteuid() != 0:  # rootful podman: the worker's uid owns the bind mounts, apt installs
+        raise EngineError("the compose test runs podman as root")
     install_engine()
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     try:
