@@ -17,9 +17,13 @@ from vectorai.split import load_images, save_images
 from vectorai.datasets import LabelledImages
 
 
-@pytest.fixture
-def results(tmp_path):
-    database = db.connect(db.sqlite_url(tmp_path / "results.sqlite"))
+# The export reads the review and prediction tables through Peewee: on both databases, since the
+# loop (review in the page, export, retrain) must work on PostgreSQL as on SQLite.
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def results(request, tmp_path):
+    url = request.getfixturevalue("pg_database") if request.param == "postgres" else db.sqlite_url(
+        tmp_path / "results.sqlite")
+    database = db.connect(url)
     rows = fill(database)
     yield database, rows
     database.close()
