@@ -167,11 +167,12 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         from vectorai.errors import ConfigError
         from vectorai.inference import OnnxClassifier
         from vectorai.messages import DecodeLimits
-        from vectorai.predict import run_predictions
+        from vectorai.predict import give_large_buffers_back, run_predictions
         from vectorai.redact import mask_url
         from vectorai.registry import load_classifier
         from vectorai.transports import open_transport
 
+        give_large_buffers_back()
         check_name_part("PredictTask.run_at", self.run_at)
         inside(paths().data, Path(self.output().path), "PredictTask.run_at")
         for setting, value, least in (("predict_batch_size", self.predict_batch_size, 1),
