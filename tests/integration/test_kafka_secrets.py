@@ -3,7 +3,6 @@ whole configuration at DEBUG, and the producer's and consumer's objects may be l
 
 from __future__ import annotations
 
-import logging
 
 import pytest
 

@@ -28,7 +28,7 @@ def database(request, tmp_path):
 
 @pytest.fixture
 def site(database, tmp_path):
-    rows = fill(database)
+    fill(database)
     yield from serve_in_thread(database, ReviewSettings(reviewer="browser-test", facets_ttl_s=0))
 
 

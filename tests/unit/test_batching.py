@@ -4,7 +4,6 @@ and the predict loop keeping to it."""
 from __future__ import annotations
 
 import tempfile
-from pathlib import Path
 
 import numpy as np
 import pytest

@@ -26,7 +26,6 @@ import os
 import sqlite3
 import struct
 
-import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

@@ -66,8 +66,14 @@ def prediction_page(filters: GridFilter, after: int | None = None, limit: int = 
              .limit(limit + 1))
     for condition in _conditions(filters):
         query = query.where(condition)
+    return _keyset_page(query, Prediction.id, after, limit)
+
+
+def _keyset_page(query: pw.Query, key: pw.Field, after: int | None, limit: int) -> Page:
+    """The rows of ``query`` (newest first, ``limit + 1`` asked) below ``after``: one row more
+    than a page tells whether another page follows, without counting the table."""
     if after is not None:
-        query = query.where(Prediction.id < after)
+        query = query.where(key < after)
     rows = list(query.dicts())
     more = len(rows) > limit
     rows = rows[:limit]
@@ -241,12 +247,7 @@ def dead_letter_page(kind: str | None = None, after: int | None = None, limit: i
              .order_by(DeadLetter.id.desc()).limit(limit + 1))
     if kind:
         query = query.where(DeadLetter.reason.startswith(kind))
-    if after is not None:
-        query = query.where(DeadLetter.id < after)
-    rows = list(query.dicts())
-    more = len(rows) > limit
-    rows = rows[:limit]
-    return Page(rows, rows[-1]["id"] if more and rows else None)
+    return _keyset_page(query, DeadLetter.id, after, limit)
 
 
 def dead_letter_payload(row_id: int) -> tuple[bytes, str] | None:
