@@ -5,6 +5,8 @@ import time
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.unit.helpers import expected_classes, tiny_onnx_model
 from vectorai import db as results_db
@@ -265,6 +267,79 @@ def test_the_garbage_collector_runs_less_often_during_a_run_and_as_before_after_
             assert set(seen) == {setting} and gc.get_threshold() == setting
     finally:
         gc.set_threshold(*before)
+
+
+def test_cyclic_garbage_holding_payloads_is_collected_every_byte_budget(tmp_path, classifier):
+    """A transport that leaves each delivery's bytes in a reference cycle (as kafka-python does
+    with its fetch responses) keeps at most about one budget's worth of them alive, even when
+    the collector never runs by object count (here: switched off)."""
+    import weakref
+
+    model, _ = classifier
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        noise = np.random.default_rng(0).integers(0, 256, (320, 320), dtype=np.uint8)  # ~100 KB as PNG
+        producer.publish([encode_image(noise, f"x{i}") for i in range(40)])
+        producer.flush(5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    alive: list[tuple[weakref.ref, int]] = []
+    most_alive = largest = 0
+
+    class Cycle:
+        pass
+
+    class Leaky(LocalTransport):
+        def consume_batch(self, max_messages, timeout_ms):
+            nonlocal most_alive, largest
+            delivered = super().consume_batch(max_messages, timeout_ms)
+            garbage = Cycle()
+            garbage.self, garbage.payloads = garbage, [m.payload for m in delivered]
+            size = sum(map(len, garbage.payloads))
+            alive.append((weakref.ref(garbage), size))
+            largest = max(largest, size)
+            most_alive = max(most_alive, sum(size for ref, size in alive if ref() is not None))
+            return delivered
+
+    before = gc.isenabled()
+    gc.disable()
+    try:
+        with Leaky(tmp_path, "t") as source:
+            report = run_predictions([source], model, database, batch_size=2, timeout_ms=50,
+                                     max_batch_bytes=450_000)  # 4 messages of 100 KB
+    finally:
+        if before:
+            gc.enable()
+    assert report.predicted == 40
+    # Collected once 450 KB have been consumed: what is alive is at most that, plus the delivery
+    # that passes it (and nothing would be collected without the budget: 4 MB stay alive).
+    assert 0 < largest and most_alive <= 450_000 + largest, (most_alive, largest)
+
+
+@settings(max_examples=60, deadline=None)
+@given(budget=st.integers(1, 5000), sizes=st.lists(st.integers(0, 3000), max_size=40))
+def test_garbage_alive_never_exceeds_the_budget_plus_one_delivery(budget, sizes):
+    import weakref
+
+    from vectorai.transports.base import ReceivedMessage
+
+    collector = predict._CollectEveryBudget(budget)
+    alive: list[tuple[weakref.ref, int]] = []
+
+    class Cycle:
+        pass
+
+    before = gc.isenabled()
+    gc.disable()
+    try:
+        for size in sizes:
+            garbage = Cycle()
+            garbage.self = garbage
+            alive.append((weakref.ref(garbage), size))
+            del garbage
+            collector.consumed([ReceivedMessage(source="t", payload=bytes(size), position="0", attributes={})])
+            assert sum(size for ref, size in alive if ref() is not None) < budget + max(sizes)
+    finally:
+        if before:
+            gc.enable()
 
 
 def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
