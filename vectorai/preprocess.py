@@ -162,8 +162,14 @@ def _pillow_image(image: np.ndarray) -> "PILImage.Image":
 
 def as_model_input(pixels: np.ndarray) -> np.ndarray:
     """A batch as the model takes it: uint8 pixels (kept so until now: a quarter of the memory
-    of float32) scaled to float32 in [0, 1]; float32 as it is."""
-    return to_unit_range(pixels) if pixels.dtype == np.uint8 else pixels
+    of float32) scaled to float32 in [0, 1]; float32 as it is.
+
+    One pass, converting as it multiplies: ``astype`` then ``*`` made a float temporary as
+    large as the result, and page-faulted both (5x the CPU of this on 8 photos at 224x224).
+    The values are the same: each uint8 is exact in float32, times the same float32 1/255."""
+    if pixels.dtype == np.uint8:
+        return np.multiply(pixels, np.float32(1.0 / 255.0), dtype=np.float32)
+    return pixels
 
 
 def stack_if_uniform(images: Sequence[np.ndarray]) -> np.ndarray | list[np.ndarray]:

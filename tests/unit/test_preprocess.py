@@ -62,3 +62,14 @@ def test_bad_images_raise_image_error(image, reason):
 def test_spec_rejects_unsupported_channels():
     with pytest.raises(ImageError, match="channels"):
         PreprocessSpec(28, 28, 2)
+
+
+def test_the_model_input_of_uint8_pixels_is_exactly_the_unit_range_scaling():
+    from vectorai.preprocess import as_model_input, to_unit_range
+
+    every_value = np.arange(256, dtype=np.uint8).reshape(1, 16, 16, 1)
+    scaled = as_model_input(every_value)
+    assert scaled.dtype == np.float32 and np.array_equal(scaled, to_unit_range(every_value))
+    assert scaled[0, 0, 0, 0] == 0.0 and scaled[0, -1, -1, 0] == 1.0
+    floats = np.full((1, 2, 2, 1), 0.5, np.float32)
+    assert as_model_input(floats) is floats
