@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import threading
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Sequence
@@ -116,6 +117,8 @@ class OnnxClassifier:
             self._input_name, self._output_name = self.card.input_name, self.card.output_name
         if version is not None:
             self.info = replace(self.info, version=version)
+        #: Each thread's float input buffer (``_float_input``).
+        self._scratch = threading.local()
 
     @property
     def class_names(self) -> list[str]:
@@ -160,8 +163,29 @@ class OnnxClassifier:
         if len(batch) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         if self.card is None:
-            return self._session.run(None, {self._input_name: as_model_input(batch)})[0]
+            return self._session.run(None, {self._input_name: self._float_input(batch)})[0]
         return self.card.to_probabilities(self._session.run([self._output_name], {self._input_name: batch})[0])
+
+
+    def _float_input(self, batch: np.ndarray) -> np.ndarray:
+        """``as_model_input(batch)``, written into a buffer this thread keeps for the next call.
+
+        A new float array per chunk is a fresh mapping (PredictTask has glibc map each buffer of
+        1 MiB or more on its own, ``predict.give_large_buffers_back``) whose every page faults
+        in: 0.30 ms per 224x224 photo against 0.05 reusing one. onnxruntime reads its input
+        during the call only. Batches larger than ``SCRATCH_MAX_BYTES`` get a new array, so an
+        evaluation of a whole test set leaves no large buffer behind."""
+        if batch.dtype != np.uint8 or batch.size * 4 > SCRATCH_MAX_BYTES:
+            return as_model_input(batch)
+        buffer = getattr(self._scratch, "buffer", None)
+        if buffer is None or buffer.size < batch.size:
+            buffer = self._scratch.buffer = np.empty(batch.size, dtype=np.float32)
+        return as_model_input(batch, out=buffer[:batch.size].reshape(batch.shape))
+
+
+#: The largest float input ``OnnxClassifier`` keeps a buffer for, per thread: four chunks of
+#: 224x224 photos (``predict.CHUNK_INPUT_BYTES``).
+SCRATCH_MAX_BYTES = 32 * 1024 * 1024
 
 
 def _read_info(path: Path, session) -> ModelInfo:

@@ -464,3 +464,26 @@ def test_waiting_for_the_background_chunk_the_loop_classifies_the_next_batch(cla
     want = expected_classes(weights, pixels)
     assert probabilities.argmax(axis=1).tolist() == want[:8].tolist()
     assert following.result().argmax(axis=1).tolist() == want[8:].tolist()
+
+
+def test_uint8_chunks_classify_as_their_float_input_from_any_thread_and_reuse_its_buffer(classifier):
+    model, _ = classifier
+    rng = np.random.default_rng(5)
+    chunks = [rng.integers(0, 256, (n, 8, 8, 1), dtype=np.uint8) for n in (7, 3, 7)]
+    expected = [model.predict_proba(preprocess_images(chunk, model.spec)) for chunk in chunks]
+    results: dict[str, list] = {}
+
+    def classify(name: str) -> None:
+        results[name] = [model.predict_proba(chunk) for chunk in chunks]
+        results[name + " buffer"] = model._scratch.buffer
+
+    threads = [threading.Thread(target=classify, args=(name,)) for name in ("a", "b")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for name in ("a", "b"):
+        for got, want in zip(results[name], expected):
+            np.testing.assert_array_equal(got, want)
+    # One buffer per thread, sized by the largest chunk: a smaller chunk reuses it.
+    assert results["a buffer"] is not results["b buffer"] and results["a buffer"].size == 7 * 8 * 8
