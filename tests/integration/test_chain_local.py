@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import TEST_EPOCHS
+
 
 
 
@@ -48,12 +50,12 @@ def test_export_on_mnist_sample_records_everything_in_mlflow(trained_home):
     mlflow.set_tracking_uri(f"sqlite:///{trained_home / 'data' / 'mlflow' / 'mlflow.db'}")
     client = mlflow.MlflowClient()
     run = client.get_run(summary["mlflow_run_id"])
-    assert run.data.params["epochs"] == "20" and run.data.params["dataset"] == "mnist-sample"
+    assert run.data.params["epochs"] == str(TEST_EPOCHS) and run.data.params["dataset"] == "mnist-sample"
     assert run.data.params["batch_size"] == "128" and run.data.params["image_height"] == "28"
     assert run.data.params["recipe"] == "2" and run.data.params["max_rotation_degrees"] == "12.0"
     for name in ("train_loss", "train_accuracy", "val_loss", "val_accuracy"):
         history = client.get_metric_history(run.info.run_id, name)
-        assert [m.step for m in history] == list(range(1, 21)), name
+        assert [m.step for m in history] == list(range(1, TEST_EPOCHS + 1)), name
     # Correctly named: validation metrics come from the val split, test from the test split.
     val_history = [m.value for m in client.get_metric_history(run.info.run_id, "val_accuracy")]
     assert val_history == pytest.approx(summary["history"]["val_accuracy"])

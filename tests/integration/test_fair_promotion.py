@@ -118,7 +118,7 @@ def test_promotion_is_decided_on_images_neither_version_trained_on(two_seeds, tm
     assert compared["images"] == clean and compared["digest"] == file["compared_on"]["digest"]
     assert compared["trained_on"] == {f"{NAME}/{versions[first]}": 0, f"{NAME}/{versions[second]}": 0}
     assert compared["training_set_unknown"] == []
-    # The better model (20 epochs against 1) wins in either order.
+    # The better model (TEST_EPOCHS against 1) wins in either order.
     assert champions["test split"] == versions[42]
 
 

@@ -66,7 +66,7 @@ def sample_file(project: Project, tmp_path: Path, stem: str, count: int = 50) ->
 
 @pytest.fixture(scope="module")
 def two_models(trained_home, tmp_path_factory) -> Path:
-    """The shared default model (version 1, 10 epochs) and a 1-epoch one (version 2), both exported and
+    """The shared model (version 1, TEST_EPOCHS epochs) and a 1-epoch one (version 2), both exported and
     registered, neither promoted yet."""
     project = new_project(tmp_path_factory.mktemp("two-models"), base=trained_home)
     project.luigi("ExportOnnx", "--epochs", "1")
@@ -206,7 +206,7 @@ def test_a_shadow_run_stores_both_models_predictions_and_reports_their_agreement
     report = json.loads(next((project.data / "reports").glob("predict-local-shadow-*.json")).read_text())
     assert report["shadow"] == {"model_version": f"{NAME}/2", "scored": 200, "agreement": agreed / 200,
                                 "accuracy": correct / 200, "errors": 0}
-    assert report["accuracy"] > report["shadow"]["accuracy"]  # 10 epochs against 1
+    assert report["accuracy"] > report["shadow"]["accuracy"]  # TEST_EPOCHS epochs against 1
     # The metrics file says the same, for alerting on a challenger that disagrees.
     metrics = (project.data / "metrics" / "vectorai_predict_local.prom").read_text()
     assert f'vectorai_predict_last_run_shadow_agreement{{predict_job="local",source="local",' \
