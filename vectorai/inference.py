@@ -166,7 +166,6 @@ class OnnxClassifier:
             return self._session.run(None, {self._input_name: self._float_input(batch)})[0]
         return self.card.to_probabilities(self._session.run([self._output_name], {self._input_name: batch})[0])
 
-
     def _float_input(self, batch: np.ndarray) -> np.ndarray:
         """``as_model_input(batch)``, written into a buffer this thread keeps for the next call.
 
@@ -183,8 +182,8 @@ class OnnxClassifier:
         return as_model_input(batch, out=buffer[:batch.size].reshape(batch.shape))
 
 
-#: The largest float input ``OnnxClassifier`` keeps a buffer for, per thread: four chunks of
-#: 224x224 photos (``predict.CHUNK_INPUT_BYTES``).
+#: The largest float input ``OnnxClassifier`` keeps a buffer for, per thread: several of the
+#: prediction loop's chunks (``predict.CHUNK_INPUT_BYTES``, 4.8 MB), not a whole evaluation set.
 SCRATCH_MAX_BYTES = 32 * 1024 * 1024
 
 
