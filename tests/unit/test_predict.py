@@ -1,7 +1,9 @@
+import contextlib
 import gc
 import sqlite3
 import threading
 import time
+import weakref
 
 import numpy as np
 import pytest
@@ -269,45 +271,66 @@ def test_the_garbage_collector_runs_less_often_during_a_run_and_as_before_after_
         gc.set_threshold(*before)
 
 
+class _Garbage:
+    """Payload-sized objects left in reference cycles, as kafka-python leaves its fetch responses,
+    each remembered by a weak reference with its size."""
+
+    def __init__(self) -> None:
+        self._made: list[tuple[weakref.ref, int]] = []
+
+    def leave(self, payloads: list) -> None:
+        holder = _Cycle()
+        holder.self, holder.payloads = holder, payloads
+        self._made.append((weakref.ref(holder), sum(map(len, payloads))))
+
+    def alive_bytes(self) -> int:
+        return sum(size for ref, size in self._made if ref() is not None)
+
+
+class _Cycle:
+    pass
+
+
+@contextlib.contextmanager
+def _collector_off():
+    """No collection by object count, and the session's own objects (TensorFlow's, once loaded)
+    out of every explicit one: only the byte budget collects here, and cheaply."""
+    enabled = gc.isenabled()
+    gc.disable()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+        if enabled:
+            gc.enable()
+
+
 def test_cyclic_garbage_holding_payloads_is_collected_every_byte_budget(tmp_path, classifier):
     """A transport that leaves each delivery's bytes in a reference cycle (as kafka-python does
     with its fetch responses) keeps at most about one budget's worth of them alive, even when
     the collector never runs by object count (here: switched off)."""
-    import weakref
-
     model, _ = classifier
     with open_transport("local", root=tmp_path, topic="t") as producer:
         noise = np.random.default_rng(0).integers(0, 256, (320, 320), dtype=np.uint8)  # ~100 KB as PNG
         producer.publish([encode_image(noise, f"x{i}") for i in range(40)])
         producer.flush(5)
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
-    alive: list[tuple[weakref.ref, int]] = []
+    garbage = _Garbage()
     most_alive = largest = 0
-
-    class Cycle:
-        pass
 
     class Leaky(LocalTransport):
         def consume_batch(self, max_messages, timeout_ms):
             nonlocal most_alive, largest
             delivered = super().consume_batch(max_messages, timeout_ms)
-            garbage = Cycle()
-            garbage.self, garbage.payloads = garbage, [m.payload for m in delivered]
-            size = sum(map(len, garbage.payloads))
-            alive.append((weakref.ref(garbage), size))
-            largest = max(largest, size)
-            most_alive = max(most_alive, sum(size for ref, size in alive if ref() is not None))
+            garbage.leave([m.payload for m in delivered])
+            largest = max(largest, sum(len(m.payload) for m in delivered))
+            most_alive = max(most_alive, garbage.alive_bytes())
             return delivered
 
-    before = gc.isenabled()
-    gc.disable()
-    try:
-        with Leaky(tmp_path, "t") as source:
-            report = run_predictions([source], model, database, batch_size=2, timeout_ms=50,
-                                     max_batch_bytes=450_000)  # 4 messages of 100 KB
-    finally:
-        if before:
-            gc.enable()
+    with _collector_off(), Leaky(tmp_path, "t") as source:
+        report = run_predictions([source], model, database, batch_size=2, timeout_ms=50,
+                                 max_batch_bytes=450_000)  # 4 messages of 100 KB
     assert report.predicted == 40
     # Collected once 450 KB have been consumed: what is alive is at most that, plus the delivery
     # that passes it (and nothing would be collected without the budget: 4 MB stay alive).
@@ -317,31 +340,16 @@ def test_cyclic_garbage_holding_payloads_is_collected_every_byte_budget(tmp_path
 @settings(max_examples=60, deadline=None)
 @given(budget=st.integers(1, 5000), sizes=st.lists(st.integers(0, 3000), max_size=40))
 def test_garbage_alive_never_exceeds_the_budget_plus_one_delivery(budget, sizes):
-    import weakref
-
     from vectorai.transports.base import ReceivedMessage
 
     collector = predict._CollectEveryBudget(budget)
-    alive: list[tuple[weakref.ref, int]] = []
-
-    class Cycle:
-        pass
-
-    before = gc.isenabled()
-    gc.disable()
-    gc.freeze()  # the session's own objects (TensorFlow's, once loaded) out of every collection here
-    try:
+    garbage = _Garbage()
+    with _collector_off():
         for size in sizes:
-            garbage = Cycle()
-            garbage.self = garbage
-            alive.append((weakref.ref(garbage), size))
-            del garbage
-            collector.consumed([ReceivedMessage(source="t", payload=bytes(size), position="0", attributes={})])
-            assert sum(size for ref, size in alive if ref() is not None) < budget + max(sizes)
-    finally:
-        gc.unfreeze()
-        if before:
-            gc.enable()
+            payload = bytes(size)
+            garbage.leave([payload])
+            collector.consumed([ReceivedMessage(source="t", payload=payload, position="0", attributes={})])
+            assert garbage.alive_bytes() < budget + max(sizes)
 
 
 def test_database_failure_leaves_batch_unacknowledged(tmp_path, classifier):
