@@ -9,7 +9,7 @@ LUIGI  := $(VENV)/bin/luigi
 setup: $(VENV)/.installed
 
 # constraints.txt pins the versions CI tested, so a new machine gets the same stack.
-$(VENV)/.installed: setup.py constraints.txt
+$(VENV)/.installed: setup.py constraints.txt vectorai/_resample.c
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -c constraints.txt -e '.[dev]'

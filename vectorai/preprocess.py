@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Sequence
 import numpy as np
 
 from vectorai.errors import ImageError
+from vectorai.resize import resize_uint8
 
 if TYPE_CHECKING:
     from PIL import Image as PILImage
@@ -138,11 +139,11 @@ def fit_uint8(image: "np.ndarray | PILImage.Image", height: int, width: int, cha
     wanted = "L" if grey else "RGB"
     if image.mode != wanted:
         image = image.convert(wanted)
-    if image.size != (width, height):
-        image = image.resize((width, height), Image.BILINEAR)
     pixels = np.asarray(image)
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
+    if pixels.shape[:2] != (height, width):
+        pixels = resize_uint8(pixels, height, width, Image.BILINEAR)
     return np.repeat(pixels, 3, axis=2) if pixels.shape[2] != channels else pixels
 
 

@@ -17,6 +17,7 @@ from typing import Any, Mapping
 import numpy as np
 
 from vectorai.errors import ImageError
+from vectorai.resize import resize_uint8
 
 #: Pillow's filters by the numbers ``preprocessor_config.json`` stores (PIL.Image.Resampling).
 RESAMPLE_NAMES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
@@ -144,7 +145,7 @@ class ImageProcessing:
         order for 3 channels."""
         chw = np.moveaxis(to_channels(as_uint8(image), channels), -1, 0)
         if self.do_resize:
-            chw = _pil_resize(chw, self._resize_to(chw.shape[1], chw.shape[2]), self.resample)
+            chw = _resize(chw, self._resize_to(chw.shape[1], chw.shape[2]), self.resample)
             if self.crop_pct is not None and self.size["shortest_edge"] < 384:
                 edge = self.size["shortest_edge"]
                 chw = center_crop(chw, edge, edge)
@@ -214,16 +215,16 @@ def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
     return np.asarray(Image.fromarray(np.ascontiguousarray(image), mode="RGB").convert("L"))[:, :, None]
 
 
-def _pil_resize(chw: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
-    from PIL import Image
-
+def _resize(chw: np.ndarray, size: tuple[int, int], resample: int) -> np.ndarray:
+    """Pillow's resize with the card's filter, as transformers' processors call it (through
+    ``vectorai.resize``: the same pixels)."""
     height, width = size
     if height < 1 or width < 1:
         raise ImageError(f"resizing to {height}x{width}: the image is too narrow for the card's size")
     hwc = np.ascontiguousarray(np.moveaxis(chw, 0, -1))
-    picture = Image.fromarray(hwc[:, :, 0] if hwc.shape[2] == 1 else hwc)
-    resized = np.asarray(picture.resize((width, height), resample=resample, reducing_gap=None))
-    return np.moveaxis(resized[:, :, None] if resized.ndim == 2 else resized, -1, 0)
+    if hwc.shape[2] not in (1, 3):
+        raise ImageError(f"cannot resize an image of {hwc.shape[2]} channels; the model takes 1 or 3")
+    return np.moveaxis(resize_uint8(hwc, height, width, resample), -1, 0)
 
 
 def center_crop(chw: np.ndarray, height: int, width: int) -> np.ndarray:
