@@ -35,7 +35,7 @@ import numpy as np
 
 from vectorai.errors import MessageDecodeError
 from vectorai.png import Scanlines, encode_png, image_of, inflate_png, unfilter
-from vectorai.preprocess import UINT8_MODES, PreprocessSpec, fit_uint8, preprocess_image
+from vectorai.preprocess import UINT8_MODES, PreprocessSpec, fit_jpeg, fit_uint8, preprocess_image
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage
 
 PNG = "image/png"
@@ -426,6 +426,11 @@ def _decode_encoded(payload: bytes, content_type: str, limits: DecodeLimits, spe
                     jpeg_draft: bool = False) -> np.ndarray:
     """The image's pixels; with the model's ``spec``, an 8-bit image straight at the model's size
     (``fit_uint8``: decoded in draft mode when asked, so never at full size)."""
+    if content_type == JPEG and spec is not None:
+        fitted = fit_jpeg(payload, spec.height, spec.width, spec.channels, jpeg_draft=jpeg_draft,
+                          max_pixels=limits.max_pixels)
+        if fitted is not None:
+            return fitted
     from PIL import Image, UnidentifiedImageError  # here: even a cached import costs per message
 
     try:

@@ -139,12 +139,54 @@ def fit_uint8(image: "np.ndarray | PILImage.Image", height: int, width: int, cha
     wanted = "L" if grey else "RGB"
     if image.mode != wanted:
         image = image.convert(wanted)
-    pixels = np.asarray(image)
+    return _to_model_size(np.asarray(image), height, width, channels)
+
+
+def _to_model_size(pixels: np.ndarray, height: int, width: int, channels: int) -> np.ndarray:
+    """Decoded 8-bit grey (H, W[, 1]) or RGB pixels, resized (bilinear, antialiased) and, grey
+    for a colour model, repeated only once they are small."""
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.shape[:2] != (height, width):
-        pixels = resize_uint8(pixels, height, width, Image.BILINEAR)
+        pixels = resize_uint8(pixels, height, width, 2)  # Image.BILINEAR
     return np.repeat(pixels, 3, axis=2) if pixels.shape[2] != channels else pixels
+
+
+def fit_jpeg(payload: bytes, height: int, width: int, channels: int, *, jpeg_draft: bool,
+             max_pixels: int) -> np.ndarray | None:
+    """``fit_uint8`` of a JPEG's bytes, the same pixels, decoded by libjpeg-turbo through
+    simplejpeg instead of Pillow: Pillow's own decoder is the same library with the same
+    settings, but opening a file through Pillow costs 0.1 ms of Python per photo and its decoder
+    writes 4 bytes per pixel that are then packed to 3 (0.2 ms of a 1.1 ms photo in all).
+
+    None when this cannot stand in for Pillow exactly: simplejpeg not installed, a header it
+    cannot read, a colour space other than YCbCr or grey (CMYK), more than ``max_pixels``, a
+    greyscale model without draft mode (Pillow converts from RGB then), or any decoding error.
+    Pillow then decodes it, and names what is wrong with it."""
+    try:
+        import simplejpeg
+    except ImportError:
+        return None
+    try:
+        src_h, src_w, colorspace, _ = simplejpeg.decode_jpeg_header(payload)
+    except ValueError:
+        return None
+    grey = colorspace == "Gray" or channels == 1
+    if colorspace not in ("YCbCr", "Gray") or src_h * src_w > max_pixels or (grey and not jpeg_draft
+                                                                              and colorspace != "Gray"):
+        return None
+    # Pillow's draft rule (JpegImageFile.draft): the largest of 8, 4, 2 that the source is at
+    # least that many times the target in both directions, rounding the decoded size up.
+    scale = next((s for s in (8, 4, 2) if jpeg_draft and src_w >= s * width and src_h >= s * height), 1)
+    size = (-(-src_h // scale), -(-src_w // scale))
+    try:
+        pixels = simplejpeg.decode_jpeg(payload, colorspace="GRAY" if grey else "RGB", min_height=size[0],
+                                        min_width=size[1])
+    except ValueError:
+        return None
+    if pixels.shape[:2] != size:  # a tiny image, which simplejpeg scaled further than Pillow would
+        return None
+    return _to_model_size(pixels, height, width, channels)
 
 
 def _pillow_image(image: np.ndarray) -> "PILImage.Image":
