@@ -38,6 +38,7 @@ import platform
 import resource
 import shutil
 import struct
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -1139,29 +1140,43 @@ def run_photos(args: argparse.Namespace, log: Callable[[str], None]) -> dict[str
                     classifier, batch, size, repeats=1 if args.tiny else 3, workers=workers).rate, 1)
             return max(rate for name, rate in ceiling_runs.items() if name.startswith(when))
 
-        before = ceiling("before")
-        log(f"photos: {RAW} before {before:,.1f} images/s")
-        publish_photos(workdir / "queues", "photos", photos, count)
-        out = _run_worker(["photos", "--model", str(model_file), "--queue-root", str(workdir / "queues"), "--topic",
-                           "photos", "--database", str(workdir / "photos.sqlite"), "--batch-size",
-                           str(args.batch_size), "--decode-threads", str(args.decode_threads)]
-                          + (["--threads", str(args.threads)] if args.threads else [])
-                          + ([] if args.jpeg_draft else ["--no-jpeg-draft"]))
-        after = ceiling("after")
+        log(f"photos: {RAW} before {ceiling('before'):,.1f} images/s")
+        # The end-to-end run as often as --photo-runs, a ceiling between each two: the ceiling is
+        # the best of several passes, so one end-to-end run against it would be judged on this
+        # shared machine's slowest stretches; its best run is set against the best ceiling.
+        runs = []
+        for run in range(args.photo_runs):
+            topic = f"photos{run}"
+            publish_photos(workdir / "queues", topic, photos, count)
+            runs.append(_run_worker(
+                ["photos", "--model", str(model_file), "--queue-root", str(workdir / "queues"), "--topic", topic,
+                 "--database", str(workdir / f"{topic}.sqlite"), "--batch-size", str(args.batch_size),
+                 "--decode-threads", str(args.decode_threads)]
+                + (["--threads", str(args.threads)] if args.threads else [])
+                + ([] if args.jpeg_draft else ["--no-jpeg-draft"])))
+            ceiling(f"between {run + 1}" if run + 1 < args.photo_runs else "after")
         del batch, ways
-    ceiling = max(before, after)
-    rate = out["consumed"] / out["seconds"] if out["seconds"] > 0 else 0.0
+    ceiling = max(ceiling_runs.values())
+    rates = [out["consumed"] / out["seconds"] if out["seconds"] > 0 else 0.0 for out in runs]
+    out = runs[rates.index(max(rates))]
+    rate = max(rates)
     result.update({
         "images_per_second": round(rate, 1), "ceiling_beside_images_per_second": round(ceiling, 1),
         "ratio_to_ceiling_beside": round(rate / ceiling, 4) if ceiling else None,
+        "median_ratio_to_ceiling_beside": round(statistics.median(rates) / ceiling, 4) if ceiling else None,
+        "runs": [{"images_per_second": round(r, 1),
+                  "cpu_seconds_per_1000_images": round(o["cpu_seconds"] * 1000 / max(o["consumed"], 1), 3),
+                  "peak_rss_mib": round(o["peak_rss_kib"] / 1024, 1)} for r, o in zip(rates, runs)],
         "ceiling_runs": ceiling_runs, "predicted": out["predicted"], "dead_letters": out["dead_letters"],
         "cpu_seconds_per_1000_images": round(out["cpu_seconds"] * 1000 / max(out["consumed"], 1), 3),
-        "peak_rss_mib": round(out["peak_rss_kib"] / 1024, 1), "decode_threads": out["decode_threads"],
+        # Memory is a bound, not a speed: the highest of every run.
+        "peak_rss_mib": round(max(o["peak_rss_kib"] for o in runs) / 1024, 1), "decode_threads": out["decode_threads"],
         "jpeg_draft": args.jpeg_draft,
     })
-    log(f"photos: predict local+sqlite {rate:,.1f} images/s, {result['ratio_to_ceiling_beside']} of the ceiling "
-        f"beside it ({ceiling:,.1f}), CPU {result['cpu_seconds_per_1000_images']} s per 1,000, peak RSS "
-        f"{result['peak_rss_mib']} MiB")
+    log(f"photos: predict local+sqlite {rate:,.1f} images/s (best of {len(runs)}: "
+        f"{', '.join(f'{r:,.1f}' for r in rates)}), {result['ratio_to_ceiling_beside']} of the ceiling "
+        f"beside it ({ceiling:,.1f}; median run {result['median_ratio_to_ceiling_beside']}), CPU "
+        f"{result['cpu_seconds_per_1000_images']} s per 1,000, peak RSS {result['peak_rss_mib']} MiB")
     if args.draft_check:
         digits_model = find_model(args.model, Path(tempfile.mkdtemp(prefix="vectorai-bench-")), log) / "model.onnx"
         result["draft_agreement"] = draft_agreement(digits_model, args.draft_check)
@@ -1182,8 +1197,10 @@ def format_photos(photos: dict[str, Any]) -> str:
     lines = [f"photos ({photos['images']:,} {PHOTO_SIZE[0]}x{PHOTO_SIZE[1]} JPEGs, MobileNetV2-sized model at "
              f"{PHOTO_MODEL_SIDE}x{PHOTO_MODEL_SIDE}, batch {photos['batch_size']}, {photos['cpus']} CPUs, "
              f"{photos['decode_threads']} decode threads): "
-             f"{photos['images_per_second']:,.1f} images/s, {photos['ratio_to_ceiling_beside']:.3f} of the ceiling "
-             f"beside it ({photos['ceiling_beside_images_per_second']:,.1f}); CPU "
+             f"{photos['images_per_second']:,.1f} images/s (best of {len(photos['runs'])} runs), "
+             f"{photos['ratio_to_ceiling_beside']:.3f} of the ceiling beside it "
+             f"({photos['ceiling_beside_images_per_second']:,.1f}; median run "
+             f"{photos['median_ratio_to_ceiling_beside']:.3f}); CPU "
              f"{photos['cpu_seconds_per_1000_images']} s per 1,000 images; peak RSS {photos['peak_rss_mib']} MiB",
              f"photos: decode+preprocess CPU per photo {photos['decode_cpu_ms_per_photo']['jpeg_draft']} ms with JPEG "
              f"draft, {photos['decode_cpu_ms_per_photo']['full_decode']} ms decoding in full"]
@@ -1218,7 +1235,7 @@ def run_scaling(args: argparse.Namespace, argv: list[str], log: Callable[[str], 
             photos = json.loads(Path(out.name).read_text())["photos"]
         rows.append({"cores": cores, **{key: photos[key] for key in (
             "images_per_second", "ceiling_beside_images_per_second", "ratio_to_ceiling_beside",
-            "cpu_seconds_per_1000_images", "peak_rss_mib", "decode_threads")},
+            "median_ratio_to_ceiling_beside", "cpu_seconds_per_1000_images", "peak_rss_mib", "decode_threads")},
             "decode_cpu_ms_per_photo": photos["decode_cpu_ms_per_photo"]["jpeg_draft"]})
         log(f"scaling: {cores} cores: {photos['images_per_second']:,.1f} images/s, ceiling "
             f"{photos['ceiling_beside_images_per_second']:,.1f}")
@@ -1284,6 +1301,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cases", default="digits", help="Comma-separated: digits (every case above, on MNIST "
                         "digits; the default) and photos (640x480 JPEGs into a MobileNetV2-sized model at 224x224)")
     parser.add_argument("--photo-images", type=int, default=1000, help="Photos for the photos case (default 1000)")
+    parser.add_argument("--photo-runs", type=int, default=3, help="Photos: end-to-end runs, a ceiling between "
+                        "each two; the best is set against the best ceiling, the median reported too (default 3)")
     parser.add_argument("--decode-threads", type=int, default=0, help="The photos case's decoding threads "
                         "(default 0: the library's choice)")
     parser.add_argument("--no-jpeg-draft", dest="jpeg_draft", action="store_false", help="Photos: decode in full")
@@ -1302,7 +1321,10 @@ def main(argv: list[str] | None = None) -> int:
         args.batch_size = min(args.batch_size, 32)
         args.keras_per_image = min(args.keras_per_image, 10)
         args.photo_images = min(args.photo_images, 64)
+        args.photo_runs = min(args.photo_runs, 2)
         args.draft_check = min(args.draft_check, 50)
+    if args.photo_runs < 1:
+        parser.error("--photo-runs must be at least 1")
     cases = {c.strip() for c in args.cases.split(",") if c.strip()}
     if not cases or cases - {"digits", "photos"}:
         parser.error("--cases: choose from digits, photos")
