@@ -18,6 +18,10 @@ from vectorai.resize import resize_uint8
 if TYPE_CHECKING:
     from PIL import Image as PILImage
 
+#: Pillow's number for its antialiased bilinear filter (Image.Resampling.BILINEAR), which the
+#: float path and the 8-bit path both resize with.
+BILINEAR = 2
+
 # ITU-R BT.601 luma, what Pillow's convert("L") uses, so colour inputs match greyscale files.
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
 
@@ -91,7 +95,7 @@ def _resize(image: np.ndarray, height: int, width: int) -> np.ndarray:
     from PIL import Image
 
     planes = [
-        np.asarray(Image.fromarray(image[:, :, c], mode="F").resize((width, height), Image.BILINEAR))
+        np.asarray(Image.fromarray(image[:, :, c], mode="F").resize((width, height), BILINEAR))
         for c in range(image.shape[2])
     ]
     return np.clip(np.stack(planes, axis=2), 0.0, 1.0)
@@ -125,8 +129,6 @@ def fit_uint8(image: "np.ndarray | PILImage.Image", height: int, width: int, cha
     bilinear filter, but in 8 bits, so a third of the bytes move through resizing and the float
     array is only ever made at the model's size.
     """
-    from PIL import Image
-
     if isinstance(image, np.ndarray):
         image = _pillow_image(image)
     elif image.mode not in UINT8_MODES:
@@ -148,7 +150,7 @@ def _to_model_size(pixels: np.ndarray, height: int, width: int, channels: int) -
     if pixels.ndim == 2:
         pixels = pixels[:, :, None]
     if pixels.shape[:2] != (height, width):
-        pixels = resize_uint8(pixels, height, width, 2)  # Image.BILINEAR
+        pixels = resize_uint8(pixels, height, width, BILINEAR)
     return np.repeat(pixels, 3, axis=2) if pixels.shape[2] != channels else pixels
 
 
