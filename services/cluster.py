@@ -15,6 +15,7 @@ reuses their installs (the same Maven Central jars, the Debian PostgreSQL 15 bin
 from __future__ import annotations
 
 import os
+from secrets import randbits
 import shutil
 import signal
 import subprocess
@@ -91,8 +92,11 @@ class CertificateAuthority:
         extensions = cert.with_suffix(".ext")
         extensions.write_text(f"subjectAltName=IP:{address}\nextendedKeyUsage=serverAuth,clientAuth\n"
                               "basicConstraints=CA:FALSE\n")
+        # A random serial of its own rather than -CAcreateserial's shared ca.srl file, which one
+        # CI run found empty ("Unable to load number from ca.srl") and failed the test's setup.
         _run(["openssl", "x509", "-req", "-in", str(csr), "-CA", str(self.cert), "-CAkey", str(self._key),
-              "-CAcreateserial", "-out", str(cert), "-days", "2", "-sha256", "-extfile", str(extensions)],
+              "-set_serial", str(randbits(63) | 1), "-out", str(cert), "-days", "2", "-sha256",
+              "-extfile", str(extensions)],
              f"openssl: signing the certificate for {address}")
         return cert
 

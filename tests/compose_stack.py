@@ -44,7 +44,14 @@ STAND_INS = {  # image -> folder of tests/compose/ holding its Dockerfile
 }
 # The extras the worker image is built with in the test (tests/compose/docker-compose.test.yml).
 WHEEL_EXTRAS = "train,kafka,postgres,scheduler"
-APT_PACKAGES = ("podman", "runc", "mmdebstrap", "uidmap")
+# The dnsname CNI plugin: podman 4.3 on CNI (what apt installs beside Debian's
+# containernetworking-plugins) gives a compose network no name resolution without it, and the
+# Kafka container cannot reach its own controller at kafka:9093.
+APT_PACKAGES = ("podman", "runc", "mmdebstrap", "uidmap", "golang-github-containernetworking-plugin-dnsname")
+#: Where the plugins that resolve service names on a podman network live: CNI's dnsname, or
+#: netavark's aardvark-dns.
+NAME_RESOLVERS = ("/usr/lib/cni/dnsname", "/usr/libexec/cni/dnsname", "/usr/lib/podman/aardvark-dns",
+                  "/usr/libexec/podman/aardvark-dns")
 
 
 class EngineError(RuntimeError):
@@ -71,11 +78,13 @@ def podman(*args: str, check: bool = True, timeout: float = 1200) -> subprocess.
 
 
 def install_engine() -> None:
-    """Install podman, runc and mmdebstrap with apt when one is missing (CI's machine is new)."""
-    if all(shutil.which(tool) for tool in ("podman", "runc", "mmdebstrap")):
+    """Install podman, runc, mmdebstrap and a name resolver for podman's networks with apt when
+    one is missing (CI's machine is new)."""
+    if all(shutil.which(tool) for tool in ("podman", "runc", "mmdebstrap")) and any(
+            Path(resolver).exists() for resolver in NAME_RESOLVERS):
         return
     if shutil.which("apt-get") is None or os.geteuid() != 0:
-        raise EngineError("podman, runc and mmdebstrap are needed; install them (apt-get as root)")
+        raise EngineError(f"{', '.join(APT_PACKAGES)} are needed; install them (apt-get as root)")
     apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     for argv in (["apt-get", "update", "-qq"],
                  ["apt-get", "install", "-y", "-qq", "--no-install-recommends", *APT_PACKAGES]):
