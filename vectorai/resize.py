@@ -10,6 +10,7 @@ it has, or the installed Pillow resizes differently from what it was checked aga
 
 from __future__ import annotations
 
+import functools
 import logging
 
 import numpy as np
@@ -48,9 +49,11 @@ def pillow_resize(pixels: np.ndarray, height: int, width: int, resample: int) ->
     return resized.reshape(height, width, pixels.shape[2])
 
 
-def _load_kernel():
+@functools.lru_cache(maxsize=1)
+def _kernel():
     """The extension's ``resample``, once it has matched Pillow on images that take both pass
-    orders and every filter; None (Pillow does the work) when it is missing or does not match."""
+    orders and every filter; None (Pillow does the work) when it is missing or does not match.
+    Checked on first use, not at import: 20 ms that a process resizing nothing never spends."""
     try:
         from vectorai._resample import resample
     except ImportError:
@@ -69,10 +72,9 @@ def _load_kernel():
     return resample
 
 
-_KERNEL = _load_kernel()
-
-#: Whether ``resize_uint8`` runs the extension (False: Pillow, the same pixels more slowly).
-ACCELERATED = _KERNEL is not None
+def accelerated() -> bool:
+    """Whether ``resize_uint8`` runs the extension (False: Pillow, the same pixels more slowly)."""
+    return _kernel() is not None
 
 
 def resize_uint8(pixels: np.ndarray, height: int, width: int, resample: int = 2) -> np.ndarray:
@@ -83,8 +85,9 @@ def resize_uint8(pixels: np.ndarray, height: int, width: int, resample: int = 2)
     if height < 1 or width < 1:
         raise ValueError(f"cannot resize to {height}x{width}")
     in_h, in_w, channels = pixels.shape
-    if _KERNEL is None or resample not in CONVOLUTIONS:
+    kernel = _kernel() if resample in CONVOLUTIONS else None
+    if kernel is None:
         return pillow_resize(pixels, height, width, resample)
     out = np.empty((height, width, channels), np.uint8)
-    _KERNEL(np.ascontiguousarray(pixels), out, resample, _vertical_first(in_h, in_w, height, width))
+    kernel(np.ascontiguousarray(pixels), out, resample, _vertical_first(in_h, in_w, height, width))
     return out
