@@ -5,7 +5,7 @@ Resizing a photo to a model's size took as much CPU as decoding it (0.58 ms from
 there) computes the same pixels, bit for bit, in 0.24 ms: Pillow's filters and fixed-point
 arithmetic, each pass adding whole lines with vector instructions. Everything here checks its
 arguments and falls back to Pillow itself when the extension is missing, the filter is not one
-it has, or the installed Pillow resizes differently from what it was checked against at import.
+it has, or the installed Pillow resizes differently (checked once, on first use).
 """
 
 from __future__ import annotations
