@@ -9,7 +9,8 @@
  *   - the vertical pass adds rows of the image, weighted;
  *   - the horizontal pass does the same on the image turned on its side (columns as rows),
  *     and turns the result back.
- * Only the computation is ours; vectorai.resize checks every argument before calling it.
+ * vectorai.resize is the way in: it checks its arguments, picks the pass order for the installed
+ * Pillow, and checks this module against that Pillow once before using it.
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
