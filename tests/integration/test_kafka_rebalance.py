@@ -235,3 +235,49 @@ def test_a_member_without_partitions_does_not_wait_out_the_rebalance_grace(kafka
     finally:
         for member in members:
             member.transport.close()
+
+
+
+def test_a_partition_kept_through_a_rebalance_is_read_again_from_its_unacknowledged_messages(
+        kafka_bootstrap, topic, group):
+    """A member holds a batch of its only partition unacknowledged when the group rebalances and
+    gives the partition back to it. That batch commits nothing (its claim ended with the
+    rebalance), so the member reads it again, as it would after the partition moved to another
+    member and back: the group's commits reach the end of the partition, and no message is left
+    for the next run to classify again."""
+    from kafka import KafkaAdminClient
+
+    sent = _publish(kafka_bootstrap, topic, 10, partitions=1)
+    member = KafkaTransport(bootstrap_servers=kafka_bootstrap, topic=topic, group=group, create_topic=False)
+    # Another member of the group, on a topic of its own: the group rebalances when it joins,
+    # and the range assignor can only give this topic's partition back to the first member.
+    _publish(kafka_bootstrap, f"{topic}-other", 1, partitions=1)
+    other = None
+    try:
+        in_flight = member.consume_batch(10, 30_000)
+        assert {m.key for m in in_flight} == sent
+        generation = member._consumer.group_metadata().generation_id
+        other = _Member(kafka_bootstrap, f"{topic}-other", group)
+        read_again: list[ReceivedMessage] = []
+        _wait_for(lambda: (read_again.extend(member.consume_batch(10, 200)) or
+                           member._consumer.group_metadata().generation_id != generation
+                           and not member._joining_group()),
+                  "the group did not rebalance", [other])
+        assert member.assigned_partitions == [f"{topic}/0"]
+        member.acknowledge(in_flight)  # stored while the group rebalanced: commits nothing now
+        member.acknowledge(read_again)
+
+        ends = _end_offsets(kafka_bootstrap, topic)
+        with closing(KafkaAdminClient(bootstrap_servers=kafka_bootstrap)) as admin:
+            def committed_to_the_end() -> bool:
+                batch = member.consume_batch(10, 200)  # waiting for more confirms the commits
+                read_again.extend(batch)
+                member.acknowledge(batch)
+                return {tp: offset for tp, offset in _committed(admin, group).items() if tp[0] == topic} == ends
+
+            _wait_for(committed_to_the_end, "the group never committed every message", [other])
+        assert {m.key for m in read_again} == sent, "the unacknowledged batch was not read again"
+    finally:
+        member.close()
+        if other is not None:
+            other.close()

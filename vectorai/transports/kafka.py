@@ -113,6 +113,9 @@ class KafkaTransport(Transport):
         self._handed_out: dict[_Claim, int] = {}
         # The claim on each partition this member holds now, by (topic, partition).
         self._claims: dict[tuple[str, int], _Claim] = {}
+        # Per partition revoked with messages read but not acknowledged: the lowest of them,
+        # where this member reads on if the rebalance gives the partition back to it.
+        self._resume_at: dict[Any, int] = {}
         # Offsets acknowledged but not yet confirmed by a synchronous commit, and the latest
         # asynchronous commit sent for them.
         self._unconfirmed: dict[Any, Any] = {}
@@ -407,9 +410,25 @@ class KafkaTransport(Transport):
         claims = {claim for tp in revoked if (claim := self._claims.pop((tp.topic, tp.partition), None))}
         for claim in claims:
             claim.revoked = True
-            self._unacked_from.pop(claim, None)
+            # Read and not acknowledged: handed out (from _unacked_from on) or read ahead.
+            outstanding = [m.handle[1] for m in self._read_ahead if m.handle[0] is claim]
+            if (first := self._unacked_from.pop(claim, None)) is not None:
+                outstanding.append(first)
+            if commit and outstanding:  # a lost partition is read from its committed offset anyway
+                self._resume_at[claim.partition] = min(outstanding)
             self._handed_out.pop(claim, None)
         self._drop_read_ahead(claims)
+
+    def _partitions_assigned(self, consumer, assigned: set) -> None:
+        """Read again what this member had read and not acknowledged of each partition the
+        rebalance gave back to it. Its acknowledgements commit nothing now (their claim was
+        revoked), and kafka-python 3.0 keeps a kept partition's position (Java's consumer goes
+        back to the committed offset): without this the member would read on past them, and the
+        group's commits would stay short of them until more messages come to the partition."""
+        resume_at, self._resume_at = self._resume_at, {}
+        for tp in assigned:
+            if tp in resume_at:
+                consumer.seek(tp, resume_at[tp])
 
     @property
     def assigned_partitions(self) -> list[str]:
@@ -553,6 +572,7 @@ class KafkaTransport(Transport):
         for claim in self._claims.values():
             claim.revoked = True  # a batch still in flight must not commit on a later consumer
         self._claims.clear()
+        self._resume_at.clear()
         self._unconfirmed.clear()
         self._sent_commit = None
         if producer is not None:
@@ -591,7 +611,8 @@ def _rebalance_listener(transport: KafkaTransport, consumer):
             await transport._partitions_revoked(consumer, revoked, commit=True)
 
         async def on_partitions_assigned(self, assigned) -> None:
-            pass  # claims are made as the partitions' first messages arrive
+            # Claims are made as the partitions' first messages arrive.
+            transport._partitions_assigned(consumer, assigned)
 
         async def on_partitions_lost(self, lost) -> None:
             # The group has dropped this member already: a commit would be refused.
