@@ -113,9 +113,11 @@ class KafkaTransport(Transport):
         self._handed_out: dict[_Claim, int] = {}
         # The claim on each partition this member holds now, by (topic, partition).
         self._claims: dict[tuple[str, int], _Claim] = {}
-        # Per partition revoked with messages read but not acknowledged: the lowest of them,
-        # where this member reads on if the rebalance gives the partition back to it.
+        # For a rebalance that may give revoked partitions back to this member (see
+        # _partitions_assigned): per partition, the lowest offset read and not acknowledged,
+        # and the acknowledged offset its revocation could not commit.
         self._resume_at: dict[Any, int] = {}
+        self._recommit: dict[Any, Any] = {}
         # Offsets acknowledged but not yet confirmed by a synchronous commit, and the latest
         # asynchronous commit sent for them.
         self._unconfirmed: dict[Any, Any] = {}
@@ -403,10 +405,17 @@ class KafkaTransport(Transport):
                 await consumer.commit_async(offsets)
             except KafkaError as err:
                 # Best effort: the next owner redelivers from the last committed offset and the
-                # database ignores the rows it has.
+                # database ignores the rows it has; if that is this member, it commits them then.
                 log.warning("offsets of group %s not committed before a rebalance (%s); the next "
                             "owner will redeliver them and duplicates are ignored", self.group,
                             _describe(err))
+                self._recommit.update(offsets)
+        if not commit:
+            # Lost: kafka-python forgets the partitions' positions, so whoever gets them reads
+            # from the committed offsets, which other members may have moved on meanwhile.
+            for tp in revoked:
+                self._resume_at.pop(tp, None)
+                self._recommit.pop(tp, None)
         claims = {claim for tp in revoked if (claim := self._claims.pop((tp.topic, tp.partition), None))}
         for claim in claims:
             claim.revoked = True
@@ -414,21 +423,27 @@ class KafkaTransport(Transport):
             outstanding = [m.handle[1] for m in self._read_ahead if m.handle[0] is claim]
             if (first := self._unacked_from.pop(claim, None)) is not None:
                 outstanding.append(first)
-            if commit and outstanding:  # a lost partition is read from its committed offset anyway
+            if commit and outstanding:
                 self._resume_at[claim.partition] = min(outstanding)
             self._handed_out.pop(claim, None)
         self._drop_read_ahead(claims)
 
     def _partitions_assigned(self, consumer, assigned: set) -> None:
-        """Read again what this member had read and not acknowledged of each partition the
-        rebalance gave back to it. Its acknowledgements commit nothing now (their claim was
-        revoked), and kafka-python 3.0 keeps a kept partition's position (Java's consumer goes
-        back to the committed offset): without this the member would read on past them, and the
-        group's commits would stay short of them until more messages come to the partition."""
+        """Of each partition the rebalance gave back to this member, read again what it had
+        read and not acknowledged, and commit again what it acknowledged and could not commit
+        at the revocation. kafka-python 3.0 keeps a kept partition's position through the
+        rebalance (Java's consumer goes back to the committed offset), and those messages'
+        acknowledgements commit nothing now (their claim was revoked): without this the member
+        would read on past them, and the group's commits would stay short of them until more
+        messages came to the partition. Nobody else can have owned the partition meanwhile: a
+        rebalance revokes every partition before any member is given one."""
         resume_at, self._resume_at = self._resume_at, {}
+        recommit, self._recommit = self._recommit, {}
         for tp in assigned:
             if tp in resume_at:
                 consumer.seek(tp, resume_at[tp])
+            if tp in recommit:
+                self._unconfirmed.setdefault(tp, recommit[tp])
 
     @property
     def assigned_partitions(self) -> list[str]:
@@ -572,7 +587,9 @@ class KafkaTransport(Transport):
         for claim in self._claims.values():
             claim.revoked = True  # a batch still in flight must not commit on a later consumer
         self._claims.clear()
+        # A later consumer of this transport starts from the group's committed offsets.
         self._resume_at.clear()
+        self._recommit.clear()
         self._unconfirmed.clear()
         self._sent_commit = None
         if producer is not None:
