@@ -1,12 +1,12 @@
 """The compose stack under podman, for tests/integration/test_compose_stack.py.
 
 Where no container registry can be reached, every image is built here: a Debian bookworm base
-from ``mmdebstrap`` imported into podman, stand-ins for ``python:3.11-slim``, ``postgres:15`` and
-``apache/kafka`` built on it (``tests/compose/``), and the project's own images built from the
-shipped Dockerfiles with ``BASE_IMAGE`` pointing at the stand-in and pip reading wheels
-downloaded on the host. Images carry stable ``localhost/vectorai-test/*`` tags, so that their
-layers are reused by the next run; containers, volumes and networks are the compose project's
-and ``down -v`` removes them.
+from ``mmdebstrap`` imported into podman, stand-ins for ``python:3.11-slim``, ``python:3.11`` (a C
+compiler), ``postgres:15`` and ``apache/kafka`` built on it (``tests/compose/``), and the project's
+own images built from the shipped Dockerfiles with ``BASE_IMAGE`` and ``BUILD_IMAGE`` pointing at
+the stand-ins and pip reading wheels downloaded on the host. Images carry stable
+``localhost/vectorai-test/*`` tags, so that their layers are reused by the next run; containers,
+volumes and networks are the compose project's and ``down -v`` removes them.
 
 podman 4.3 (Debian bookworm) runs here only with ``tests/compose/containers.conf`` (runc,
 cgroupfs), and, as systemd is not PID 1, it does not schedule healthchecks: :meth:`wait_healthy`
@@ -38,6 +38,7 @@ CACHE_DIR = Path(os.environ.get("VECTORAI_COMPOSE_CACHE", Path.home() / ".cache"
 
 DEBIAN_IMAGE = "localhost/vectorai-test/debian:bookworm"
 PYTHON_IMAGE = "localhost/vectorai-test/python:3.11"
+BUILD_IMAGE = "localhost/vectorai-test/python-build:3.11"  # and a C compiler: for python:3.11
 STAND_INS = {  # image -> folder of tests/compose/ holding its Dockerfile
     "localhost/vectorai-test/postgres:15": "postgres",
     "localhost/vectorai-test/kafka:4.1.1": "kafka",
@@ -138,9 +139,11 @@ def wheels() -> Path:
 
 
 def build_stand_ins(work: Path) -> None:
-    """The stand-ins for python:3.11-slim, postgres:15 and apache/kafka (layers cached)."""
+    """The stand-ins for python:3.11-slim, python:3.11, postgres:15 and apache/kafka (layers cached)."""
     podman("build", "--network", "host", "--build-arg", f"DEBIAN_IMAGE={DEBIAN_IMAGE}",
            "-f", str(TEST_DIR / "python.Dockerfile"), "-t", PYTHON_IMAGE, str(TEST_DIR))
+    podman("build", "--network", "host", "--build-arg", f"PYTHON_IMAGE={PYTHON_IMAGE}",
+           "-f", str(TEST_DIR / "python-build.Dockerfile"), "-t", BUILD_IMAGE, str(TEST_DIR))
     for image, folder in STAND_INS.items():
         context = work / folder
         shutil.copytree(TEST_DIR / folder, context)
@@ -252,7 +255,7 @@ class Stack:
         }
 
 
-STABLE_TAGS = (DEBIAN_IMAGE, PYTHON_IMAGE, *STAND_INS,
+STABLE_TAGS = (DEBIAN_IMAGE, PYTHON_IMAGE, BUILD_IMAGE, *STAND_INS,
                "localhost/vectorai-test/worker:cache", "localhost/vectorai-test/mlflow:cache")
 
 

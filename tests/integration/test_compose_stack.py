@@ -85,6 +85,11 @@ def test_compose_stack_runs_the_whole_chain(engine, tmp_path):
         timings["chain_s"] = time.monotonic() - started
         assert ":)" in chain.stdout + chain.stderr, chain.stderr[-6000:]
 
+        # The worker resizes photos with the extension its image compiled, not Pillow's slower path.
+        resize = stack.compose("run", "--rm", "--no-deps", "worker", "python", "-c",
+                               "from vectorai import resize; print('accelerated:', resize.accelerated())")
+        assert "accelerated: True" in resize.stdout, resize.stdout[-2000:] + resize.stderr[-4000:]
+
         # Rows in the container's PostgreSQL: every image the stream sent, once, classified.
         [manifest] = (root / "data" / "stream" / "manifests").glob("kafka-*.json")
         sent = json.loads(manifest.read_text())["ids"]
