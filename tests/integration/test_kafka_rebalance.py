@@ -1,5 +1,6 @@
 """KafkaTransport consumer groups that change while batches are in flight: members join and
-leave, and every commit the group makes still only moves forward."""
+leave, every commit the group makes still only moves forward, and the group's commits reach the
+end of every partition, including one a rebalance gives back to the member that held it."""
 
 from __future__ import annotations
 
