@@ -97,7 +97,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
     decode_threads = luigi.IntParameter(default=0, significant=False,
                                         description="Threads that decode and preprocess batches of large images "
                                         "(photos) while the model runs; 0: start on the cores onnxruntime does "
-                                        "not use (at least one), one more each time the model would wait for "
+                                        "not use (at least one), doubled each time the model would wait for "
                                         "decoding, up to one per core")
     model_uri = luigi.Parameter(default="", description="The registered model to score with: models:/NAME@ALIAS "
                                 "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
