@@ -1,10 +1,11 @@
-# vectorai: `make demo` runs the whole chain on the embedded defaults; `make test` runs every test.
+# vectorai: `make demo` runs the whole chain on the embedded defaults; `make test` runs every test but
+# the whole-system ones (marker `system`), `make test-all` runs them all (what CI runs).
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 LUIGI  := $(VENV)/bin/luigi
 
-.PHONY: setup demo test unit fuzz services-up services-down bench luigid clean chromium
+.PHONY: setup demo test test-all unit fuzz services-up services-down bench luigid clean chromium
 
 setup: $(VENV)/.installed
 
@@ -19,8 +20,12 @@ demo: setup
 	$(LUIGI) --module tasks PredictTask --local-scheduler
 	$(VENV)/bin/vectorai-results
 
-# Starts (and stops) Kafka, PostgreSQL and the Pub/Sub emulator itself, in the test session.
+# Starts (and stops) Kafka, PostgreSQL, the Pub/Sub emulator and MLflow itself, in the test session.
 test: setup chromium
+	$(PY) -m pytest -m "not system"
+
+# Every test, the whole-system ones (compose stack, namespace cluster, clone demo, review loop, ...) too.
+test-all: setup chromium
 	$(PY) -m pytest
 
 # Debian's chromium for the browser tests, installed with apt when missing (needs root). Not
