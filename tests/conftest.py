@@ -13,7 +13,8 @@ from typing import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_services", "tests.fixtures_pubsub", "tests.http_files", "tests.fixtures_browser"]
+pytest_plugins = ["tests.fixtures_services", "tests.fixtures_pubsub", "tests.fixtures_mlflow", "tests.http_files",
+                  "tests.fixtures_browser"]
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"

@@ -3,24 +3,18 @@ MLflow link to a real ``mlflow server``), and the Prometheus text file PredictTa
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
-import subprocess
-import sys
 import time
-import urllib.parse
 import urllib.request
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.common import free_port, port_open
-from tests.conftest import new_project
+from tests.conftest import new_project, unique_name
+from tests.fixtures_mlflow import mlflow_api
 from tests.integration.test_luigid import api, luigid  # noqa: F401 - luigid is a fixture used below
 
 STATUS_LINE = re.compile(r"local: consumed ([\d,]+), predicted ([\d,]+), dead letters ([\d,]+), ([\d,]+) images/s")
@@ -113,64 +107,13 @@ def test_a_failed_prediction_records_its_time_and_keeps_the_last_success(project
     assert path.read_text() == written and [p.name for p in path.parent.iterdir()] == [path.name]
 
 
-@pytest.fixture
-def mlflow_server(tmp_path):
-    """A real ``mlflow server`` on a free loopback port, with its store and artifacts in tmp_path."""
-    with running_mlflow_server(tmp_path) as url:
-        yield url
-
-
-@contextlib.contextmanager
-def running_mlflow_server(folder: Path) -> Iterator[str]:
-    """``mlflow server`` on a free loopback port, its store and artifacts in ``folder``; its URL."""
-    port = free_port()
-    log_path = folder / "mlflow-server.log"
-    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).parent / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-             "--workers", "1", "--backend-store-uri", f"sqlite:///{folder / 'mlflow-server.db'}",
-             "--artifacts-destination", str(folder / "mlflow-artifacts")],
-            stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env)
-    try:
-        deadline = time.monotonic() + 180  # it migrates its database first: 40 s on a busy 2-core VM
-        while not _healthy(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                # Never a skip: mlflow is installed with the project, so this is a real failure.
-                pytest.fail(f"mlflow server did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-
-
-def _healthy(port: int) -> bool:
-    if not port_open(port):
-        return False
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=5) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def mlflow_api(server: str, endpoint: str, **query: str) -> dict:
-    with urllib.request.urlopen(f"{server}/api/2.0/mlflow/{endpoint}?{urllib.parse.urlencode(query)}",
-                                timeout=30) as r:
-        return json.loads(r.read())
-
-
 @pytest.mark.luigid
 def test_training_links_to_its_run_on_an_mlflow_server_without_the_password(tmp_path, luigid, mlflow_server):
     project = new_project(tmp_path / "fresh")
     # A server without authentication ignores the credentials; they must still never be shown.
     host = mlflow_server.removeprefix("http://")
-    project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{host}")
+    project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{host}", experiment=unique_name("live"))
+    project.set("registry", model_name=unique_name("vectorai-live"))
     project.luigi("ExportOnnx", "--epochs", "1", "--stream-size", "20", "--scheduler-host", "127.0.0.1",
                   "--scheduler-port", str(luigid), local=False,
                   extra_env={"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"})

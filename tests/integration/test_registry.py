@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import Project, new_project
-from tests.integration.test_live_status import mlflow_api, mlflow_server  # noqa: F401 - a fixture used below
+from tests.conftest import Project, new_project, unique_name
+from tests.fixtures_mlflow import mlflow_api
 
 pytestmark = pytest.mark.slow
 
@@ -240,18 +240,20 @@ def test_a_uri_that_does_not_resolve_fails_before_consuming(two_models, tmp_path
     assert len(rows(project)) == 20
 
 
-def test_the_registry_on_an_mlflow_server(tmp_path, mlflow_server):  # noqa: F811 - the imported fixture
+def test_the_registry_on_an_mlflow_server(tmp_path, mlflow_server):
     project = new_project(tmp_path / "fresh")
     host = mlflow_server.removeprefix("http://")
     project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{host}")
+    name = unique_name("vectorai-mnist")  # the session's server is shared: a name of this test's own
+    project.set("registry", model_name=name)
     project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", extra_env=NO_TELEMETRY)
 
-    registered = mlflow_api(mlflow_server, "registered-models/get", name=NAME)["registered_model"]
+    registered = mlflow_api(mlflow_server, "registered-models/get", name=name)["registered_model"]
     assert {a["alias"]: a["version"] for a in registered.get("aliases", [])} == {"champion": "1"}
-    assert {r["model_version"] for r in rows(project)} == {f"{NAME}/1"} and len(rows(project)) == 20
-    tags = {t["key"]: t["value"] for t in mlflow_api(mlflow_server, "model-versions/get", name=NAME,
+    assert {r["model_version"] for r in rows(project)} == {f"{name}/1"} and len(rows(project)) == 20
+    tags = {t["key"]: t["value"] for t in mlflow_api(mlflow_server, "model-versions/get", name=name,
                                                      version="1")["model_version"]["tags"]}
-    cached = project.data / "mlflow" / "models-cache" / NAME / "1" / "model.onnx"
+    cached = project.data / "mlflow" / "models-cache" / name / "1" / "model.onnx"
     assert hashlib.sha256(cached.read_bytes()).hexdigest() == tags["sha256"]
 
     proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", "--model-uri",
@@ -288,7 +290,7 @@ def test_a_retried_export_registers_no_second_version(two_models, tmp_path):
     assert model_json["registered_model"] == {"name": NAME, "version": "1"}
 
 
-def test_promotion_is_tied_to_the_store_it_was_decided_in(two_models, tmp_path, mlflow_server):  # noqa: F811
+def test_promotion_is_tied_to_the_store_it_was_decided_in(two_models, tmp_path, mlflow_server):
     import mlflow
 
     from vectorai.preprocess import PreprocessSpec, preprocess_images
@@ -299,7 +301,8 @@ def test_promotion_is_tied_to_the_store_it_was_decided_in(two_models, tmp_path, 
     assert aliases(project) == {"champion": "1"}
     run_id = exported(project)["1"]["mlflow_run_id"]
 
-    # Another store: the decision made in the first is not taken as done there ...
+    # Another store (the session's server; no other test registers NAME there): the decision made
+    # in the first is not taken as done there ...
     host = mlflow_server.removeprefix("http://")
     project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{host}")
 

@@ -20,7 +20,6 @@ from typing import Iterator
 import numpy as np
 import pytest
 
-from tests.integration.test_live_status import running_mlflow_server
 from tests.unit.helpers import expected_classes, tiny_onnx_model
 from vectorai.errors import RegistryError
 from vectorai.preprocess import PreprocessSpec, preprocess_images
@@ -32,15 +31,14 @@ NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
 
 @pytest.fixture(scope="module")
-def server_folder(tmp_path_factory) -> Path:
-    return tmp_path_factory.mktemp("mlflow-server")
+def server_folder(shared_mlflow) -> Path:
+    return shared_mlflow.folder
 
 
 @pytest.fixture(scope="module")
-def server(server_folder) -> Iterator[str]:
+def server(shared_mlflow) -> str:
     os.environ.update(NO_TELEMETRY)
-    with running_mlflow_server(server_folder) as url:
-        yield url
+    return shared_mlflow.url
 
 
 def images_and_models(tmp_path: Path, count: int = 300) -> tuple[np.ndarray, np.ndarray, Path, Path]:
