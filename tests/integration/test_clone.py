@@ -76,6 +76,7 @@ def _make_demo(clone: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.slow
+@pytest.mark.system
 def test_the_readme_demo_runs_in_a_fresh_clone(tmp_path):
     if not (VENV / "bin" / "luigi").exists() or shutil.which("make") is None:
         _unavailable(f"the demo needs make and the project's venv; {sys.executable} is not in one")

@@ -28,7 +28,7 @@ import pytest
 
 from tests.conftest import IN_CI, Project, new_project
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.system]
 
 N = 20_000
 PARTITIONS = 4

@@ -22,7 +22,7 @@ from services.common import free_port
 from tests import compose_stack
 from tests.conftest import IN_CI
 
-pytestmark = [pytest.mark.compose, pytest.mark.slow]
+pytestmark = [pytest.mark.compose, pytest.mark.slow, pytest.mark.system]
 
 CHAIN = ["SplitData", "TrainModel", "ExportOnnx", "PromoteModel", "StreamData", "PredictTask"]
 STARTED = ["kafka", "postgres", "mlflow", "luigid"]  # what the chain needs; the worker is run

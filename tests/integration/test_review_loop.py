@@ -15,7 +15,7 @@ import pytest
 from vectorai.split import load_images
 
 # The timeout covers training the shared model too, when this test is the first to need it.
-pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.timeout(2400)]
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.system, pytest.mark.timeout(2400)]
 
 REVIEWED, HELD_APART, NEXT_RUN = 200, 100, 40
 
