@@ -16,9 +16,9 @@ the budget at the largest payload of its last delivery.
 from __future__ import annotations
 
 from collections import deque
-from typing import Sequence
 
 from vectorai.transports.base import ReceivedMessage, Transport
+from vectorai.transports.budget import take_within_budget
 
 #: Default ``[PredictTask] max_batch_bytes``: payload bytes per batch.
 DEFAULT_MAX_BATCH_BYTES = 64 * 1024 * 1024
@@ -33,19 +33,6 @@ def payload_size(message: ReceivedMessage) -> int:
         return len(payload)
     except TypeError:  # None or some other object: the decoder dead-letters it
         return 0
-
-
-def take_within_budget(sizes: Sequence[int], max_messages: int, max_bytes: int) -> int:
-    """How many of the first ``sizes`` make one batch: at most ``max_messages`` of them, and
-    no more than fit in ``max_bytes`` together, except that the first is always taken (a
-    message larger than the budget is a batch of its own). 0 only when ``sizes`` is empty or
-    ``max_messages`` is 0."""
-    total = 0
-    for count, size in enumerate(sizes[:max_messages]):
-        if count and total + size > max_bytes:
-            return count
-        total += size
-    return min(len(sizes), max_messages)
 
 
 class BudgetedSource:

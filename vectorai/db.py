@@ -16,9 +16,9 @@ from typing import Iterable, Sequence
 import peewee as pw
 
 from vectorai import pg_copy
-from vectorai.batching import take_within_budget
 from vectorai.errors import DatabaseError
 from vectorai.redact import mask_error, mask_url  # noqa: F401 - mask_url is part of this module's API
+from vectorai.transports.budget import take_within_budget
 
 database_proxy = pw.DatabaseProxy()
 
@@ -37,6 +37,13 @@ class _Base(pw.Model):
         legacy_table_names = False
 
 
+def _answer_columns() -> tuple[pw.IntegerField, pw.CharField, pw.FloatField, pw.IntegerField]:
+    """A model's answer for one message as both prediction tables store it: the class, its
+    name, the confidence, and the true label when the message had one. Made in each table's
+    class body, so that the columns keep their place there."""
+    return pw.IntegerField(), pw.CharField(max_length=255), pw.FloatField(), pw.IntegerField(null=True)
+
+
 class Prediction(_Base):
     """One classified message."""
 
@@ -45,10 +52,7 @@ class Prediction(_Base):
     position = pw.CharField(max_length=255)
     image = pw.BlobField()
     content_type = pw.CharField(max_length=64)
-    predicted_class = pw.IntegerField()
-    predicted_name = pw.CharField(max_length=255)
-    confidence = pw.FloatField()
-    true_label = pw.IntegerField(null=True)
+    predicted_class, predicted_name, confidence, true_label = _answer_columns()
     model_version = pw.CharField(max_length=255)
     produced_at = pw.DateTimeField(null=True)
     predicted_at = pw.DateTimeField(index=True)
@@ -87,10 +91,7 @@ class ShadowPrediction(_Base):
     source = pw.CharField(max_length=32)
     message_id = pw.CharField(max_length=255)
     model_version = pw.CharField(max_length=255)
-    predicted_class = pw.IntegerField()
-    predicted_name = pw.CharField(max_length=255)
-    confidence = pw.FloatField()
-    true_label = pw.IntegerField(null=True)
+    predicted_class, predicted_name, confidence, true_label = _answer_columns()
     predicted_at = pw.DateTimeField()
 
     class Meta:

@@ -162,10 +162,10 @@ def test_committed_offsets_never_move_backwards_when_members_join_and_leave(
     this one, which reads it again from the committed offset). No commit may then go back."""
     from kafka import KafkaAdminClient
 
-    from vectorai.transports import kafka as kafka_transport
+    from vectorai.transports.kafka import consumer as kafka_consumer
 
     # Every acknowledgement its own commit, so that the log of commits shows each one.
-    monkeypatch.setattr(kafka_transport, "COMMIT_INTERVAL_S", 0.0)
+    monkeypatch.setattr(kafka_consumer, "COMMIT_INTERVAL_S", 0.0)
     sent = _publish(kafka_bootstrap, topic, 8000, partitions=4)
     # 50 ms per batch of 20 "classifying": the stream lasts a few seconds, through both rebalances.
     members = [_Member(kafka_bootstrap, topic, group, work_s=0.05) for _ in range(2)]
@@ -215,7 +215,7 @@ def test_a_member_without_partitions_does_not_wait_out_the_rebalance_grace(kafka
     members = [_Member(kafka_bootstrap, topic, group) for _ in range(2)]
     try:
         def settled() -> bool:
-            states = [m.transport._consumer.group_metadata() for m in members if m.transport._consumer]
+            states = [m.transport.consumer.client.group_metadata() for m in members if m.transport.consumer]
             return (len(states) == 2 and len({state.generation_id for state in states}) == 1
                     and all(state.state == MemberState.STABLE for state in states)
                     and sorted(p for m in members for p in m.partitions()) == [f"{topic}/0"])
@@ -247,12 +247,12 @@ def _rebalance_giving_back(bootstrap: str, topic: str, group: str, member: Kafka
     ``topic``'s partitions back to ``member``. The polls wait for nothing, so they confirm no
     commit. Returns the other member, still polling."""
     _publish(bootstrap, f"{topic}-other", 1, partitions=1)
-    generation = member._consumer.group_metadata().generation_id
+    generation = member.consumer.client.group_metadata().generation_id
     other = _Member(bootstrap, f"{topic}-other", group)
     try:
         _wait_for(lambda: (read.extend(member.consume_batch(10, 0)) or
-                           member._consumer.group_metadata().generation_id != generation
-                           and not member._joining_group()),
+                           member.consumer.client.group_metadata().generation_id != generation
+                           and not member.consumer.joining_group()),
                   "the group did not rebalance", [other])
         assert member.assigned_partitions == [f"{topic}/0"]
     except BaseException:
@@ -312,11 +312,11 @@ def test_offsets_a_revocation_could_not_commit_are_committed_when_the_partition_
     classify again."""
     from kafka.errors import KafkaError
 
-    from vectorai.transports import kafka as kafka_transport
+    from vectorai.transports.kafka import consumer as kafka_consumer
 
     sent = _publish(kafka_bootstrap, topic, 10, partitions=1)
     # Acknowledgements after the first are left to the confirmation before a wait.
-    monkeypatch.setattr(kafka_transport, "COMMIT_INTERVAL_S", 3600.0)
+    monkeypatch.setattr(kafka_consumer, "COMMIT_INTERVAL_S", 3600.0)
     member = KafkaTransport(bootstrap_servers=kafka_bootstrap, topic=topic, group=group, create_topic=False)
     other = None
     try:
@@ -324,7 +324,7 @@ def test_offsets_a_revocation_could_not_commit_are_committed_when_the_partition_
         assert {m.key for m in read} == sent
         member.acknowledge(read[:5])
         member.acknowledge(read[5:])
-        consumer = member._consumer
+        consumer = member.consumer.client
         refused: list[dict] = []
 
         async def refuse(offsets, *args, **kwargs):

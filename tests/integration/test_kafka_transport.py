@@ -100,9 +100,9 @@ def _committed(bootstrap: str, group: str, topic: str) -> int | None:
 
 def test_acknowledged_offsets_are_committed_at_most_every_interval_and_before_waiting(
         kafka_bootstrap, topic, monkeypatch):
-    from vectorai.transports import kafka as kafka_transport
+    from vectorai.transports.kafka import consumer as kafka_consumer
 
-    monkeypatch.setattr(kafka_transport, "COMMIT_INTERVAL_S", 60.0)
+    monkeypatch.setattr(kafka_consumer, "COMMIT_INTERVAL_S", 60.0)
     _publish(kafka_bootstrap, topic, 30)
     group = f"group-{uuid.uuid4().hex[:8]}"
     with _transport(kafka_bootstrap, topic, group=group) as consumer:
@@ -129,7 +129,7 @@ def test_a_new_member_is_assigned_the_topic_in_its_first_join(kafka_bootstrap, t
     _publish(kafka_bootstrap, topic, 3)
     with _transport(kafka_bootstrap, topic, group=f"group-{uuid.uuid4().hex[:8]}") as consumer:
         assert len(_drain(consumer, 3)) == 3
-        assert consumer._consumer.group_metadata().generation_id == 1
+        assert consumer.consumer.client.group_metadata().generation_id == 1
 
 
 def test_released_messages_come_back_before_what_was_read_ahead(kafka_bootstrap, topic):
@@ -144,7 +144,7 @@ def test_released_messages_come_back_before_what_was_read_ahead(kafka_bootstrap,
 
     with _transport(kafka_bootstrap, topic, group=group) as consumer:
         first = _drain(consumer, 5)
-        assert consumer._read_ahead, "the poll read nothing ahead: this test tests nothing"
+        assert consumer.consumer.ledger.read_ahead, "the poll read nothing ahead: this test tests nothing"
         consumer.release(first)
         again = consumer.consume_batch(5, timeout_ms=5000)
         assert offsets(again) == offsets(first) == [0, 1, 2, 3, 4]

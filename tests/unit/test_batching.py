@@ -12,11 +12,12 @@ from hypothesis import strategies as st
 
 from tests.unit.helpers import tiny_onnx_model
 from vectorai import db as results_db
-from vectorai.batching import BudgetedSource, take_within_budget
+from vectorai.batching import BudgetedSource
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
 from vectorai.predict import run_predictions
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
+from vectorai.transports.budget import take_within_budget
 from vectorai.transports.local import LocalTransport
 
 

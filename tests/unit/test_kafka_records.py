@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vectorai.transports.kafka_records import RecoveredRecord, lenient_partition_records, read_records
+from vectorai.transports.kafka import RecoveredRecord, lenient_partition_records, read_records
 
 TOPIC = "t"
 

@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 from typing import Iterable, Sequence
 
-from vectorai.batching import take_within_budget
 from vectorai.errors import ConfigError, TransportError
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
+from vectorai.transports.budget import take_within_budget
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _POLL_INTERVAL_S = 0.05

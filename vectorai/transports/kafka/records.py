@@ -6,21 +6,22 @@ record whose lengths do not add up, a batch that fails its CRC check or cannot b
 each raises ``CorruptRecordError`` (or its kin) there, the consumer's position stays on that
 record, and every later poll raises the same error again; nothing behind it is ever read.
 
-``lenient_partition_records`` makes, for one consumer only, a fetcher class that runs
+``_internals.lenient_partition_records`` makes, for one consumer only, a fetcher class that runs
 kafka-python's own parser as before and, when it raises, reads the rest of the fetched bytes with
 ``read_records``: every record that can be read is handed on, and one that cannot is a
 ``RecoveredRecord`` whose ``problem`` says why, carrying whatever bytes could still be reached.
-The transport makes it a message that the decoder dead-letters, and the consumer's position
-moves past it as past any other record. The fast path (no bad record) is kafka-python's own.
+``received_message`` makes it a message that the decoder dead-letters, and the consumer's
+position moves past it as past any other record. The fast path (no bad record) is kafka-python's
+own.
 """
 
 from __future__ import annotations
 
-import logging
 import struct
 from typing import NamedTuple
 
-log = logging.getLogger(__name__)
+from vectorai.transports.base import ReceivedMessage
+from vectorai.transports.kafka.connection import SOURCE
 
 #: BaseOffset, Length, PartitionLeaderEpoch, Magic, CRC, Attributes, LastOffsetDelta,
 #: FirstTimestamp, MaxTimestamp, ProducerId, ProducerEpoch, BaseSequence, RecordsCount:
@@ -246,30 +247,22 @@ def _unreadable(topic: str, partition: int, offset: int, raw: bytes, problem: st
                            len(raw), -1, _reason(topic, partition, offset, problem))
 
 
-def lenient_partition_records(base: type) -> type:
-    """A subclass of kafka-python's ``Fetcher.PartitionRecords`` (``base``) that reads on past a
-    record kafka-python cannot parse (see the module docstring). Set it on one consumer's
-    fetcher instance, which looks the class up on itself, so no other consumer is affected."""
-
-    class LenientPartitionRecords(base):  # type: ignore[misc, valid-type]
-        def _unpack_records(self, tp, records, key_deserializer, value_deserializer):
-            raw = records._buffer  # the fetched bytes, kept before kafka-python's parser reads them
-            try:
-                # yield from: no Python code of ours runs per record on this, the usual, path.
-                yield from super()._unpack_records(tp, records, key_deserializer, value_deserializer)
-                return
-            except Exception as err:  # noqa: BLE001 - whatever the parser raised, read on here
-                # The parser moves next_fetch_offset past each record before handing it out.
-                last = self.next_fetch_offset - 1
-                log.warning("kafka-python cannot parse a record of %s after offset %d (%s: %s); "
-                            "reading the rest of the fetch leniently", tp, last, type(err).__name__, err)
-            recovered, next_offset = read_records(bytes(raw), tp.topic, tp.partition, last)
-            for record in recovered:
-                self.records_read += 1
-                self.next_fetch_offset = record.offset + 1
-                yield record
-            if next_offset is not None and next_offset > self.next_fetch_offset:
-                self.next_fetch_offset = next_offset
-            self.drain()
-
-    return LenientPartitionRecords
+def received_message(record, handle: object, position: str) -> ReceivedMessage:
+    """The message of a polled record (kafka-python's ``ConsumerRecord`` or a ``RecoveredRecord``):
+    its value, its headers as attributes and its key as the ``id`` attribute (unless a header
+    says otherwise)."""
+    try:
+        # The strict decode, with no keyword arguments, costs half the lenient one; only a
+        # header that is not UTF-8 text (or has no value) needs the lenient one.
+        attributes = {name: value.decode() for name, value in record.headers}
+    except (UnicodeDecodeError, AttributeError, TypeError):
+        # surrogateescape, not replace: bytes that are not UTF-8 stay distinguishable (as lone
+        # surrogates, which the decoder refuses with a reason) instead of turning into U+FFFD,
+        # which would make two different keys one id.
+        attributes = {name: str(value or b"", "utf-8", "surrogateescape") for name, value in record.headers or ()}
+    if "id" not in attributes and record.key is not None:
+        attributes["id"] = str(record.key, "utf-8", "surrogateescape")
+    # A record kafka-python could not parse carries why: the decoder makes it a dead letter, and
+    # it is acknowledged with its batch like any other.
+    return ReceivedMessage(SOURCE, record.value or b"", attributes, position, handle,
+                           record.problem if type(record) is RecoveredRecord else None)
