@@ -28,6 +28,7 @@ class Project:
     root: Path
     config: dict[str, dict[str, str]] = field(default_factory=dict)
     env: dict[str, str] = field(default_factory=dict)
+    pg: str = ""  # the PostgreSQL database the results go to, once use_postgres named one
 
     @property
     def data(self) -> Path:
@@ -68,6 +69,20 @@ class Project:
             raise AssertionError(f"luigi {' '.join(args)} failed ({proc.returncode}):\n"
                                  f"{proc.stdout[-4000:]}\n{proc.stderr[-8000:]}")
         return proc
+
+    def use_kafka(self, bootstrap: str, *, topic: str = "", group: str = "", encoding: str = "",
+                  **kafka: object) -> "Project":
+        """Stream through the broker at ``bootstrap``, on a topic and group of this test's own
+        unless named; ``kafka``: more of the [kafka] section (connect_timeout_ms, ...)."""
+        stream = {"transport": "kafka", "topic": topic or unique_name("images"), "group": group or unique_name("group")}
+        self.set("stream", **stream, **({"encoding": encoding} if encoding else {}))
+        return self.set("kafka", bootstrap_servers=bootstrap, **kafka)
+
+    def use_postgres(self, url: str) -> "Project":
+        """Store results in the PostgreSQL database at ``url`` (through $DATABASE_URL, as in production)."""
+        self.env["DATABASE_URL"] = url
+        self.pg = url
+        return self
 
     def command(self, program: str, *args: str, timeout: float = 120) -> str:
         """Run one of the package's console scripts (e.g. vectorai-results) in this project."""

@@ -7,18 +7,14 @@ import json
 import numpy as np
 import pytest
 
-from tests.conftest import pg_rows, unique_name
+from tests.conftest import pg_rows
 
 pytestmark = [pytest.mark.kafka, pytest.mark.postgres]
 
 
 @pytest.fixture
 def kafka_project(project, kafka_bootstrap, pg_database):
-    project.set("stream", transport="kafka", topic=unique_name("images"), group=unique_name("group"))
-    project.set("kafka", bootstrap_servers=kafka_bootstrap)
-    project.env["DATABASE_URL"] = pg_database
-    project.pg = pg_database
-    return project
+    return project.use_kafka(kafka_bootstrap).use_postgres(pg_database)
 
 
 def reports(project) -> list[dict]:

@@ -31,12 +31,10 @@ def fault_project(project, kafka_bootstrap, pg_database, tmp_path):
     images = np.concatenate([sample.images] * reps)[:N]
     labels = np.concatenate([sample.labels] * reps)[:N]
     np.savez(tmp_path / "big.npz", x=images, y=labels)
-    project.set("stream", transport="kafka", topic=unique_name("faults"), group=unique_name("group"), encoding="raw")
+    project.use_kafka(kafka_bootstrap, topic=unique_name("faults"), encoding="raw", connect_timeout_ms=5000)
+    project.use_postgres(pg_database)
     project.set("StreamData", sample_file=tmp_path / "big.npz")
-    project.set("kafka", bootstrap_servers=kafka_bootstrap, connect_timeout_ms=5000)
     project.set("PredictTask", require_stream="false", predict_batch_size=20, stream_timeout_ms=3000)
-    project.env["DATABASE_URL"] = pg_database
-    project.pg = pg_database
     return project
 
 

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.conftest import new_project, pg_rows, unique_name
+from tests.conftest import new_project, pg_rows
 from tests.foreign_models import COLOURS, VIT_PREPROCESSOR, colour_graph, colour_images, optimum_folder
 from vectorai.streaming import publish_images
 from vectorai.transports import open_transport
@@ -65,10 +65,7 @@ def home(tmp_path):
 
 @pytest.fixture
 def kafka_home(home, kafka_bootstrap, pg_database):
-    home.set("stream", transport="kafka", topic=unique_name("images"), group=unique_name("group"))
-    home.set("kafka", bootstrap_servers=kafka_bootstrap)
-    home.env["DATABASE_URL"] = pg_database
-    home.pg = pg_database
+    home.use_kafka(kafka_bootstrap).use_postgres(pg_database)
     home.bootstrap = kafka_bootstrap
     return home
 

@@ -214,10 +214,9 @@ def test_predict_failed_while_the_broker_is_down_is_retried_and_completes(
     server.overrides["retry_delay"] = "8"
     server.restart()
 
-    project.set("stream", transport="kafka", topic=unique_name("retry"), group=unique_name("group"))
-    project.set("kafka", bootstrap_servers=kafka_bootstrap, connect_timeout_ms=3000)
+    project.use_kafka(kafka_bootstrap, topic=unique_name("retry"), connect_timeout_ms=3000)
+    project.use_postgres(server.history_db)
     project.set("PredictTask", require_stream="false", stream_timeout_ms=3000)
-    project.env["DATABASE_URL"] = server.history_db
     project.luigi("StreamData")
     [manifest] = (project.data / "stream" / "manifests").glob("*.json")
     sent = json.loads(manifest.read_text())["count"]
