@@ -83,11 +83,13 @@ class database(luigi.Config):  # noqa: N801
 
 class stream(luigi.Config):  # noqa: N801
     transport = luigi.Parameter(default="local", description="local, kafka or pubsub")
-    topic = luigi.Parameter(default="vectorai-images", description="Topic (local queue file, Kafka topic, Pub/Sub topic)")
+    topic = luigi.Parameter(default="vectorai-images", description="Topic (local queue file, Kafka topic, "
+                            "Pub/Sub topic)")
     group = luigi.Parameter(default="vectorai-predict", description="Consumer group (local, Kafka)")
     local_dir = luigi.Parameter(default="", description="Folder of the local queue files; empty: <data_dir>/stream")
     encoding = luigi.Parameter(default="png", description="How StreamData encodes images: png, jpeg or raw")
-    publish_timeout_s = luigi.FloatParameter(default=60.0, description="How long StreamData waits for the broker to confirm")
+    publish_timeout_s = luigi.FloatParameter(default=60.0, description="How long StreamData waits for the broker "
+                                             "to confirm")
     max_message_bytes = luigi.IntParameter(default=8 * 1024 * 1024, description="Larger payloads are dead-lettered")
     max_pixels = luigi.IntParameter(default=4096 * 4096, description="Larger images are dead-lettered before decoding")
     jpeg_draft = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
@@ -96,14 +98,16 @@ class stream(luigi.Config):  # noqa: N801
 
 
 class kafka(luigi.Config):  # noqa: N801
-    bootstrap_servers = luigi.Parameter(default="", description="host:port list; empty: $KAFKA_BOOTSTRAP_SERVERS, else localhost:9092")
+    bootstrap_servers = luigi.Parameter(default="", description="host:port list; empty: $KAFKA_BOOTSTRAP_SERVERS, "
+                                        "else localhost:9092")
     partitions = luigi.IntParameter(default=1, description="Partitions when the topic is created")
     create_topic = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                        description="Create the topic when missing")
     security_protocol = luigi.Parameter(default="PLAINTEXT", description="PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL")
     sasl_mechanism = luigi.Parameter(default="", description="PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512")
     sasl_username = luigi.Parameter(default="", description="SASL user name")
-    sasl_password_env = luigi.Parameter(default="KAFKA_SASL_PASSWORD", description="Environment variable holding the SASL password")
+    sasl_password_env = luigi.Parameter(default="KAFKA_SASL_PASSWORD", description="Environment variable holding "
+                                        "the SASL password")
     ssl_cafile = luigi.Parameter(default="", description="CA bundle for SSL")
     connect_timeout_ms = luigi.IntParameter(default=10000, description="Fail when no broker answers within this time")
 
@@ -128,7 +132,8 @@ class pubsub(luigi.Config):  # noqa: N801
     create_missing = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                          description="Create topic and subscription when missing")
     emulator_host = luigi.Parameter(default="", description="host:port of the emulator; empty: $PUBSUB_EMULATOR_HOST")
-    connect_timeout_s = luigi.FloatParameter(default=10.0, description="Fail when Pub/Sub does not answer within this time")
+    connect_timeout_s = luigi.FloatParameter(default=10.0, description="Fail when Pub/Sub does not answer within "
+                                             "this time")
     ack_deadline_s = luigi.IntParameter(default=60, description="Seconds a pulled message stays leased before "
                                         "Pub/Sub redelivers it (10-600); PredictTask extends the lease while "
                                         "the message's batch is processed")

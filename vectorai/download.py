@@ -38,32 +38,29 @@ class RemoteFile(NamedTuple):
 
 _MNIST = "https://storage.googleapis.com/cvdf-datasets/mnist/"
 _FASHION = "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"
+_IDX_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz",
+              "t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 
 CIFAR10_SHA256 = "6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce"
+
+
+def _idx_dataset(base_url: str, *sha256: str) -> tuple[RemoteFile, ...]:
+    """The four IDX files of an MNIST-style dataset at ``base_url``, with their checksums in
+    ``_IDX_FILES`` order."""
+    return tuple(RemoteFile(base_url + name, name, digest) for name, digest in zip(_IDX_FILES, sha256, strict=True))
+
 
 # Checksums as published in tensorflow-datasets' url_checksums (mnist.txt, fashion_mnist.txt);
 # the CIFAR-10 one as in torchvision's dataset definitions and many independent records.
 DATASETS: dict[str, tuple[RemoteFile, ...]] = {
-    "mnist": (
-        RemoteFile(_MNIST + "train-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz",
-                   "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609"),
-        RemoteFile(_MNIST + "train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                   "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c"),
-        RemoteFile(_MNIST + "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                   "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6"),
-        RemoteFile(_MNIST + "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-                   "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
-    ),
-    "fashion-mnist": (
-        RemoteFile(_FASHION + "train-images-idx3-ubyte.gz", "train-images-idx3-ubyte.gz",
-                   "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84"),
-        RemoteFile(_FASHION + "train-labels-idx1-ubyte.gz", "train-labels-idx1-ubyte.gz",
-                   "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845"),
-        RemoteFile(_FASHION + "t10k-images-idx3-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                   "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073"),
-        RemoteFile(_FASHION + "t10k-labels-idx1-ubyte.gz", "t10k-labels-idx1-ubyte.gz",
-                   "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
-    ),
+    "mnist": _idx_dataset(_MNIST, "440fcabf73cc546fa21475e81ea370265605f56be210a4024d2ca8f203523609",
+                          "3552534a0a558bbed6aed32b30c495cca23d567ec52cac8be1a0730e8010255c",
+                          "8d422c7b0a1c1c79245a5bcf07fe86e33eeafee792b84584aec276f5a2dbc4e6",
+                          "f7ae60f92e00ec6debd23a6088c31dbd2371eca3ffa0defaefb259924204aec6"),
+    "fashion-mnist": _idx_dataset(_FASHION, "3aede38d61863908ad78613f6a32ed271626dd12800ba2636569512369268a84",
+                                  "a04f17134ac03560a47e3764e11b92fc97de4d1bfaf8ba1a3aa29af54cc90845",
+                                  "346e55b948d973a97e58d2351dde16a484bd415d4595297633bb08f03db6a073",
+                                  "67da17c76eaffca5446c3361aaab5c3cd6d1c2608764d35dfb1850b086bf8dd5"),
     "cifar10": (
         RemoteFile("https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
                    "cifar-10-python.tar.gz", CIFAR10_SHA256),

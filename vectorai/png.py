@@ -24,7 +24,8 @@ _CHANNELS = {0: 1, 2: 3, 6: 4}
 _NONE, _SUB, _UP = 0, 1, 2
 
 
-def _chunk(kind: bytes, data: bytes) -> bytes:
+def encode_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: its length, its type (``b"IDAT"``), the data and their CRC."""
     return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
 
 
@@ -49,8 +50,8 @@ def encode_png(image: np.ndarray, level: int = 6) -> bytes:
     scanlines[:, 0] = kind
     scanlines[:, 1:] = filtered
     header = struct.pack(">IIBBBBB", width, height, 8, _COLOUR_TYPES[channels], 0, 0, 0)
-    return b"".join((SIGNATURE, _chunk(b"IHDR", header),
-                     _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), level)), _chunk(b"IEND", b"")))
+    return b"".join((SIGNATURE, encode_chunk(b"IHDR", header),
+                     encode_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), level)), encode_chunk(b"IEND", b"")))
 
 
 class Scanlines(NamedTuple):

@@ -116,10 +116,24 @@ def split_indices(
     if len(digests) != len(labels):
         raise DatasetError("labels", f"{len(labels)} labels but {len(digests)} image digests")
     place = _positions(digests)
+    test, rest, n_val = _test_by_place(labels, place, val_fraction, test_fraction, class_names)
+    if not 0 <= stream_size < len(rest):
+        raise ConfigError("SplitData.stream_size", f"{stream_size} must be at least 0 and below the "
+                          f"{len(rest)} images outside the test split")
+    by_place = rest[np.lexsort((rest, place[rest]))]
+    stream, rest = by_place[:stream_size].astype(np.int64), by_place[stream_size:]
+    train, val = _draw_train_val(labels, rest, n_val, seed, stream_size, class_names)
+    return Split(train, val, test, stream)
 
-    def name(label: int) -> str:
-        return repr(class_names[label] if class_names is not None else str(label))
 
+def _class_name(class_names: Sequence[str] | None, label: int) -> str:
+    return repr(class_names[label] if class_names is not None else str(label))
+
+
+def _test_by_place(labels: np.ndarray, place: np.ndarray, val_fraction: float, test_fraction: float,
+                   class_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray, dict[int, int]]:
+    """The test split (sorted indices), the rest (class by class, nearest the line first) and
+    how many of each class go to validation."""
     test_parts, rest_parts, n_val = [], [], {}
     for label in np.unique(labels):
         # Nearest the line first; ties (equal images) by index, so the order is total.
@@ -128,35 +142,32 @@ def split_indices(
         count = len(members)
         n_val[label] = max(1, round(count * val_fraction))
         if count - n_val[label] - 1 < 1:
-            raise DatasetError("labels", f"class {name(label)} has {count} images; it needs at least "
-                                         f"{n_val[label] + 2} to put one in each of train, "
+            raise DatasetError("labels", f"class {_class_name(class_names, label)} has {count} images; it "
+                                         f"needs at least {n_val[label] + 2} to put one in each of train, "
                                          "validation and test")
         n_test = int(np.sum(place[members] < test_fraction))
         n_test = min(max(n_test, 1), count - n_val[label] - 1)
         test_parts.append(members[:n_test])
         rest_parts.append(members[n_test:])
-    test = np.sort(np.concatenate(test_parts)).astype(np.int64)
-    rest = np.concatenate(rest_parts)
+    return np.sort(np.concatenate(test_parts)).astype(np.int64), np.concatenate(rest_parts), n_val
 
-    if not 0 <= stream_size < len(rest):
-        raise ConfigError("SplitData.stream_size", f"{stream_size} must be at least 0 and below the "
-                          f"{len(rest)} images outside the test split")
-    by_place = rest[np.lexsort((rest, place[rest]))]
-    stream, rest = by_place[:stream_size].astype(np.int64), by_place[stream_size:]
 
+def _draw_train_val(labels: np.ndarray, rest: np.ndarray, n_val: dict[int, int], seed: int, stream_size: int,
+                    class_names: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+    """The seeded draw of validation and training images from ``rest``, class by class."""
     rng = np.random.default_rng(seed)
     train_parts, val_parts = [], []
     for label in np.unique(labels):
         members = rng.permutation(np.sort(rest[labels[rest] == label]))
         if len(members) < n_val[label] + 1:
             raise ConfigError("SplitData.stream_size", f"a stream sample of {stream_size} leaves class "
-                              f"{name(label)} {len(members)} images for training and validation; it needs "
-                              f"{n_val[label] + 1}: lower stream_size")
+                              f"{_class_name(class_names, label)} {len(members)} images for training and "
+                              f"validation; it needs {n_val[label] + 1}: lower stream_size")
         val_parts.append(members[:n_val[label]])
         train_parts.append(members[n_val[label]:])
     # Shuffle across classes too, so batches drawn in order are not sorted by class.
     train, val = (rng.permutation(np.concatenate(p)).astype(np.int64) for p in (train_parts, val_parts))
-    return Split(train, val, test, stream)
+    return train, val
 
 
 def save_images(path: Path, data: LabelledImages) -> None:

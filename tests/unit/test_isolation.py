@@ -12,9 +12,9 @@ import pytest
 
 from tests.unit.helpers import expected_classes, tiny_onnx_model
 from vectorai import db as results_db
-from vectorai import messages as messages_module
 from vectorai.errors import DatabaseError
 from vectorai.inference import OnnxClassifier
+from vectorai.messages import decode as messages_module
 from vectorai.messages import MAX_REASON, encode_image
 from vectorai.png import SIGNATURE, encode_png
 from vectorai.predict import DEAD_LETTER_ATTRIBUTES_CAP, run_predictions
@@ -235,27 +235,26 @@ def test_a_batch_of_huge_pngs_stays_within_the_memory_budget(tmp_path):
     """16 4096x4096 RGBA PNGs in one batch (64 KiB each on the wire, 1 GiB of pixels together):
     each is reduced to the model's size as soon as it is decoded, so a fresh PredictTask process
     stays under 1 GiB and predicts every one. (The benchmark runs the same with 256.)"""
-    from tests.unit.test_benchmark_script import _throughput
+    from benchmarks.memory import LARGE_BUDGET_MIB, measure_large_images
 
     tiny_onnx_model(tmp_path / "model.onnx", height=28, width=28, channels=1, classes=10)
-    bench = _throughput()
-    result = bench.measure_large_images(tmp_path / "model.onnx", tmp_path, count=16, batch_size=16)
+    result = measure_large_images(tmp_path / "model.onnx", tmp_path, count=16, batch_size=16)
     assert result["consumed"] == 16 and result["predicted"] == 16 and result["dead_letters"] == 0
-    assert result["peak_rss_mib"] < bench.LARGE_BUDGET_MIB, result
+    assert result["peak_rss_mib"] < LARGE_BUDGET_MIB, result
 
 
 def test_a_batch_that_fails_before_the_model_is_released_and_named(tmp_path, classifier, monkeypatch):
     """Not a message's fault (here: the process runs out of memory while preparing the batch):
     the run fails with one line naming the batch, and the same consumer gets the batch again."""
-    from vectorai import predict
     from vectorai.errors import BatchError
+    from vectorai.predict import loop
 
     model, _ = classifier
     with open_transport("local", root=tmp_path, topic="t") as producer:
         producer.publish(_good(12))
         producer.flush(5)
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
-    real = predict.decode_batch
+    real = loop.decode_batch
     calls = []
 
     def failing_first(*args, **kwargs):
@@ -264,7 +263,7 @@ def test_a_batch_that_fails_before_the_model_is_released_and_named(tmp_path, cla
             raise MemoryError("cannot allocate the batch")
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "decode_batch", failing_first)
+    monkeypatch.setattr(loop, "decode_batch", failing_first)
     with open_transport("local", root=tmp_path, topic="t") as source:
         with pytest.raises(BatchError) as err:
             run_predictions([source], model, database, batch_size=5, timeout_ms=50)

@@ -3,6 +3,7 @@ matrices, dead letters and corrections, and the export of corrections back into 
 
 ``queries`` reads and writes the tables, ``images`` re-encodes stored payloads as PNG
 thumbnails, ``charts`` draws SVG, ``app`` is the Flask application with its ``templates/`` and
-``static/`` beside it, ``server`` runs it, and ``dataset`` turns reviews into training data.
+``static/`` beside it (``views`` answers its routes, ``settings`` is what it is given), ``server``
+runs it, and ``dataset`` turns reviews into training data.
 Nothing here imports Luigi.
 """

@@ -9,35 +9,18 @@ CSRF token; with a token configured, every request needs the signed session cook
 
 from __future__ import annotations
 
-import datetime as dt
 import hmac
-import json
 import secrets
-from dataclasses import dataclass
-from pathlib import Path
-from urllib.parse import quote
 
 import peewee as pw
-from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session, url_for
+from flask import Flask, Response, jsonify, redirect, render_template, request, session, url_for
 
 from vectorai.errors import ReviewError
-from vectorai.review import charts, images, queries
+from vectorai.review import queries
+from vectorai.review.settings import ReviewSettings
+from vectorai.review.views import ReviewViews
 
-PAGE_SIZES = (30, 60, 120, 300)
-
-
-@dataclass(frozen=True)
-class ReviewSettings:
-    """What the page needs besides the database."""
-
-    reviewer: str
-    #: Asked for once per browser when set; required when the server listens beyond loopback.
-    token: str | None = None
-    reports_dir: Path | None = None
-    luigid_url: str | None = None
-    mlflow_url: str | None = None
-    page_size: int = 60
-    facets_ttl_s: float = 60.0
+__all__ = ["ReviewSettings", "create_app"]
 
 
 def create_app(db: pw.Database, settings: ReviewSettings) -> Flask:
@@ -46,7 +29,14 @@ def create_app(db: pw.Database, settings: ReviewSettings) -> Flask:
     app.config.update(SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="vectorai_review",
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
                       MAX_CONTENT_LENGTH=64 * 1024)
-    facets = queries.FacetCache(settings.facets_ttl_s)
+    _add_request_hooks(app, db, settings)
+    ReviewViews(settings, queries.FacetCache(settings.facets_ttl_s)).register(app)
+    return app
+
+
+def _add_request_hooks(app: Flask, db: pw.Database, settings: ReviewSettings) -> None:
+    """What every request passes through: the connection, the login and CSRF checks, the
+    security headers, the values every template gets, and the page a ReviewError becomes."""
 
     @app.before_request
     def open_connection() -> Response | None:
@@ -80,84 +70,6 @@ def create_app(db: pw.Database, settings: ReviewSettings) -> Flask:
     def review_error(err: ReviewError) -> Response:
         return _refuse(400, str(err))
 
-    @app.route("/login", methods=["GET", "POST"])
-    def login() -> Response | str:
-        target = _local_path(request.values.get("next", "/"))
-        if request.method == "POST":
-            given = request.form.get("token", "")
-            if settings.token and hmac.compare_digest(given.encode(), settings.token.encode()):
-                session["authenticated"] = True
-                return redirect(target)
-            return Response(render_template("login.html", next=target, wrong=True), status=403)
-        return render_template("login.html", next=target, wrong=False)
-
-    @app.route("/")
-    def runs() -> str:
-        reports = _read_reports(settings.reports_dir)
-        summaries = queries.version_summaries()
-        charts_by_version = {s.model_version: (charts.class_mix_svg(s.class_mix),
-                                               charts.histogram_svg(s.confidence_bins)) for s in summaries}
-        return render_template("runs.html", reports=reports, summaries=summaries, charts=charts_by_version,
-                               luigid_url=settings.luigid_url, mlflow_url=settings.mlflow_url,
-                               mlflow_link=_mlflow_link, luigid_link=_luigid_link)
-
-    @app.route("/predictions")
-    def predictions() -> str:
-        filters, after, limit = _grid_request()
-        page = queries.prediction_page(filters, after, limit)
-        known = facets.get()
-        return render_template("predictions.html", page=page, filters=filters, facets=known,
-                               args=request.args, limit=limit, page_sizes=PAGE_SIZES,
-                               next_url=_with_args(after=page.next_after) if page.next_after else None,
-                               first_url=_with_args(after=None) if after is not None else None)
-
-    @app.route("/confusion")
-    def confusion() -> str:
-        known = facets.get()
-        chosen = request.args.get("version") or (known.versions[-1] if known.versions else None)
-        matrix = queries.confusion(chosen) if chosen else {}
-        labels = sorted({t for t, _ in matrix} | {p for _, p in matrix} | set(known.classes))
-        return render_template("confusion.html", versions=known.versions, chosen=chosen, matrix=matrix,
-                               labels=labels, classes=known.classes)
-
-    @app.route("/dead-letters")
-    def dead_letters() -> str:
-        kind = request.args.get("kind") or None
-        after = _int_arg("after")
-        page = queries.dead_letter_page(kind, after)
-        rows = [{**row, "attributes_text": _pretty_json(row["attributes"]),
-                 "hex": _hex_lines(bytes(row["head"] or b"")),
-                 "has_image": _dead_letter_decodes(row["id"])} for row in page.rows]
-        return render_template("dead_letters.html", rows=rows, kinds=queries.dead_letter_kinds(), kind=kind,
-                               next_url=_with_args(after=page.next_after) if page.next_after else None)
-
-    @app.route("/image/prediction/<int:row_id>.png")
-    def prediction_image(row_id: int) -> Response:
-        stored = queries.prediction_image(row_id)
-        if stored is None:
-            abort(404)
-        return _png(images.thumbnail_png(stored[0], {"content-type": stored[1]}))
-
-    @app.route("/image/dead-letter/<int:row_id>.png")
-    def dead_letter_image(row_id: int) -> Response:
-        stored = queries.dead_letter_payload(row_id)
-        if stored is None:
-            abort(404)
-        return _png(images.thumbnail_png(stored[0], _attributes(stored[1])))
-
-    @app.route("/review", methods=["POST"])
-    def review() -> Response:
-        form = request.form
-        label = _parse_int(form.get("label", ""), "label")
-        saved = queries.record_review(form.get("source", ""), form.get("message_id", ""), label,
-                                      settings.reviewer, len(facets.get().classes))
-        saved["label_name"] = facets.get().classes.get(label, str(label))
-        if request.headers.get("X-Requested-With") == "fetch":
-            return jsonify(saved)
-        return redirect(_local_path(form.get("next", "/predictions")))
-
-    return app
-
 
 def _csrf_ok() -> bool:
     given = request.headers.get("X-CSRF-Token") or request.form.get("csrf", "")
@@ -171,132 +83,3 @@ def _refuse(status: int, reason: str) -> Response:
         response.status_code = status
         return response
     return Response(render_template("error.html", reason=reason), status=status)
-
-
-def _local_path(target: str) -> str:
-    """``target`` when it is a path on this server, else ``/``: never a redirect elsewhere."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
-
-
-def _parse_int(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ReviewError(f"{name} {text[:40]!r}", "is not a whole number") from None
-
-
-def _int_arg(name: str) -> int | None:
-    text = request.args.get(name, "")
-    return _parse_int(text, f"filter {name}") if text else None
-
-
-def _grid_request() -> tuple[queries.GridFilter, int | None, int]:
-    args = request.args
-    below = None
-    if args.get("below"):
-        try:
-            below = float(args["below"])
-        except ValueError:
-            raise ReviewError(f"filter below {args['below'][:40]!r}", "is not a number") from None
-        if below >= 1.0:
-            below = None  # the slider at its top means "any confidence"
-    filters = queries.GridFilter(
-        predicted_class=_int_arg("cls"), true_label=_int_arg("true"), below=below,
-        wrong=args.get("wrong") == "1", shadow_disagrees=args.get("shadow") == "1",
-        unreviewed=args.get("unreviewed") == "1", source=args.get("source") or None,
-        model_version=args.get("version") or None, since=_time_arg("since"), until=_time_arg("until"))
-    limit = _int_arg("limit") or 60
-    return filters, _int_arg("after"), min(max(limit, 1), max(PAGE_SIZES))
-
-
-def _time_arg(name: str) -> dt.datetime | None:
-    text = request.args.get(name, "")
-    if not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ReviewError(f"filter {name} {text[:40]!r}", "is not a time like 2026-12-04T15:30") from None
-    # Times on the page are UTC, as the tables store them.
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if value.tzinfo else value
-
-
-def _with_args(**changes: object) -> str:
-    args = {k: v for k, v in request.args.items() if k not in changes}
-    args.update({k: str(v) for k, v in changes.items() if v is not None})
-    query = "&".join(f"{quote(k)}={quote(v)}" for k, v in args.items())
-    return f"{request.path}?{query}" if query else request.path
-
-
-def _read_reports(folder: Path | None, limit: int = 50) -> list[dict]:
-    """The newest PredictTask run reports; unreadable files are listed with why."""
-    if folder is None or not folder.is_dir():
-        return []
-    files = sorted(folder.glob("predict-*.json"), key=lambda p: p.stat().st_mtime, reverse=True)[:limit]
-    reports = []
-    for path in files:
-        try:
-            report = json.loads(path.read_text())
-            if not isinstance(report, dict):
-                raise ValueError("not a JSON object")
-        except (OSError, ValueError) as err:
-            report = {"error": f"{type(err).__name__}: {err}"}
-        report["file"] = path.name
-        report["finished"] = dt.datetime.fromtimestamp(path.stat().st_mtime, dt.timezone.utc).strftime("%Y-%m-%d %H:%M")
-        reports.append(report)
-    return reports
-
-
-def _mlflow_link(base: str | None, version: str) -> str | None:
-    """The MLflow UI page of registered model version ``NAME/VERSION``."""
-    name, _, number = (version or "").rpartition("/")
-    if not base or not name or not number.isdigit():
-        return None
-    return f"{base.rstrip('/')}/#/models/{quote(name, safe='')}/versions/{number}"
-
-
-def _luigid_link(base: str | None, run_at: str | None) -> str | None:
-    """luigid's task list, searched for the run's label."""
-    if not base:
-        return None
-    return f"{base.rstrip('/')}/static/visualiser/index.html#search__search={quote(str(run_at or 'PredictTask'))}"
-
-
-def _attributes(text: str) -> dict[str, str]:
-    try:
-        value = json.loads(text)
-    except ValueError:
-        return {}
-    return {k: v for k, v in value.items() if isinstance(v, str)} if isinstance(value, dict) else {}
-
-
-def _pretty_json(text: str) -> str:
-    try:
-        return json.dumps(json.loads(text), indent=1, ensure_ascii=True)
-    except ValueError:
-        return text
-
-
-def _hex_lines(head: bytes, width: int = 16) -> list[str]:
-    """A hex view: offset, bytes in hex, and the printable ASCII of each line."""
-    lines = []
-    for start in range(0, len(head), width):
-        chunk = head[start:start + width]
-        text = "".join(chr(b) if 32 <= b < 127 else "." for b in chunk)
-        lines.append(f"{start:04x}  {chunk.hex(' '):<{width * 3}} {text}")
-    return lines
-
-
-def _dead_letter_decodes(row_id: int) -> bool:
-    stored = queries.dead_letter_payload(row_id)
-    return stored is not None and images.decode_stored(stored[0], _attributes(stored[1])) is not None
-
-
-def _png(data: bytes | None) -> Response:
-    if data is None:
-        abort(404)
-    response = Response(data, mimetype="image/png")
-    response.headers["Cache-Control"] = "private, max-age=3600"
-    return response
