@@ -20,10 +20,8 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -122,13 +120,12 @@ def main(argv: list[str] | None = None) -> int:
     from vectorai import db
     from vectorai.review.app import ReviewSettings, create_app
 
-    url, cluster, workdir = os.environ.get("DATABASE_URL", ""), None, None
+    url, cluster = os.environ.get("DATABASE_URL", ""), None
     if not url.startswith(("postgresql://", "postgres://")):
-        from services.postgres import PostgresCluster
+        from services.private import start_private
 
-        workdir = Path(tempfile.mkdtemp(prefix="vectorai-bench-review-"))
-        cluster = PostgresCluster.create(workdir)
-        url = cluster.start()
+        cluster = start_private("postgres", prefix="vectorai-bench-review-")
+        url = cluster.address
     try:
         database = db.connect(url)
         if db.Prediction.select().count():
@@ -147,7 +144,6 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if cluster is not None:
             cluster.remove()
-            shutil.rmtree(workdir, ignore_errors=True)
 
     print(f"\n{args.rows:,} rows in PostgreSQL (filled in {filled_s:.0f} s); median of {args.repeat} requests "
           f"over HTTP, target {TARGET_MS:.0f} ms for the grid's pages\n")

@@ -198,10 +198,29 @@ class SecureKafkaNode:
         libs = install_kafka()
         self.workdir.mkdir(parents=True, exist_ok=True)
         keystore = ca.java_keystore(f"kafka{self.node_id}", self.address, secrets.keystore_password)
+        settings = self._settings(ca, secrets, keystore)
+        write_secret(self.properties_file, "".join(f"{k}={v}\n" for k, v in settings.items()))
+        (self.workdir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
+        # The SCRAM passwords for `format --add-scram` go in a 0600 @argfile: the java launcher
+        # reads the arguments from it, and /proc/PID/cmdline shows only "@file".
+        args = write_secret(self.workdir / "format.args", "\n".join([
+            *KAFKA_JVM_OPTIONS, *self._log_options(), "-cp", f"{libs}/*", "kafka.tools.StorageTool",
+            "format", "--cluster-id", cluster_id, "--config", str(self.properties_file),
+            "--add-scram", f"{SCRAM_MECHANISM}=[name={KAFKA_ADMIN_USER},password={secrets.admin_password}]",
+            "--add-scram", f"{SCRAM_MECHANISM}=[name={secrets.client_user},password={secrets.client_password}]",
+        ]) + "\n")
+        try:
+            _run(["java", f"@{args}"], f"Kafka node {self.node_id}: formatting the storage", cwd=self.workdir)
+        finally:
+            args.unlink(missing_ok=True)
+        return self
+
+    def _settings(self, ca: CertificateAuthority, secrets: KafkaSecrets, keystore: Path) -> dict[str, str]:
+        """The node's server.properties: its listeners, the quorum, SCRAM over SSL, replication."""
         jaas = (f'org.apache.kafka.common.security.scram.ScramLoginModule required '
                 f'username="{KAFKA_ADMIN_USER}" password="{secrets.admin_password}";')
         min_isr = str(min(2, self.replication))
-        settings = {
+        return {
             "process.roles": "broker,controller",
             "node.id": str(self.node_id),
             "controller.quorum.voters": ",".join(f"{n}@{a}:{CONTROLLER_PORT}" for n, a in sorted(self.voters.items())),
@@ -244,21 +263,6 @@ class SecureKafkaNode:
             "log.retention.hours": "24",
             "auto.create.topics.enable": "false",
         }
-        write_secret(self.properties_file, "".join(f"{k}={v}\n" for k, v in settings.items()))
-        (self.workdir / "log4j2.properties").write_text(_LOG4J2.format(log=self.log_file))
-        # The SCRAM passwords for `format --add-scram` go in a 0600 @argfile: the java launcher
-        # reads the arguments from it, and /proc/PID/cmdline shows only "@file".
-        args = write_secret(self.workdir / "format.args", "\n".join([
-            *KAFKA_JVM_OPTIONS, *self._log_options(), "-cp", f"{libs}/*", "kafka.tools.StorageTool",
-            "format", "--cluster-id", cluster_id, "--config", str(self.properties_file),
-            "--add-scram", f"{SCRAM_MECHANISM}=[name={KAFKA_ADMIN_USER},password={secrets.admin_password}]",
-            "--add-scram", f"{SCRAM_MECHANISM}=[name={secrets.client_user},password={secrets.client_password}]",
-        ]) + "\n")
-        try:
-            _run(["java", f"@{args}"], f"Kafka node {self.node_id}: formatting the storage", cwd=self.workdir)
-        finally:
-            args.unlink(missing_ok=True)
-        return self
 
     def start(self) -> int:
         """Run the node (not waiting for it: the quorum forms only once most nodes run)."""

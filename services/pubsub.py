@@ -6,11 +6,15 @@ Clients reach it by setting ``PUBSUB_EMULATOR_HOST`` to the ``host:port`` that `
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 
-from services.common import (STATE_DIR, ManagedProcess, ServiceError, free_port, log_tail, port_open,
+from services.common import (REPO_ROOT, STATE_DIR, ManagedProcess, ServiceError, free_port, log_tail, port_open,
                              process_alive, wait_until)
 
 #: Where the Cloud SDK's apt package (and ``gcloud components install``) puts the launcher script.
@@ -84,3 +88,46 @@ def _check_installed() -> None:
         )
     if shutil.which("java") is None and not os.environ.get("JAVA_HOME"):
         raise ServiceError("the Pub/Sub emulator needs Java 8 or later: no `java` on PATH and no JAVA_HOME")
+
+
+@dataclass
+class PrivateEmulator:
+    """An emulator with a state dir of its own (``services.private``). The functions above keep
+    their state in module globals, so this one runs ``python -m services`` in a subprocess
+    pointed at ``workdir``."""
+
+    workdir: Path
+    address: str = ""
+
+    @classmethod
+    def create(cls, workdir: Path) -> "PrivateEmulator":
+        return cls(workdir)
+
+    def start(self) -> str:
+        started = self._services("up")
+        if started.returncode != 0:
+            raise ServiceError((started.stderr.strip() or "python -m services up pubsub failed").splitlines()[-1])
+        self.address = json.loads((self.workdir / "services.json").read_text())["pubsub"]
+        return self.address
+
+    def stop(self, graceful: bool = True) -> None:
+        """Stop it; an emulator keeps no data between runs, so ``graceful`` changes nothing."""
+        self._services("down")
+
+    def restart(self) -> str:
+        self.stop()
+        return self.start()
+
+    def running(self) -> bool:
+        host, _, port = self.address.rpartition(":")
+        return bool(self.address) and port_open(int(port), host)
+
+    def remove(self) -> None:
+        """Stop it and delete its state dir."""
+        self.stop()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def _services(self, command: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "services", command, "pubsub"], cwd=REPO_ROOT,
+                              env={**os.environ, "VECTORAI_SERVICES_DIR": str(self.workdir)},
+                              capture_output=True, text=True)

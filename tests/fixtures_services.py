@@ -12,10 +12,7 @@ when the service came from the environment, since it is not ours to stop.
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterator
 
 import pytest
@@ -58,22 +55,16 @@ class ServiceControl:
         return self.server
 
 
-def _start_own(name: str, create) -> Iterator[ServiceControl]:
+def _start_own(name: str) -> Iterator[ServiceControl]:
     from services.common import ServiceError
+    from services.private import start_private
 
-    # Not under pytest's basetemp: that is private to root, and PostgreSQL runs as its own user.
-    workdir = Path(tempfile.mkdtemp(prefix=f"vectorai-test-{name}-"))
-    server = None
     try:
-        server = create(workdir)
-        address = server.start()
+        server = start_private(name, prefix="vectorai-test-")
     except ServiceError as err:
-        if server is not None:
-            server.remove()
-        shutil.rmtree(workdir, ignore_errors=True)
         _unavailable(f"{name} unavailable: {err}")
     try:
-        yield ServiceControl(address, server)
+        yield ServiceControl(server.address, server)
     finally:
         server.remove()
 
@@ -84,9 +75,7 @@ def _kafka_service() -> Iterator[ServiceControl]:
     if existing:
         yield ServiceControl(existing)
         return
-    from services.kafka import KafkaBroker
-
-    yield from _start_own("kafka", KafkaBroker.create)
+    yield from _start_own("kafka")
 
 
 @pytest.fixture(scope="session")
@@ -110,9 +99,7 @@ def _postgres_service() -> Iterator[ServiceControl]:
     if existing.startswith("postgresql://"):
         yield ServiceControl(existing)
         return
-    from services.postgres import PostgresCluster
-
-    yield from _start_own("postgres", PostgresCluster.create)
+    yield from _start_own("postgres")
 
 
 @pytest.fixture(scope="session")

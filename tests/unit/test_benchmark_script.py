@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -12,19 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.ceiling import measure_raw_onnxruntime, take_each_once
 from tests.unit.helpers import tiny_onnx_model
 from vectorai.inference import available_cores
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _throughput():
-    """benchmarks/throughput.py as a module (it is a script, not part of the package)."""
-    if "throughput" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
-        module = sys.modules["throughput"] = importlib.util.module_from_spec(spec)  # dataclasses need it
-        spec.loader.exec_module(module)
-    return sys.modules["throughput"]
 
 
 def test_benchmark_script_runs_on_tiny_input(tmp_path):
@@ -91,7 +82,7 @@ def test_benchmark_script_runs_on_tiny_input(tmp_path):
 
 
 def test_the_ceilings_workers_share_the_batches_each_exactly_once():
-    take = _throughput()._shared(range(20000))
+    take = take_each_once(range(20000))
     taken: list[list[int]] = [[] for _ in range(8)]
     errors: list[BaseException] = []
 
@@ -112,8 +103,6 @@ def test_the_ceilings_workers_share_the_batches_each_exactly_once():
 
 
 def test_a_ceiling_worker_that_fails_fails_the_measurement():
-    measure_raw_onnxruntime = _throughput().measure_raw_onnxruntime
-
     class Model:
         def __init__(self, worker_fails: bool) -> None:
             self.worker_fails = worker_fails

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import time
 
-from benchmarks.throughput import cpu_per_thousand
+from benchmarks.backends import cpu_per_thousand
 from services.common import children_of, cpu_seconds
 
 _BURN = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.3: pass\ntime.sleep(60)\n"
