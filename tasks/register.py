@@ -41,7 +41,7 @@ class RegisterModel(VectoraiTaskMixin, luigi.Task):
         return {key: getattr(self, flag) for flag, key in _CARD_FLAGS.items() if getattr(self, flag)}
 
     def output(self) -> luigi.LocalTarget:
-        from vectorai.modelcard.register import model_digest
+        from vectorai.modelcard import model_digest
 
         # Named after what is registered (file contents and flags), so the same model is
         # registered once and a changed one again. output() must not raise: run() reports.
@@ -53,7 +53,7 @@ class RegisterModel(VectoraiTaskMixin, luigi.Task):
         return luigi.LocalTarget(paths().models / "registered" / name_part(self.registered_model) / f"{key}.json")
 
     def run(self) -> None:
-        from vectorai.modelcard.register import register_foreign_model
+        from vectorai.registry import register_foreign_model
 
         check_name_part("RegisterModel.registered_model", self.registered_model)
         with LiveStatus(self) as live:

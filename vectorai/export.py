@@ -9,8 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
+from vectorai import onnx_metadata
 from vectorai.errors import ExportParityError, ModelError
-from vectorai.inference import META_CLASS_NAMES, META_PREPROCESS, META_VERSION, OnnxClassifier
+from vectorai.inference import OnnxClassifier
 from vectorai.preprocess import PreprocessSpec
 
 #: ONNX opset: new enough for every op the CNN uses, old enough for any current onnxruntime.
@@ -53,11 +54,9 @@ def export_onnx(
         return {"probabilities": model(image, training=False)}
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
-    for key, value in ((META_CLASS_NAMES, json.dumps(class_names)),
-                       (META_PREPROCESS, json.dumps(spec.to_dict())),
-                       (META_VERSION, model_version)):
-        entry = proto.metadata_props.add()
-        entry.key, entry.value = key, value
+    onnx_metadata.set_metadata(proto, {onnx_metadata.CLASS_NAMES: json.dumps(class_names),
+                                       onnx_metadata.PREPROCESS: json.dumps(spec.to_dict()),
+                                       onnx_metadata.MODEL_VERSION: model_version})
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path.write_bytes(proto.SerializeToString())
 

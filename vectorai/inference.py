@@ -11,13 +11,9 @@ from typing import Sequence
 
 import numpy as np
 
+from vectorai import onnx_metadata
 from vectorai.errors import ModelError
 from vectorai.preprocess import PreprocessSpec, as_model_input, preprocess_images
-
-#: Keys of the ONNX metadata_props that make the model self-describing.
-META_CLASS_NAMES = "vectorai.class_names"
-META_PREPROCESS = "vectorai.preprocess"
-META_VERSION = "vectorai.model_version"
 
 
 @dataclass(frozen=True)
@@ -101,7 +97,7 @@ class OnnxClassifier:
         meta = self._session.get_modelmeta().custom_metadata_map
         #: The foreign model's card; None for our own exports.
         self.card = None
-        if META_PREPROCESS in meta and META_CLASS_NAMES in meta and not card_overrides:
+        if onnx_metadata.PREPROCESS in meta and onnx_metadata.CLASS_NAMES in meta and not card_overrides:
             self.info = _read_info(self.path, self._session)
             self._input_name, self._output_name = self._session.get_inputs()[0].name, None
             shape = self._session.get_inputs()[0].shape
@@ -113,7 +109,7 @@ class OnnxClassifier:
             self.card = load_card(self.path, self._session, meta, card_overrides)
             (height, width), channels = self.card.size, self.card.channels
             self.info = ModelInfo(list(self.card.class_names), PreprocessSpec(height, width, channels),
-                                  meta.get(META_VERSION) or self.path.stem)
+                                  meta.get(onnx_metadata.MODEL_VERSION) or self.path.stem)
             self._input_name, self._output_name = self.card.input_name, self.card.output_name
         if version is not None:
             self.info = replace(self.info, version=version)
@@ -191,9 +187,9 @@ def _read_info(path: Path, session) -> ModelInfo:
     meta = session.get_modelmeta().custom_metadata_map
     try:
         return ModelInfo(
-            class_names=list(json.loads(meta[META_CLASS_NAMES])),
-            spec=PreprocessSpec.from_dict(json.loads(meta[META_PREPROCESS])),
-            version=meta.get(META_VERSION, "unknown"),
+            class_names=list(json.loads(meta[onnx_metadata.CLASS_NAMES])),
+            spec=PreprocessSpec.from_dict(json.loads(meta[onnx_metadata.PREPROCESS])),
+            version=meta.get(onnx_metadata.MODEL_VERSION, "unknown"),
         )
     except (KeyError, ValueError, TypeError) as err:
         raise ModelError(path, f"missing or malformed vectorai metadata ({err}); re-export it with "

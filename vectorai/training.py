@@ -205,26 +205,6 @@ def train_model(
     model = build_model(spec, num_classes, schedule, config.dropout)
     out_dir.mkdir(parents=True, exist_ok=True)
 
-    class _LogEpoch(keras.callbacks.Callback):
-        def __init__(self, run_id: str, experiment_id: str) -> None:
-            super().__init__()
-            self._run_id, self._experiment_id = run_id, experiment_id
-
-        def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-            logs = logs or {}
-            mlflow.log_metrics(
-                {
-                    "train_loss": float(logs["loss"]),
-                    "train_accuracy": float(logs["accuracy"]),
-                    "val_loss": float(logs["val_loss"]),
-                    "val_accuracy": float(logs["val_accuracy"]),
-                },
-                step=epoch + 1,
-            )
-            if progress is not None:
-                shown = {name: float(logs[name]) for name in _SHOWN_METRICS if name in logs}
-                progress(TrainProgress(epoch + 1, config.epochs, shown, self._run_id, self._experiment_id))
-
     with mlflow_run(tracking_uri, experiment, artifact_dir, run_name) as run:
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         if progress is not None:  # the run can be opened before the first epoch ends, minutes later
@@ -236,33 +216,71 @@ def train_model(
         fit = model.fit(
             training_batches(x_train, train.labels, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
             validation_data=(x_val, val.labels), epochs=config.epochs, verbose=2,
-            callbacks=[_LogEpoch(run_id, experiment_id)],
+            callbacks=[_epoch_callback(config.epochs, progress, run_id, experiment_id)],
         )
-        test_loss, test_accuracy = model.evaluate(x_test, test.labels, batch_size=256, verbose=0)
-        predicted = np.argmax(model.predict(x_test, batch_size=256, verbose=0), axis=1)
-        confusion = confusion_matrix(test.labels, predicted, num_classes)
-        metrics = {
-            "test_loss": float(test_loss),
-            "test_accuracy": float(test_accuracy),
-            "val_loss": float(fit.history["val_loss"][-1]),
-            "val_accuracy": float(fit.history["val_accuracy"][-1]),
-            "train_loss": float(fit.history["loss"][-1]),
-            "train_accuracy": float(fit.history["accuracy"][-1]),
-        }
-        mlflow.log_metrics({"test_loss": metrics["test_loss"], "test_accuracy": metrics["test_accuracy"]})
-        history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
-
-        model.save(out_dir / "model.keras")
-        _plot_learning_curves(history, out_dir / "learning_curves.png")
-        _plot_confusion(confusion, train.class_names, out_dir / "confusion_matrix.png")
-        summary = {"metrics": metrics, "history": history, "confusion_matrix": confusion,
+        result = _test_result(model, fit.history, x_test, test.labels, num_classes)
+        mlflow.log_metrics({"test_loss": result.metrics["test_loss"],
+                            "test_accuracy": result.metrics["test_accuracy"]})
+        summary = {"metrics": result.metrics, "history": result.history, "confusion_matrix": result.confusion,
                    "class_names": list(train.class_names), "preprocess": spec.to_dict(),
                    "config": asdict(config), "mlflow_run_id": run_id,
                    "mlflow_experiment_id": experiment_id}
-        (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
-        for name in ("model.keras", "learning_curves.png", "confusion_matrix.png", "metrics.json"):
-            mlflow.log_artifact(str(out_dir / name))
-    return TrainResult(metrics=metrics, history=history, confusion=confusion)
+        _write_outputs(model, result, summary, out_dir)
+    return result
+
+
+def _epoch_callback(epochs: int, progress: Callable[[TrainProgress], None] | None, run_id: str,
+                    experiment_id: str) -> Any:
+    """A Keras callback that logs each epoch's metrics to the open MLflow run and reports progress."""
+    import keras
+    import mlflow
+
+    def on_epoch_end(epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        mlflow.log_metrics(
+            {
+                "train_loss": float(logs["loss"]),
+                "train_accuracy": float(logs["accuracy"]),
+                "val_loss": float(logs["val_loss"]),
+                "val_accuracy": float(logs["val_accuracy"]),
+            },
+            step=epoch + 1,
+        )
+        if progress is not None:
+            shown = {name: float(logs[name]) for name in _SHOWN_METRICS if name in logs}
+            progress(TrainProgress(epoch + 1, epochs, shown, run_id, experiment_id))
+
+    return keras.callbacks.LambdaCallback(on_epoch_end=on_epoch_end)
+
+
+def _test_result(model: Any, fit_history: dict[str, list], x_test: np.ndarray, test_labels: np.ndarray,
+                 num_classes: int) -> TrainResult:
+    """The trained model on the test split, with the last epoch's training and validation figures."""
+    test_loss, test_accuracy = model.evaluate(x_test, test_labels, batch_size=256, verbose=0)
+    predicted = np.argmax(model.predict(x_test, batch_size=256, verbose=0), axis=1)
+    metrics = {
+        "test_loss": float(test_loss),
+        "test_accuracy": float(test_accuracy),
+        "val_loss": float(fit_history["val_loss"][-1]),
+        "val_accuracy": float(fit_history["val_accuracy"][-1]),
+        "train_loss": float(fit_history["loss"][-1]),
+        "train_accuracy": float(fit_history["accuracy"][-1]),
+    }
+    history = {k: [float(v) for v in vals] for k, vals in fit_history.items()}
+    return TrainResult(metrics=metrics, history=history,
+                       confusion=confusion_matrix(test_labels, predicted, num_classes))
+
+
+def _write_outputs(model: Any, result: TrainResult, summary: dict[str, Any], out_dir: Path) -> None:
+    """``model.keras``, the two plots and ``metrics.json`` in ``out_dir``, each logged to the open run."""
+    import mlflow
+
+    model.save(out_dir / "model.keras")
+    _plot_learning_curves(result.history, out_dir / "learning_curves.png")
+    _plot_confusion(result.confusion, summary["class_names"], out_dir / "confusion_matrix.png")
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    for name in ("model.keras", "learning_curves.png", "confusion_matrix.png", "metrics.json"):
+        mlflow.log_artifact(str(out_dir / name))
 
 
 def confusion_matrix(truth: np.ndarray, predicted: np.ndarray, num_classes: int) -> list[list[int]]:

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vectorai.inference import META_CLASS_NAMES, META_PREPROCESS, META_VERSION
+from vectorai import onnx_metadata
 
 
 def tiny_onnx_model(path: Path, height: int = 8, width: int = 8, channels: int = 1, classes: int = 3,
@@ -32,11 +32,10 @@ def tiny_onnx_model(path: Path, height: int = 8, width: int = 8, channels: int =
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8
-    for key, value in ((META_CLASS_NAMES, json.dumps([f"class{i}" for i in range(classes)])),
-                       (META_PREPROCESS, json.dumps({"height": height, "width": width, "channels": channels})),
-                       (META_VERSION, "tiny-v1")):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, value
+    onnx_metadata.set_metadata(model, {
+        onnx_metadata.CLASS_NAMES: json.dumps([f"class{i}" for i in range(classes)]),
+        onnx_metadata.PREPROCESS: json.dumps({"height": height, "width": width, "channels": channels}),
+        onnx_metadata.MODEL_VERSION: "tiny-v1"})
     onnx.save(model, str(path))
     return weights
 

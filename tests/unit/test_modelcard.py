@@ -206,7 +206,7 @@ def test_skl2onnx_zipmap_output_is_refused_with_the_option_that_fixes_it(tmp_pat
 
 
 def test_the_card_embedded_at_registration_is_the_whole_card(tmp_path):
-    from vectorai.modelcard.register import embed_card
+    from vectorai.modelcard import embed_card
 
     folder = optimum_folder(tmp_path / "m", channel_order="BGR", card={"channel_order": "BGR"})
     model = OnnxClassifier(folder)

@@ -26,14 +26,13 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from vectorai import onnx_metadata
 from vectorai.errors import ModelError
 from vectorai.modelcard.image_processing import CardValueError, ImageProcessing
 
 CARD_FILE = "vectorai.json"
 HF_CONFIG = "config.json"
 HF_PREPROCESSOR = "preprocessor_config.json"
-#: The ONNX metadata key of a bound card (registered foreign models).
-META_CARD = "vectorai.card"
 
 LAYOUTS = ("NCHW", "NHWC", "flat")
 CHANNEL_ORDERS = ("RGB", "BGR", "L")
@@ -296,9 +295,9 @@ def load_card(path: Path, session, metadata: Mapping[str, str],
               overrides: Mapping[str, Any] | None = None) -> ModelCard:
     """The card of a model without our own metadata: the one embedded at registration, else the
     files beside it (and ``overrides``), bound to ``session``."""
-    if META_CARD in metadata and not overrides:
+    if onnx_metadata.CARD in metadata and not overrides:
         try:
-            raw = json.loads(metadata[META_CARD])
+            raw = json.loads(metadata[onnx_metadata.CARD])
         except ValueError as err:
             raise ModelError(path, f"its embedded model card is not JSON ({err})") from None
     else:
