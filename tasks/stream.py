@@ -164,7 +164,6 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
     def _predict(self, live: LiveStatus) -> tuple[RunReport, str]:
         """The run's report and the database URL it wrote to (masked)."""
         from vectorai.db import connect
-        from vectorai.errors import ConfigError
         from vectorai.inference import OnnxClassifier
         from vectorai.messages import DecodeLimits
         from vectorai.predict import give_large_buffers_back, run_predictions
@@ -173,16 +172,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         from vectorai.transports import open_transport
 
         give_large_buffers_back()
-        check_name_part("PredictTask.run_at", self.run_at)
-        inside(paths().data, Path(self.output().path), "PredictTask.run_at")
-        for setting, value, least in (("predict_batch_size", self.predict_batch_size, 1),
-                                      ("max_batch_bytes", self.max_batch_bytes, 1),
-                                      ("stream_timeout_ms", self.stream_timeout_ms, 0),
-                                      ("max_messages", self.max_messages, 0),
-                                      ("inference_threads", self.inference_threads, 0),
-                                      ("decode_threads", self.decode_threads, 0)):
-            if value < least:
-                raise ConfigError(f"PredictTask.{setting}", f"{value} is not allowed; it must be at least {least}")
+        self._check_settings()
         cfg, db_cfg = stream(), database()
         threads = self.inference_threads or None
         # No image_size or channels here: they are about training; a model's metadata or card
@@ -222,6 +212,21 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 transport.close()
             db.close()
         return report, mask_url(url)
+
+    def _check_settings(self) -> None:
+        """Fail with one line naming the setting that cannot work."""
+        from vectorai.errors import ConfigError
+
+        check_name_part("PredictTask.run_at", self.run_at)
+        inside(paths().data, Path(self.output().path), "PredictTask.run_at")
+        for setting, value, least in (("predict_batch_size", self.predict_batch_size, 1),
+                                      ("max_batch_bytes", self.max_batch_bytes, 1),
+                                      ("stream_timeout_ms", self.stream_timeout_ms, 0),
+                                      ("max_messages", self.max_messages, 0),
+                                      ("inference_threads", self.inference_threads, 0),
+                                      ("decode_threads", self.decode_threads, 0)):
+            if value < least:
+                raise ConfigError(f"PredictTask.{setting}", f"{value} is not allowed; it must be at least {least}")
 
     def _record_success(self, report: RunReport) -> None:
         from vectorai.metrics import record_success

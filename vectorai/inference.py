@@ -40,7 +40,7 @@ def default_threads() -> int:
     preempted (on 2 cores, Kafka+PostgreSQL ran at 5,530-5,820 images/s with one thread against
     4,400-4,660 with two, three runs each; local+SQLite was within noise either way). That core
     is not lost to the model: whenever the loop would wait for it, the loop's thread classifies
-    part of the batch itself (``predict._Job``).
+    part of the batch itself (``predict.concurrency.Job``).
     """
     return max(1, available_cores() - 1)
 

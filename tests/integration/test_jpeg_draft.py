@@ -10,7 +10,7 @@ from PIL import Image
 from vectorai.datasets import load_dataset
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import decode_messages
-from vectorai.predict import _model_pixels
+from vectorai.predict.stages import model_pixels
 from vectorai.transports.base import ReceivedMessage
 
 
@@ -33,7 +33,7 @@ def test_draft_mode_classifies_digits_upscaled_to_photos_as_full_decoding_does(t
     for draft in (True, False):
         decoded = decode_messages(messages, spec=classifier.spec, jpeg_draft=draft)
         assert not decoded.failures
-        classes[draft] = classifier.predict_proba(_model_pixels(decoded.images, classifier.spec)).argmax(axis=1)
+        classes[draft] = classifier.predict_proba(model_pixels(decoded.images, classifier.spec)).argmax(axis=1)
 
     agreement = (classes[True] == classes[False]).mean()
     assert agreement >= 0.995, f"top-1 agrees on {agreement:.2%} of 1,000 digits"

@@ -1,7 +1,7 @@
 """Memory bounded in bytes: 64 images of 8 MiB each, through a real Kafka broker (a topic of four
 partitions) into a real PostgreSQL with PredictTask's defaults, every one stored, the PredictTask
 process's peak RSS under PEAK_RSS_LIMIT_MIB (600). Measured 420-481 MiB; 719 MiB without the
-collection per byte budget (``predict._CollectEveryBudget``), 289-301 MiB through one partition."""
+collection per byte budget (``predict.memory.CollectEveryBudget``), 289-301 MiB through one partition."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ import pytest
 
 from tests.conftest import new_project, pg_rows, unique_name
 from tests.unit.helpers import tiny_onnx_model
-from vectorai.png import SIGNATURE, _chunk, decode_png
+from vectorai.png import SIGNATURE, decode_png, encode_chunk
 from vectorai.transports.base import OutgoingMessage
 from vectorai.transports.kafka import KafkaTransport
 
@@ -39,8 +39,8 @@ def noise_png(rng: np.random.Generator) -> bytes:
     scanlines = np.frombuffer(rng.bytes(SIDE * (SIDE + 1)), dtype=np.uint8).reshape(SIDE, SIDE + 1).copy()
     scanlines[:, 0] = 0  # filter type None
     header = struct.pack(">IIBBBBB", SIDE, SIDE, 8, 0, 0, 0, 0)
-    return b"".join((SIGNATURE, _chunk(b"IHDR", header), _chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 0)),
-                     _chunk(b"IEND", b"")))
+    return b"".join((SIGNATURE, encode_chunk(b"IHDR", header),
+                     encode_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 0)), encode_chunk(b"IEND", b"")))
 
 
 def noise_pngs(count: int, seed: int):
@@ -81,6 +81,7 @@ def test_the_noise_images_are_valid_pngs():
         assert np.array_equal(np.asarray(image), pixels.reshape(SIDE, SIDE))
 
 
+@pytest.mark.system
 def test_64_images_of_8_mib_through_kafka_into_postgresql_stay_within_the_memory_bound(tmp_path, kafka_bootstrap, pg_database):
     topic = unique_name("large-images")
     sent: dict[str, tuple[int, str]] = {}
@@ -92,9 +93,7 @@ def test_64_images_of_8_mib_through_kafka_into_postgresql_stay_within_the_memory
             producer.flush(60)  # one at a time: the test process need not hold them all
 
     project = new_project(tmp_path / "home")
-    project.set("stream", transport="kafka", topic=topic, group=unique_name("group"))
-    project.set("kafka", bootstrap_servers=kafka_bootstrap)
-    project.env["DATABASE_URL"] = pg_database
+    project.use_kafka(kafka_bootstrap, topic=topic).use_postgres(pg_database)
     tiny_onnx_model(tmp_path / "tiny.onnx", 28, 28, 1)  # PredictTask's default image_size and channels
     status, output, peak_mib = run_measured(project, "PredictTask", "--model-path", str(tmp_path / "tiny.onnx"),
                                             "--require-stream", "false")

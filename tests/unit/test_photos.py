@@ -7,6 +7,7 @@ import io
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,12 +17,12 @@ from PIL import Image
 
 from tests.unit.helpers import expected_classes, tiny_onnx_model
 from vectorai import db as results_db
-from vectorai import messages as messages_module
 from vectorai import predict
 from vectorai.inference import OnnxClassifier
+from vectorai.messages import decode as messages_module
 from vectorai.messages import DecodeLimits, decode_messages
 from vectorai.png import encode_png
-from vectorai.predict import decode_batch, run_predictions
+from vectorai.predict import concurrency, decode_batch, run_predictions, stages
 from vectorai.preprocess import PreprocessSpec, fit_jpeg, fit_uint8, preprocess_image, preprocess_images
 from vectorai.transports import open_transport
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage
@@ -237,9 +238,9 @@ def test_the_pool_decodes_a_batch_as_one_thread_does_in_order_with_the_dead_lett
     model, _ = tiny
     source = type("Source", (), {"name": "local"})()
     alone = decode_batch(source, messages, model, jpeg_draft=jpeg_draft)
-    with predict.ThreadPoolExecutor(max_workers=threads) as pool:
-        decoding = predict._Decoding(pool, messages, len(model.class_names), predict.DecodeLimits(), model.spec,
-                                     jpeg_draft)
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        decoding = concurrency.Decoding(pool, messages, len(model.class_names), DecodeLimits(), model.spec,
+                                        jpeg_draft)
         pooled = decode_batch(source, messages, model, images=decoding.result())
 
     assert [m.position for m in pooled.decoded] == [m.position for m in alone.decoded]
@@ -288,13 +289,14 @@ def test_a_run_with_the_pool_keeps_every_row_every_dead_letter_and_at_most_three
         producer.publish(outgoing)
         producer.flush(5)
     decoders: set[str] = set()
-    decode = predict.decode_messages
+    decode = decode_messages
 
     def watched_decode(*args, **kwargs):
         decoders.add(threading.current_thread().name.split("_")[0])
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "decode_messages", watched_decode)
+    for module in (stages, concurrency):  # the loop's thread and the pool's
+        monkeypatch.setattr(module, "decode_messages", watched_decode)
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
     source = _WatchedQueue(tmp_path, "t")
     try:
@@ -340,7 +342,7 @@ def test_large_images_go_to_the_model_in_smaller_chunks():
             return np.tile([[0.25, 0.75]], (len(batch), 1)).astype(np.float32)
 
     model = Recording()
-    job = predict._Job(model, np.zeros((20, 224, 224, 3), np.uint8))
+    job = concurrency.Job(model, np.zeros((20, 224, 224, 3), np.uint8))
     assert job.result().shape == (20, 2)
     assert sorted(model.sizes) == [4, 8, 8]
 
@@ -353,14 +355,15 @@ def test_the_pool_grows_while_decoding_holds_the_model_back_unless_its_size_is_g
         producer.publish([OutgoingMessage(encode_png(_big_png(i)), {"id": f"m{i}", "content-type": "image/png"})
                           for i in range(288)])
         producer.flush(5)
-    decode = predict.decode_messages
+    decode = decode_messages
 
     def slow_decode(*args, **kwargs):
         time.sleep(0.05)  # decoding far slower than this model: the model waits for it
         return decode(*args, **kwargs)
 
-    monkeypatch.setattr(predict, "decode_messages", slow_decode)
-    monkeypatch.setattr(predict, "available_cores", lambda: 4)
+    for module in (stages, concurrency):
+        monkeypatch.setattr(module, "decode_messages", slow_decode)
+    monkeypatch.setattr(concurrency, "available_cores", lambda: 4)
     monkeypatch.setattr(model, "threads", 3)  # onnxruntime on 3 of the 4 cores: one decoding thread to start
     database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
     with open_transport("local", root=tmp_path, topic="t") as source:

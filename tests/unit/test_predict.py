@@ -16,7 +16,8 @@ from vectorai.errors import DatabaseError, ModelError, TransportError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
 from vectorai import predict
-from vectorai.predict import run_predictions
+from vectorai.predict import concurrency, run_predictions
+from vectorai.predict.memory import CollectEveryBudget
 from vectorai.preprocess import PreprocessSpec, preprocess_images
 from vectorai.transports import open_transport
 from vectorai.transports.base import OutgoingMessage
@@ -342,7 +343,7 @@ def test_cyclic_garbage_holding_payloads_is_collected_every_byte_budget(tmp_path
 def test_garbage_alive_never_exceeds_the_budget_plus_one_delivery(budget, sizes):
     from vectorai.transports.base import ReceivedMessage
 
-    collector = predict._CollectEveryBudget(budget)
+    collector = CollectEveryBudget(budget)
     garbage = _Garbage()
     with _collector_off():
         for size in sizes:
@@ -387,7 +388,7 @@ class _CountingClassifier:
 
 def test_batches_are_split_into_chunks_that_the_waiting_loop_helps_classify(tmp_path, classifier, monkeypatch):
     model, weights = classifier
-    monkeypatch.setattr(predict, "CHUNK", 4)
+    monkeypatch.setattr(concurrency, "CHUNK", 4)
     images = np.random.default_rng(5).integers(0, 256, (90, 8, 8), dtype=np.uint8)
     with open_transport("local", root=tmp_path, topic="t") as producer:
         producer.publish([encode_image(im, f"m{i:02d}") for i, im in enumerate(images)])
@@ -411,7 +412,7 @@ def test_batches_are_split_into_chunks_that_the_waiting_loop_helps_classify(tmp_
 def test_a_model_failure_in_any_chunk_fails_the_run_and_loses_nothing(tmp_path, classifier, monkeypatch,
                                                                       failing_call):
     model, _ = classifier
-    monkeypatch.setattr(predict, "CHUNK", 4)
+    monkeypatch.setattr(concurrency, "CHUNK", 4)
     database = _blank_stream(tmp_path, 40)
     counting = _CountingClassifier(model, fail_on_call=failing_call)
     with open_transport("local", root=tmp_path, topic="t") as source:
@@ -445,7 +446,7 @@ def test_bad_database_urls(tmp_path):
 
 def test_waiting_for_the_background_chunk_the_loop_classifies_the_next_batch(classifier, monkeypatch):
     model, weights = classifier
-    monkeypatch.setattr(predict, "CHUNK", 4)
+    monkeypatch.setattr(concurrency, "CHUNK", 4)
     images = np.random.default_rng(8).integers(0, 256, (16, 8, 8), dtype=np.uint8)
     pixels = preprocess_images(images, model.spec)
     loop_calls = threading.Semaphore(0)
@@ -461,7 +462,7 @@ def test_waiting_for_the_background_chunk_the_loop_classifies_the_next_batch(cla
             return super().predict_proba(batch)
 
     held = HeldInBackground(model)
-    first, following = predict._Job(held, pixels[:8]), predict._Job(held, pixels[8:])
+    first, following = concurrency.Job(held, pixels[:8]), concurrency.Job(held, pixels[8:])
     background = threading.Thread(target=first.run_chunk, args=(False,))
     background.start()
     assert background_claimed.wait(5)  # the background thread is on the first chunk

@@ -1,0 +1,279 @@
+"""A batch's stages on the loop's thread: decode and preprocess, label the model's output,
+score it with a shadow model; and the name a batch goes by in an error."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import logging
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+
+from vectorai import db as results_db
+from vectorai.errors import BatchError, VectoraiError
+from vectorai.inference import OnnxClassifier
+from vectorai.messages import DecodedImages, DecodeLimits, Failures, decode_messages, stored_content_type
+from vectorai.predict.dead_letters import dead_letter
+from vectorai.predict.report import RunReport
+from vectorai.preprocess import preprocess_images, stack_if_uniform
+from vectorai.transports.base import ReceivedMessage, Transport
+
+#: The name the loop's log lines have always gone by, whichever of its modules logs them.
+log = logging.getLogger("vectorai.predict")
+
+
+@dataclass
+class DecodedBatch:
+    """One consumed batch, decoded and preprocessed: what the model runs on, and what it skips.
+
+    ``decoded``, ``labels``, ``produced_at`` and the rows of ``pixels`` are parallel."""
+
+    source: Transport
+    messages: Sequence[ReceivedMessage]
+    decoded: list[ReceivedMessage]
+    labels: list[int | None]
+    produced_at: list[dt.datetime | None]
+    pixels: np.ndarray
+    dead: list[dict[str, object]]
+    received_at: dt.datetime
+    #: Messages left out because their id came earlier in the same batch.
+    duplicates: int = 0
+    #: The shadow model's own input for the same rows, when its preprocessing differs (a
+    #: foreign model's card); None: it takes ``pixels``.
+    shadow_pixels: np.ndarray | None = None
+
+
+@dataclass
+class ClassifiedBatch:
+    """One batch after inference, ready to be written."""
+
+    source: Transport
+    messages: Sequence[ReceivedMessage]
+    rows: list[dict[str, object]]
+    dead: list[dict[str, object]]
+    duplicates: int = 0
+    #: The shadow model's rows for the same messages (``shadow_prediction``), when it runs.
+    shadow_rows: list[dict[str, object]] = field(default_factory=list)
+
+
+def decode_batch(
+    source: Transport, messages: Sequence[ReceivedMessage], classifier: OnnxClassifier,
+    limits: DecodeLimits = DecodeLimits(), *, jpeg_draft: bool = False, images: DecodedImages | None = None,
+    shadow: OnnxClassifier | None = None,
+) -> DecodedBatch:
+    """Decode and preprocess a batch into one array (and the ``shadow``'s, when it preprocesses
+    otherwise); poison goes to ``dead`` with the reason.
+
+    ``images``: the batch already decoded (by the pool, ``concurrency.Decoding``); only the rest
+    is done."""
+    now = results_db.utc_now()
+    if images is None:
+        images = decode_messages(messages, len(classifier.class_names), limits, decode_spec(classifier, shadow),
+                                 jpeg_draft=jpeg_draft)
+    failures = images.failures
+    decoded, labels, stamps, pixels = images.messages, images.labels, images.produced_at, images.images
+    duplicates = 0
+    keep = _first_of_each_id(decoded)
+    if keep is not None:  # the same id twice in one batch (a re-sent sample): one row is enough
+        duplicates = len(decoded) - len(keep)
+        decoded, labels, stamps = _select(keep, decoded, labels, stamps)
+        pixels = pixels[keep] if isinstance(pixels, np.ndarray) else [pixels[i] for i in keep]
+    batch = np.empty((0,), dtype=np.float32)
+    if decoded:
+        try:
+            # A card model always preprocesses for itself (transformers' steps from the decoded pixels).
+            batch = (classifier.preprocess(pixels) if classifier.decode_spec is None
+                     else model_pixels(pixels, classifier.spec))
+        except Exception:  # noqa: BLE001 - some image is bad: find it one by one, keep the rest
+            good, rows = _preprocess_one_by_one(decoded, pixels, classifier, failures)
+            decoded, labels, stamps = _select(good, decoded, labels, stamps)
+            pixels = [pixels[i] for i in good]
+            batch = np.stack(rows) if rows else batch
+    shadow_batch = _shadow_input(shadow, pixels) if own_shadow_input(classifier, shadow) and decoded else None
+    dead = [dead_letter(message, reason, now) for message, reason in failures]
+    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates, shadow_batch)
+
+
+def own_shadow_input(classifier: OnnxClassifier, shadow: OnnxClassifier | None) -> bool:
+    """Whether the shadow needs its own input (another card or size) rather than the primary's batch."""
+    return shadow is not None and shadow.preprocessing != classifier.preprocessing
+
+
+def decode_spec(classifier: OnnxClassifier, shadow: OnnxClassifier | None):
+    """The size decoding may bring images to on the way (our own preprocessing); None when a
+    model's card, or a shadow of its own, must see the decoded pixels as they are."""
+    return None if own_shadow_input(classifier, shadow) else classifier.decode_spec
+
+
+def model_pixels(pixels: np.ndarray | list[np.ndarray], spec) -> np.ndarray:
+    """The batch as one array: uint8 pixels already at the model's shape as they are (the model
+    scales them a chunk at a time: a quarter of the memory while the batch waits), else
+    preprocessed to float32."""
+    if not isinstance(pixels, np.ndarray):
+        pixels = stack_if_uniform(pixels)
+    if isinstance(pixels, np.ndarray) and pixels.dtype == np.uint8 and pixels.shape[1:3] == (spec.height, spec.width):
+        if pixels.ndim == 3 and spec.channels == 1:
+            return pixels[:, :, :, None]
+        if pixels.ndim == 4 and pixels.shape[3] == spec.channels:
+            return pixels
+    return preprocess_images(pixels, spec)
+
+
+def _preprocess_one_by_one(decoded: list[ReceivedMessage], pixels, classifier: OnnxClassifier,
+                           failures: Failures) -> tuple[list[int], list[np.ndarray]]:
+    """The indices of the images that preprocess on their own, and their rows; each other one
+    becomes its message's failure."""
+    good: list[int] = []
+    rows = []
+    for i, message in enumerate(decoded):
+        row = failures.run(message, _preprocess_one, pixels[i], classifier)
+        if row is not None:
+            rows.append(row)
+            good.append(i)
+    return good, rows
+
+
+def _preprocess_one(image: np.ndarray, classifier: OnnxClassifier) -> np.ndarray:
+    return classifier.preprocess([image])[0]
+
+
+def _shadow_input(shadow: OnnxClassifier, pixels) -> np.ndarray | None:
+    """The shadow's own input for images the primary model took; None when one of them does not
+    suit the shadow: shadow scoring is best effort and never costs the primary its rows."""
+    try:
+        return shadow.preprocess(pixels)
+    except Exception as err:  # noqa: BLE001 - logged here, counted by ShadowScorer; no shadow rows
+        log.warning("the shadow model %s could not preprocess a batch (%s: %s); no shadow rows for it",
+                    shadow.info.version, type(err).__name__, _one_line(err))
+        return None
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split())[:500]
+
+
+def _first_of_each_id(messages: Sequence[ReceivedMessage]) -> list[int] | None:
+    """Indices of the first message of each (source, id), or None when no id repeats."""
+    first: dict[tuple[str, str], int] = {}
+    for i, message in enumerate(messages):
+        first.setdefault((message.source, message.attributes["id"]), i)
+    return None if len(first) == len(messages) else list(first.values())
+
+
+def _select(indices: list[int], *columns: list) -> list[list]:
+    """The given rows of parallel lists."""
+    return [[column[i] for i in indices] for column in columns]
+
+
+def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
+    # Decoding has put every stamp in UTC already (where an overflow is one message's failure).
+    return None if value is None else value.replace(tzinfo=None)
+
+
+def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: OnnxClassifier) -> ClassifiedBatch:
+    """Turn the model's output for a decoded batch into prediction rows."""
+    rows: list[dict[str, object]] = []
+    if batch.decoded:
+        classes = probabilities.argmax(axis=1)
+        confidences = probabilities[np.arange(len(classes)), classes]
+        names = classifier.class_names
+        version = classifier.info.version
+        produced: dict[dt.datetime | None, dt.datetime | None] = {}  # messages share stamps
+        for message, label, stamp, cls, confidence in zip(
+                batch.decoded, batch.labels, batch.produced_at, classes.tolist(), confidences.tolist()):
+            if stamp not in produced:
+                produced[stamp] = _naive_utc(stamp)
+            rows.append({
+                "source": message.source,
+                "message_id": message.attributes["id"],  # checked by messages.id_problem: never cut
+                "position": message.position[:255],
+                "image": message.payload,
+                "content_type": stored_content_type(message.attributes),
+                "predicted_class": cls,
+                "predicted_name": names[cls],
+                "confidence": confidence,
+                "true_label": label,
+                "model_version": version,
+                "produced_at": produced[stamp],
+                "predicted_at": batch.received_at,
+            })
+    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates)
+
+
+def shadow_rows(batch: ClassifiedBatch, probabilities: np.ndarray, shadow: OnnxClassifier) -> list[dict[str, object]]:
+    """The shadow model's rows for the messages ``batch`` has rows for (the same order)."""
+    if not batch.rows:
+        return []
+    classes = probabilities.argmax(axis=1)
+    confidences = probabilities[np.arange(len(classes)), classes]
+    names, version = shadow.class_names, shadow.info.version
+    return [{
+        "source": row["source"], "message_id": row["message_id"], "model_version": version,
+        "predicted_class": cls, "predicted_name": names[cls], "confidence": confidence,
+        "true_label": row["true_label"], "predicted_at": row["predicted_at"],
+    } for row, cls, confidence in zip(batch.rows, classes.tolist(), confidences.tolist())]
+
+
+class ShadowScorer:
+    """A second model on every batch, after the primary, adding its figures to ``report``.
+
+    Best effort: a shadow model that fails (a broken challenger, a runtime error, an image its
+    preprocessing refuses) is logged and counted, and the batch goes on with the primary's rows
+    alone; it must never cost the rows of the model that is in production."""
+
+    def __init__(self, classifier: OnnxClassifier, shadow: OnnxClassifier, report: RunReport) -> None:
+        self.shadow = shadow
+        self._own_input = own_shadow_input(classifier, shadow)
+        self._report = report
+
+    def score(self, decoded: DecodedBatch, batch: ClassifiedBatch) -> None:
+        """Give ``batch`` (labelled from ``decoded``) the shadow's rows, and count them."""
+        if not batch.rows:
+            return
+        rows = self._rows(decoded, batch)
+        counts = self._report.source(batch.source.name)
+        if rows is None:
+            counts.shadow_errors += 1
+            return
+        batch.shadow_rows = rows
+        # By class name: the two models may list their classes in another order.
+        counts.shadow_scored += len(rows)
+        counts.shadow_agreed += sum(row["predicted_name"] == theirs["predicted_name"]
+                                    for row, theirs in zip(batch.rows, rows))
+        counts.shadow_correct += sum(theirs["predicted_class"] == theirs["true_label"] for theirs in rows
+                                     if theirs["true_label"] is not None)
+
+    def _rows(self, decoded: DecodedBatch, batch: ClassifiedBatch) -> list[dict[str, object]] | None:
+        """The shadow's rows; None when it failed (logged)."""
+        pixels = decoded.shadow_pixels if self._own_input else decoded.pixels
+        if pixels is None:  # its preprocessing failed (logged in _shadow_input)
+            return None
+        try:
+            return shadow_rows(batch, self.shadow.predict_proba(pixels), self.shadow)
+        except Exception as err:  # noqa: BLE001 - whatever the shadow does, the primary's batch is stored
+            log.warning("shadow model %s failed on a %s; the batch is stored without its rows: %s: %s",
+                        self.shadow.info.version, describe_batch(batch.source, batch.messages),
+                        type(err).__name__, _one_line(err))
+            return None
+
+
+@contextlib.contextmanager
+def batch_context(source: Transport, messages: Sequence[ReceivedMessage]) -> Iterator[None]:
+    """Name the batch (source, positions) in an error that concerns all of it. Our own errors
+    keep their type and their one line, the batch added at its end; anything else becomes a
+    BatchError, so that Luigi still shows one line."""
+    try:
+        yield
+    except VectoraiError as err:
+        err.args = (f"{err} (in the {describe_batch(source, messages)}, released for redelivery)",)
+        raise
+    except Exception as err:  # noqa: BLE001 - wrapped, not swallowed
+        raise BatchError(describe_batch(source, messages), f"{type(err).__name__}: {err}") from err
+
+
+def describe_batch(source: Transport, messages: Sequence[ReceivedMessage]) -> str:
+    """A batch as an error names it: its size, source and positions."""
+    where = messages[0].position if len(messages) == 1 else f"{messages[0].position} .. {messages[-1].position}"
+    return f"batch of {len(messages)} from {source.name} ({where})"
