@@ -3,50 +3,51 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 
 class VectoraiError(Exception):
     """Base of every error the library raises on purpose. ``str(err)`` is one readable line."""
 
 
-class ConfigError(VectoraiError):
+class InputError(VectoraiError):
+    """An error about one named input: ``subject`` says which (a setting, a path, a URL), ``reason``
+    what is wrong with it. ``str(err)`` is ``"<kind> <subject>: <reason>"``; a subclass sets ``kind``."""
+
+    kind: ClassVar[str] = ""
+
+    def __init__(self, subject: str | Path, reason: str) -> None:
+        self.subject = str(subject)
+        self.reason = reason
+        super().__init__(f"{self.kind} {self.subject}: {reason}" if self.kind else f"{self.subject}: {reason}")
+
+
+class ConfigError(InputError):
     """A setting has a value that cannot work."""
 
-    def __init__(self, setting: str, reason: str) -> None:
-        self.setting = setting
-        self.reason = reason
-        super().__init__(f"setting {setting}: {reason}")
+    kind = "setting"
 
 
-class DatasetError(VectoraiError):
+class DatasetError(InputError):
     """A dataset file or folder is missing, malformed or unusable."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"dataset {self.path}: {reason}")
+    kind = "dataset"
 
 
-class DownloadError(VectoraiError):
+class DownloadError(InputError):
     """A download failed or its checksum did not match."""
 
-    def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        self.reason = reason
-        super().__init__(f"download {url}: {reason}")
+    kind = "download"
 
 
 class ImageError(VectoraiError):
     """An image cannot be preprocessed (wrong shape, NaN/inf values, out-of-range values)."""
 
 
-class ModelError(VectoraiError):
+class ModelError(InputError):
     """A model file is missing, corrupt, or does not fit the configured input."""
 
-    def __init__(self, path: str | Path, reason: str) -> None:
-        self.path = str(path)
-        self.reason = reason
-        super().__init__(f"model {self.path}: {reason}")
+    kind = "model"
 
 
 class ExportParityError(ModelError):
@@ -63,46 +64,27 @@ class MessageDecodeError(VectoraiError):
         super().__init__(f"message {key or '<no id>'} from {source}: {reason}")
 
 
-class BatchError(VectoraiError):
+class BatchError(InputError):
     """Something that concerns a whole batch failed (not one message: those are dead letters)."""
 
-    def __init__(self, batch: str, reason: str) -> None:
-        self.batch = batch
-        self.reason = reason
-        super().__init__(f"{batch}: {reason}")
 
-
-class TransportError(VectoraiError):
+class TransportError(InputError):
     """A broker is unreachable or refused an operation."""
 
-    def __init__(self, transport: str, reason: str) -> None:
-        self.transport = transport
-        self.reason = reason
-        super().__init__(f"transport {transport}: {reason}")
+    kind = "transport"
 
 
-class DatabaseError(VectoraiError):
+class DatabaseError(InputError):
     """The results database is unreachable or its URL is malformed."""
 
-    def __init__(self, url: str, reason: str) -> None:
-        self.url = url
-        self.reason = reason
-        super().__init__(f"database {url}: {reason}")
+    kind = "database"
 
 
-class RegistryError(VectoraiError):
+class RegistryError(InputError):
     """A ``models:/`` URI does not resolve, or the model registry refused an operation."""
 
-    def __init__(self, uri: str, reason: str) -> None:
-        self.uri = uri
-        self.reason = reason
-        super().__init__(f"model {uri}: {reason}")
+    kind = "model"
 
 
-class ReviewError(VectoraiError):
+class ReviewError(InputError):
     """A correction or a page request that cannot be carried out (unknown message, bad filter)."""
-
-    def __init__(self, what: str, reason: str) -> None:
-        self.what = what
-        self.reason = reason
-        super().__init__(f"{what}: {reason}")
