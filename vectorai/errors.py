@@ -12,9 +12,14 @@ class VectoraiError(Exception):
 
 class InputError(VectoraiError):
     """An error about one named input: ``subject`` says which (a setting, a path, a URL), ``reason``
-    what is wrong with it. ``str(err)`` is ``"<kind> <subject>: <reason>"``; a subclass sets ``kind``."""
+    what is wrong with it. ``str(err)`` is ``"<kind> <subject>: <reason>"``; a subclass names its ``kind``
+    in its class line."""
 
     kind: ClassVar[str] = ""
+
+    def __init_subclass__(cls, kind: str = "", **rest: object) -> None:
+        super().__init_subclass__(**rest)
+        cls.kind = kind or cls.kind
 
     def __init__(self, subject: str | Path, reason: str) -> None:
         self.subject = str(subject)
@@ -22,32 +27,24 @@ class InputError(VectoraiError):
         super().__init__(f"{self.kind} {self.subject}: {reason}" if self.kind else f"{self.subject}: {reason}")
 
 
-class ConfigError(InputError):
+class ConfigError(InputError, kind="setting"):
     """A setting has a value that cannot work."""
 
-    kind = "setting"
 
-
-class DatasetError(InputError):
+class DatasetError(InputError, kind="dataset"):
     """A dataset file or folder is missing, malformed or unusable."""
 
-    kind = "dataset"
 
-
-class DownloadError(InputError):
+class DownloadError(InputError, kind="download"):
     """A download failed or its checksum did not match."""
-
-    kind = "download"
 
 
 class ImageError(VectoraiError):
     """An image cannot be preprocessed (wrong shape, NaN/inf values, out-of-range values)."""
 
 
-class ModelError(InputError):
+class ModelError(InputError, kind="model"):
     """A model file is missing, corrupt, or does not fit the configured input."""
-
-    kind = "model"
 
 
 class ExportParityError(ModelError):
@@ -68,22 +65,16 @@ class BatchError(InputError):
     """Something that concerns a whole batch failed (not one message: those are dead letters)."""
 
 
-class TransportError(InputError):
+class TransportError(InputError, kind="transport"):
     """A broker is unreachable or refused an operation."""
 
-    kind = "transport"
 
-
-class DatabaseError(InputError):
+class DatabaseError(InputError, kind="database"):
     """The results database is unreachable or its URL is malformed."""
 
-    kind = "database"
 
-
-class RegistryError(InputError):
+class RegistryError(InputError, kind="model"):
     """A ``models:/`` URI does not resolve, or the model registry refused an operation."""
-
-    kind = "model"
 
 
 class ReviewError(InputError):
