@@ -17,9 +17,11 @@ class InputError(VectoraiError):
 
     kind: ClassVar[str] = ""
 
-    def __init_subclass__(cls, kind: str = "", **rest: object) -> None:
+    def __init_subclass__(cls, kind: str = "", field: str = "", **rest: object) -> None:
         super().__init_subclass__(**rest)
         cls.kind = kind or cls.kind
+        if field:  # the subject under the name callers know it by: err.setting, err.path, err.url, ...
+            setattr(cls, field, property(lambda self: self.subject, doc=f"The {field} this error is about."))
 
     def __init__(self, subject: str | Path, reason: str) -> None:
         self.subject = str(subject)
@@ -27,15 +29,15 @@ class InputError(VectoraiError):
         super().__init__(f"{self.kind} {self.subject}: {reason}" if self.kind else f"{self.subject}: {reason}")
 
 
-class ConfigError(InputError, kind="setting"):
+class ConfigError(InputError, kind="setting", field="setting"):
     """A setting has a value that cannot work."""
 
 
-class DatasetError(InputError, kind="dataset"):
+class DatasetError(InputError, kind="dataset", field="path"):
     """A dataset file or folder is missing, malformed or unusable."""
 
 
-class DownloadError(InputError, kind="download"):
+class DownloadError(InputError, kind="download", field="url"):
     """A download failed or its checksum did not match."""
 
 
@@ -43,7 +45,7 @@ class ImageError(VectoraiError):
     """An image cannot be preprocessed (wrong shape, NaN/inf values, out-of-range values)."""
 
 
-class ModelError(InputError, kind="model"):
+class ModelError(InputError, kind="model", field="path"):
     """A model file is missing, corrupt, or does not fit the configured input."""
 
 
@@ -61,21 +63,21 @@ class MessageDecodeError(VectoraiError):
         super().__init__(f"message {key or '<no id>'} from {source}: {reason}")
 
 
-class BatchError(InputError):
+class BatchError(InputError, field="batch"):
     """Something that concerns a whole batch failed (not one message: those are dead letters)."""
 
 
-class TransportError(InputError, kind="transport"):
+class TransportError(InputError, kind="transport", field="transport"):
     """A broker is unreachable or refused an operation."""
 
 
-class DatabaseError(InputError, kind="database"):
+class DatabaseError(InputError, kind="database", field="url"):
     """The results database is unreachable or its URL is malformed."""
 
 
-class RegistryError(InputError, kind="model"):
+class RegistryError(InputError, kind="model", field="uri"):
     """A ``models:/`` URI does not resolve, or the model registry refused an operation."""
 
 
-class ReviewError(InputError):
+class ReviewError(InputError, field="what"):
     """A correction or a page request that cannot be carried out (unknown message, bad filter)."""

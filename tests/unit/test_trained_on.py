@@ -33,13 +33,13 @@ def test_a_version_reads_back_what_it_trained_on_and_refuses_a_changed_record(st
     ref = resolve(f"models:/m/{version}", uri)
     assert trained_on(ref, uri) is None  # registered before the record existed
 
+    mlflow.set_experiment("another")  # the caller's own active experiment must not matter
     tags = record_training_set(["b" * 64, "a" * 64, "b" * 64], tracking_uri=uri, run_id=run_id)
     assert tags["trained_on_images"] == "2" and tags["trained_on_artifact"] == TRAINED_ON_ARTIFACT
     for key, value in tags.items():
         client.set_model_version_tag("m", version, key, value)
     assert trained_on(ref, uri) == {"a" * 64, "b" * 64}
 
-    with mlflow.start_run(run_id=run_id):
-        mlflow.log_text("c" * 64 + "\n", TRAINED_ON_ARTIFACT)
+    client.log_text(run_id, "c" * 64 + "\n", TRAINED_ON_ARTIFACT)
     with pytest.raises(RegistryError, match="does not match the version's trained_on_digest tag"):
         trained_on(ref, uri)

@@ -22,17 +22,15 @@ TRAINED_ON_ARTIFACT = "split/trained_on.txt"
 def record_training_set(digests: Iterable[str], *, tracking_uri: str, run_id: str) -> dict[str, str]:
     """Log the images a model trained on (their digests) to its run; the version tags that name
     that artifact and its SHA-256, so PromoteModel can leave those images out of a comparison."""
-    import mlflow
-
     from vectorai.split import set_digest
-    from vectorai.tracking import use_tracking_uri
 
     unique = sorted(set(digests))
 
     def log() -> None:
-        use_tracking_uri(tracking_uri)
-        with mlflow.start_run(run_id=run_id):
-            mlflow.log_text("".join(f"{d}\n" for d in unique), TRAINED_ON_ARTIFACT)
+        # Through the client, not mlflow.start_run: that refuses a run outside the process's
+        # active experiment (one a caller may have set for its own runs).
+        client = mlflow_client(tracking_uri, f"runs:/{run_id}")
+        client.log_text(run_id, "".join(f"{d}\n" for d in unique), TRAINED_ON_ARTIFACT)
 
     call_mlflow(f"runs:/{run_id}", tracking_uri, "cannot log the training set's digests", log)
     return {"trained_on_artifact": TRAINED_ON_ARTIFACT, "trained_on_digest": set_digest(unique),
