@@ -20,13 +20,20 @@ demo: setup
 	$(LUIGI) --module tasks PredictTask --local-scheduler
 	$(VENV)/bin/vectorai-results
 
-# Starts (and stops) Kafka, PostgreSQL, the Pub/Sub emulator and MLflow itself, in the test session.
-test: setup chromium
-	$(PY) -m pytest -m "not system"
+# One pytest worker per core (pytest-xdist), each test file on one worker: most tests wait on a
+# broker, a subprocess or a timeout, so two workers on two cores overlap the waits. Each worker
+# starts (and stops) the Kafka, PostgreSQL, Pub/Sub emulator and MLflow it needs, so a fault test
+# stops only its own worker's broker; the trained model is shared (tests/conftest.py).
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL := -n $(TEST_WORKERS) --dist loadfile
 
-# Every test, the whole-system ones (compose stack, namespace cluster, clone demo, review loop, ...) too.
-test-all: setup chromium
-	$(PY) -m pytest
+test: setup chromium
+	$(PY) -m pytest $(PYTEST_PARALLEL) -m "not system"
+
+# Every test: the above, then the whole-system ones (compose stack, namespace cluster, clone demo,
+# review loop, ...) one at a time, as each loads the whole machine by itself.
+test-all: test
+	$(PY) -m pytest -m system
 
 # Debian's chromium for the browser tests, installed with apt when missing (needs root). Not
 # fatal here: without it the browser tests skip, or fail under CI=true, saying why.

@@ -154,10 +154,22 @@ def _point_store_at_copy(db: Path, base: Path, root: Path) -> None:
 @pytest.fixture(scope="session")
 def trained_home(tmp_path_factory) -> Path:
     """One project with the default mnist-sample model trained and exported, shared (by copy)
-    across the integration tests so the 2-core CI trains once."""
-    project = new_project(tmp_path_factory.mktemp("trained"))
-    project.luigi("ExportOnnx")
-    return project.root
+    across the integration tests so the 2-core CI trains once. Under pytest-xdist the workers
+    share it too: the first to need it trains it in their common temp dir, the others wait."""
+    from filelock import FileLock
+
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        project = new_project(tmp_path_factory.mktemp("trained"))
+        project.luigi("ExportOnnx")
+        return project.root
+    shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of this run
+    root, done = shared / "trained", shared / "trained.done"
+    with FileLock(str(shared / "trained.lock")):
+        if not done.exists():
+            shutil.rmtree(root, ignore_errors=True)  # a worker that failed part way
+            new_project(root).luigi("ExportOnnx")
+            done.touch()
+    return root
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """Pytest plugin: a session-wide Pub/Sub emulator (``-p tests.fixtures_pubsub``).
 
-Uses ``PUBSUB_EMULATOR_HOST`` when it is set, else starts Google's emulator with
-``services/pubsub.py`` and stops it after the session. When no emulator can be had the tests fail
+Uses ``PUBSUB_EMULATOR_HOST`` when it is set, else starts Google's emulator in a temp dir of its
+own (``services.private``) and stops it after the session. When no emulator can be had the tests fail
 on CI (``CI=true``) and are skipped with the reason elsewhere, never silently.
 """
 
@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
+from typing import Iterator
 
 import pytest
+
+from tests.fixtures_services import start_own
 
 TEST_PROJECT = "vectorai-test"
 
@@ -20,28 +23,15 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 @pytest.fixture(scope="session")
-def pubsub_emulator():
-    """``host:port`` of a running Pub/Sub emulator."""
+def pubsub_emulator() -> Iterator[str]:
+    """``host:port`` of a running Pub/Sub emulator: one of this session's own (of this worker's,
+    under pytest-xdist), so no other session's end can stop it mid-run."""
     existing = os.environ.get("PUBSUB_EMULATOR_HOST")
     if existing:
         yield existing
         return
-    from services import pubsub as service
-    from services.common import ServiceError
-
-    started_here = service.host() is None  # leave an emulator someone else started running
-    try:
-        host = service.start()
-    except ServiceError as err:
-        reason = f"Pub/Sub emulator unavailable: {err}"
-        if os.environ.get("CI") == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    try:
-        yield host
-    finally:
-        if started_here:
-            service.stop()
+    for control in start_own("pubsub"):
+        yield control.address
 
 
 @pytest.fixture

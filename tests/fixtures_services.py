@@ -55,7 +55,8 @@ class ServiceControl:
         return self.server
 
 
-def _start_own(name: str) -> Iterator[ServiceControl]:
+def start_own(name: str) -> Iterator[ServiceControl]:
+    """Start a private server of ``name`` for the session (a generator: it stops when resumed)."""
     from services.common import ServiceError
     from services.private import start_private
 
@@ -75,7 +76,7 @@ def _kafka_service() -> Iterator[ServiceControl]:
     if existing:
         yield ServiceControl(existing)
         return
-    yield from _start_own("kafka")
+    yield from start_own("kafka")
 
 
 @pytest.fixture(scope="session")
@@ -99,7 +100,7 @@ def _postgres_service() -> Iterator[ServiceControl]:
     if existing.startswith("postgresql://"):
         yield ServiceControl(existing)
         return
-    yield from _start_own("postgres")
+    yield from start_own("postgres")
 
 
 @pytest.fixture(scope="session")
