@@ -12,6 +12,8 @@ import pytest
 
 from tests.unit.helpers import tiny_onnx_model
 
+pytestmark = pytest.mark.system  # the benchmark's end-to-end runs: make test-all
+
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "benchmarks" / "throughput.py"
 

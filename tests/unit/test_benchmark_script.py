@@ -18,6 +18,7 @@ from vectorai.inference import available_cores
 REPO = Path(__file__).resolve().parents[2]
 
 
+@pytest.mark.system  # the benchmark end to end: make test-all
 def test_benchmark_script_runs_on_tiny_input(tmp_path):
     model_dir = tmp_path / "model" / "onnx"
     model_dir.mkdir(parents=True)
