@@ -3,6 +3,7 @@ modules below; each starts its service once per session unless the environment p
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -13,8 +14,8 @@ from typing import Iterator
 
 import pytest
 
-pytest_plugins = ["tests.fixtures_services", "tests.fixtures_pubsub", "tests.fixtures_mlflow", "tests.http_files",
-                  "tests.fixtures_browser"]
+pytest_plugins = ["tests.fixtures_services", "tests.fixtures_pubsub", "tests.fixtures_mlflow", "tests.fixtures_luigid",
+                  "tests.http_files", "tests.fixtures_browser"]
 
 REPO = Path(__file__).resolve().parent.parent
 IN_CI = os.environ.get("CI") == "true"
@@ -181,6 +182,13 @@ def project(tmp_path, trained_home) -> Project:
 @pytest.fixture
 def pg_database(postgres_url) -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test (tables are created by the pipeline)."""
+    with fresh_pg_database(postgres_url) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def fresh_pg_database(postgres_url: str) -> Iterator[str]:
+    """A new, empty database on the server of ``postgres_url``, dropped afterwards; its URL."""
     import uuid
 
     import psycopg2

@@ -1,14 +1,21 @@
 """Operating luigid as the compose stack and `make luigid` configure it (docker/luigid.cfg):
-task history in a real PostgreSQL, retries of a batch run whose broker is down, and luigid's own
-Prometheus /metrics. Every test runs a real luigid on a free loopback port and real workers."""
+the chain's graph, task history in a real PostgreSQL, retries of a batch run whose broker is down,
+and luigid's own Prometheus /metrics. Every test runs a real luigid on a free loopback port and
+real workers.
+
+One fresh chain (``fresh_chain``: a quick model trained, exported, registered on a real MLflow
+server, promoted, streamed and predicted) runs once through luigid for the tests that look at a
+whole run: the graph, the MLflow link, the registry on the server, the history."""
 
 from __future__ import annotations
 
 import configparser
+import hashlib
 import json
 import os
 import re
 import signal
+import sqlite3
 import subprocess
 import sys
 import time
@@ -17,11 +24,13 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
 from services.common import free_port, port_open
-from tests.conftest import REPO, new_project, pg_rows, unique_name
+from tests.conftest import REPO, Project, fresh_pg_database, new_project, pg_rows, unique_name
+from tests.fixtures_mlflow import NO_TELEMETRY, mlflow_api
 
 pytestmark = [pytest.mark.luigid, pytest.mark.postgres]
 
@@ -159,12 +168,114 @@ def assert_history_pages(server: Luigid, records: dict[str, list[dict]]) -> None
         assert shown[::-1] == record["events"], (shown, record["events"])
 
 
-def test_history_in_postgresql_holds_the_chain_and_survives_a_restart(tmp_path, luigid_with_history):
-    server = luigid_with_history
-    # A fresh project (a quick 1-epoch model), so every task of the chain runs through luigid.
-    project = new_project(tmp_path / "fresh")
-    project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", *server.worker_args(), local=False)
+@dataclass
+class FreshChain:
+    """The whole chain of a fresh project, run once through a luigid that records its history."""
 
+    project: Project
+    server: Luigid
+    mlflow: str  # the MLflow server it logged to (its URL, without the password the project gives)
+    model_name: str  # the registered model, of this chain's own on the shared server
+
+
+@pytest.fixture(scope="module")
+def fresh_chain(tmp_path_factory, postgres_url, shared_mlflow) -> Iterator[FreshChain]:
+    """A fresh project (a quick 1-epoch model), so every task of the chain runs, once, through a
+    luigid with its history in PostgreSQL, training logged to the session's MLflow server under a
+    URI with a password (a server without authentication ignores it; it must never be shown).
+    The tests below each look at it from their side; the one that restarts luigid comes last."""
+    root = tmp_path_factory.mktemp("fresh-chain")
+    with fresh_pg_database(postgres_url) as database:
+        server = Luigid(root / "luigid", env={"LUIGID_RECORD_TASK_HISTORY": "true",
+                                              "LUIGI_TASK_HISTORY_DB": history_url(database)}, history_db=database)
+        server.start()
+        try:
+            project = new_project(root / "fresh")
+            project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{shared_mlflow.host}",
+                        experiment=unique_name("fresh"))
+            name = unique_name("vectorai-mnist")
+            project.set("registry", model_name=name)
+            project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", *server.worker_args(), local=False,
+                          extra_env=NO_TELEMETRY)
+            yield FreshChain(project, server, shared_mlflow.url, name)
+        finally:
+            server.stop()
+
+
+def test_chain_through_luigid_shows_every_task_and_dependency(fresh_chain):
+    server = fresh_chain.server
+    families = {family: task_id for task_id, family in server.tasks("DONE").items()}
+    assert set(families) == {"SplitData", "TrainModel", "ExportOnnx", "PromoteModel", "StreamData", "PredictTask"}
+
+    graph = server.api("dep_graph", {"task_id": families["PredictTask"], "include_done": True})
+    deps = {graph[task_id]["name"]: {graph[d]["name"] for d in graph[task_id]["deps"]} for task_id in graph}
+    assert deps == {
+        "PredictTask": {"PromoteModel", "StreamData"},
+        "StreamData": {"SplitData"},  # streaming needs the images, not a model (a pinned model moves nothing)
+        "PromoteModel": {"ExportOnnx"},
+        "ExportOnnx": {"TrainModel"},
+        "TrainModel": {"SplitData"},
+        "SplitData": set(),
+    }
+    # The visualiser page a user opens in a browser is served too.
+    status, page = server.get("/static/visualiser/index.html")
+    assert status == 200 and "<html" in page.lower()
+
+
+@pytest.mark.mlflow
+def test_training_links_to_its_run_on_an_mlflow_server_without_the_password(fresh_chain):
+    project, mlflow_server = fresh_chain.project, fresh_chain.mlflow
+    done = fresh_chain.server.api("task_list", {"status": "DONE", "upstream_status": "", "search": ""})
+    tasks = {task["name"]: task for task in done.values()}
+    train, export = tasks["TrainModel"], tasks["ExportOnnx"]
+    url = train["tracking_url"]
+    assert url and url.startswith(f"{mlflow_server}/#/experiments/") and "s3cret" not in url and "alice" not in url
+    assert export["tracking_url"] == url  # the ONNX model is logged to the same run
+    assert train["progress_percentage"] == 100 and train["status_message"].startswith("epoch 1/1: loss ")
+    assert "val_accuracy" in train["status_message"] and "s3cret" not in train["status_message"]
+
+    # The link answers (the UI's page), and the run it names is the one that was trained.
+    with urllib.request.urlopen(url, timeout=30) as page:
+        assert page.status == 200 and b"<html" in page.read().lower()
+    experiment_id, run_id = re.fullmatch(r".*/#/experiments/([^/]+)/runs/([^/]+)", url).groups()
+    run = mlflow_api(mlflow_server, "runs/get", run_id=run_id)["run"]
+    model_name = next((project.root / "models").iterdir()).name
+    assert run["info"]["experiment_id"] == experiment_id and run["info"]["run_name"] == model_name
+    assert run["info"]["status"] == "FINISHED" and run_id in train["status_message"]
+    assert {m["key"] for m in run["data"]["metrics"]} >= {"val_accuracy", "test_accuracy"}
+    listed = mlflow_api(mlflow_server, "artifacts/list", run_id=run_id).get("files", [])
+    onnx = mlflow_api(mlflow_server, "artifacts/list", run_id=run_id, path="onnx").get("files", [])
+    assert "model.keras" in {a["path"] for a in listed} and "onnx/model.onnx" in {a["path"] for a in onnx}
+
+
+@pytest.mark.mlflow
+def test_the_registry_on_an_mlflow_server(fresh_chain):
+    project, mlflow_server, name = fresh_chain.project, fresh_chain.mlflow, fresh_chain.model_name
+    registered = mlflow_api(mlflow_server, "registered-models/get", name=name)["registered_model"]
+    assert {a["alias"]: a["version"] for a in registered.get("aliases", [])} == {"champion": "1"}
+    rows = sqlite_rows(project)
+    assert {r["model_version"] for r in rows} == {f"{name}/1"} and len(rows) == 20
+    tags = {t["key"]: t["value"] for t in mlflow_api(mlflow_server, "model-versions/get", name=name,
+                                                     version="1")["model_version"]["tags"]}
+    cached = project.data / "mlflow" / "models-cache" / name / "1" / "model.onnx"
+    assert hashlib.sha256(cached.read_bytes()).hexdigest() == tags["sha256"]
+
+    proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", "--model-uri",
+                         "models:/nope@champion", check=False, extra_env=NO_TELEMETRY)
+    assert proc.returncode == 30 and "Traceback" not in proc.stderr
+    assert "vectorai error: model models:/nope@champion: " in proc.stderr
+    assert "s3cret" not in proc.stdout + proc.stderr
+
+
+def sqlite_rows(project: Project) -> list[sqlite3.Row]:
+    """The prediction rows of a project that stores them in its SQLite file."""
+    with sqlite3.connect(project.data / "predictions.sqlite") as conn:
+        conn.row_factory = sqlite3.Row
+        return conn.execute("SELECT * FROM prediction ORDER BY message_id").fetchall()
+
+
+def test_history_in_postgresql_holds_the_chain_and_survives_a_restart(fresh_chain):
+    server, project = fresh_chain.server, fresh_chain.project
     records = history(server.history_db)
     assert set(records) == CHAIN
     for family, [record] in records.items():
@@ -191,7 +302,7 @@ def test_history_in_postgresql_holds_the_chain_and_survives_a_restart(tmp_path, 
 
     # The restarted luigid goes on recording into the same tables.
     project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", "--run-at", "after-restart",
-                  *server.worker_args(), local=False)
+                  *server.worker_args(), local=False, extra_env=NO_TELEMETRY)
     predictions = history(server.history_db)["PredictTask"]
     assert [r["params"]["run_at"] for r in predictions] == ["adhoc", "after-restart"]
     assert predictions[1]["events"] == ["PENDING", "RUNNING", "DONE"]

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import Project, new_project, unique_name
+from tests.conftest import Project, new_project
 from tests.fixtures_mlflow import mlflow_api
 
 pytestmark = pytest.mark.slow
@@ -238,29 +238,6 @@ def test_a_uri_that_does_not_resolve_fails_before_consuming(two_models, tmp_path
     assert not (project.data / "predictions.sqlite").exists() or not rows(project)
     project.luigi("PredictTask", "--require-stream", "false", "--run-at", "good")
     assert len(rows(project)) == 20
-
-
-def test_the_registry_on_an_mlflow_server(tmp_path, mlflow_server):
-    project = new_project(tmp_path / "fresh")
-    host = mlflow_server.removeprefix("http://")
-    project.set("mlflow", tracking_uri=f"http://alice:s3cret-pw@{host}")
-    name = unique_name("vectorai-mnist")  # the session's server is shared: a name of this test's own
-    project.set("registry", model_name=name)
-    project.luigi("PredictTask", "--epochs", "1", "--stream-size", "20", extra_env=NO_TELEMETRY)
-
-    registered = mlflow_api(mlflow_server, "registered-models/get", name=name)["registered_model"]
-    assert {a["alias"]: a["version"] for a in registered.get("aliases", [])} == {"champion": "1"}
-    assert {r["model_version"] for r in rows(project)} == {f"{name}/1"} and len(rows(project)) == 20
-    tags = {t["key"]: t["value"] for t in mlflow_api(mlflow_server, "model-versions/get", name=name,
-                                                     version="1")["model_version"]["tags"]}
-    cached = project.data / "mlflow" / "models-cache" / name / "1" / "model.onnx"
-    assert hashlib.sha256(cached.read_bytes()).hexdigest() == tags["sha256"]
-
-    proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", "--model-uri",
-                         "models:/nope@champion", check=False, extra_env=NO_TELEMETRY)
-    assert proc.returncode == 30 and "Traceback" not in proc.stderr
-    assert "vectorai error: model models:/nope@champion: " in proc.stderr
-    assert "s3cret" not in proc.stdout + proc.stderr
 
 
 def test_a_pinned_model_never_trains_exports_or_moves_the_champion(two_models, tmp_path):

@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from tests.integration.test_luigid import api, luigid  # noqa: F401 - luigid is a fixture
+from tests.fixtures_luigid import api
 from vectorai.db import connect
 from vectorai.errors import ConfigError, DatabaseError
 from vectorai.redact import mask_url
