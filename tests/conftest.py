@@ -10,7 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterator
 
 import pytest
 
@@ -152,25 +152,41 @@ def _point_store_at_copy(db: Path, base: Path, root: Path) -> None:
     conn.close()
 
 
-@pytest.fixture(scope="session")
-def trained_home(tmp_path_factory) -> Path:
-    """One project with the default mnist-sample model trained and exported, shared (by copy)
-    across the integration tests so the 2-core CI trains once. Under pytest-xdist the workers
-    share it too: the first to need it trains it in their common temp dir, the others wait."""
+def shared_home(tmp_path_factory, name: str, build: Callable[[Path], object]) -> Path:
+    """A project ``build(root)`` makes once per run, which tests copy (``new_project(base=...)``)
+    and never change. Under pytest-xdist it is made once for all workers too: the first to need
+    it builds it in their common temp dir while the others wait."""
     from filelock import FileLock
 
     if "PYTEST_XDIST_WORKER" not in os.environ:
-        project = new_project(tmp_path_factory.mktemp("trained"))
-        project.luigi("ExportOnnx")
-        return project.root
+        root = tmp_path_factory.mktemp(name) / "home"
+        build(root)
+        return root
     shared = tmp_path_factory.getbasetemp().parent  # the same for every worker of this run
-    root, done = shared / "trained", shared / "trained.done"
-    with FileLock(str(shared / "trained.lock")):
+    root, done = shared / name / "home", shared / f"{name}.done"
+    with FileLock(str(shared / f"{name}.lock")):
         if not done.exists():
-            shutil.rmtree(root, ignore_errors=True)  # a worker that failed part way
-            new_project(root).luigi("ExportOnnx")
+            shutil.rmtree(root.parent, ignore_errors=True)  # a worker that failed part way
+            build(root)
             done.touch()
     return root
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory) -> Path:
+    """One project with the default mnist-sample model trained and exported, shared (by copy)
+    across the integration tests so the 2-core CI trains once."""
+    return shared_home(tmp_path_factory, "trained", lambda root: new_project(root).luigi("ExportOnnx"))
+
+
+@pytest.fixture(scope="session")
+def two_versions(tmp_path_factory, trained_home) -> Path:
+    """The shared model as registered version 1 and a second as version 2, exported and
+    registered, neither promoted: seed 7 and 1 epoch, so it is both another seed's model (the
+    fair-promotion tests) and a worse one (the registry tests). The test split is chosen by each
+    image's content, the same for both seeds."""
+    return shared_home(tmp_path_factory, "two-versions", lambda root: new_project(root, base=trained_home).luigi(
+        "ExportOnnx", "--seed", "7", "--epochs", "1"))
 
 
 @pytest.fixture

@@ -67,12 +67,11 @@ def decision_of(project: Project, version: str) -> dict:
 
 
 @pytest.fixture(scope="module")
-def two_seeds(trained_home, tmp_path_factory) -> Path:
-    """The default model (seed 42) and a 1-epoch seed-7 one, exported and registered, neither promoted."""
-    project = new_project(tmp_path_factory.mktemp("two-seeds"), base=trained_home)
-    project.luigi("ExportOnnx", *SEED_ARGS[7])
-    assert sorted(versions_by_seed(project)) == [7, 42]
-    return project.root
+def two_seeds(two_versions) -> Path:
+    """The default model (seed 42) and a 1-epoch seed-7 one (SEED_ARGS[7]), exported and
+    registered, neither promoted."""
+    assert sorted(versions_by_seed(Project(two_versions))) == [7, 42]
+    return two_versions
 
 
 def neither_saw(project: Project, tmp_path: Path, candidate: int, extra: int = 0) -> tuple[Path, int]:

@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow
 
 NAME = "vectorai-mnist-sample"
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
+#: The task parameters of version 2 (``two_versions``): another seed, one epoch.
+SECOND = ("--seed", "7", "--epochs", "1")
 
 
 def client(project: Project):
@@ -65,15 +67,13 @@ def sample_file(project: Project, tmp_path: Path, stem: str, count: int = 50) ->
 
 
 @pytest.fixture(scope="module")
-def two_models(trained_home, tmp_path_factory) -> Path:
-    """The shared model (version 1, TEST_EPOCHS epochs) and a 1-epoch one (version 2), both exported and
-    registered, neither promoted yet."""
-    project = new_project(tmp_path_factory.mktemp("two-models"), base=trained_home)
-    project.luigi("ExportOnnx", "--epochs", "1")
-    versions = exported(project)
+def two_models(two_versions) -> Path:
+    """The shared model (version 1, TEST_EPOCHS epochs) and a 1-epoch one (version 2, another
+    seed), both exported and registered, neither promoted yet."""
+    versions = exported(Project(two_versions))
     assert sorted(versions) == ["1", "2"]
     assert json.loads((versions["1"]["dir"] / "keras" / "metrics.json").read_text())["config"]["epochs"] > 1
-    return project.root
+    return two_versions
 
 
 def test_every_export_is_a_registered_onnx_model_with_its_figures(two_models):
@@ -106,14 +106,14 @@ def test_the_better_model_ends_as_champion_in_either_order(two_models, tmp_path,
     project = new_project(tmp_path / "home", base=two_models)
     if better_first:
         project.luigi("PromoteModel")
-        project.luigi("PromoteModel", "--epochs", "1")
+        project.luigi("PromoteModel", *SECOND)
         assert aliases(project) == {"champion": "1"}
         refused = decision(project, "2")
         assert not refused["promote"] and refused["outcome"] == "refused" and "below" in refused["reason"]
         assert refused["champion"]["version"] == "1" and refused["aliases"] == {"champion": "1", "previous": None}
         assert client(project).get_model_version(NAME, "2").tags["promotion"].startswith("refused: ")
     else:
-        project.luigi("PromoteModel", "--epochs", "1")
+        project.luigi("PromoteModel", *SECOND)
         assert aliases(project) == {"champion": "2"}
         assert decision(project, "2")["reason"] == "there was no champion yet"
         project.luigi("PromoteModel")
@@ -139,7 +139,7 @@ def test_the_better_model_ends_as_champion_in_either_order(two_models, tmp_path,
 def test_a_fixed_eval_file_and_min_improvement(two_models, tmp_path):
     project = new_project(tmp_path / "home", base=two_models)
     eval_file = sample_file(project, tmp_path, "holdout", count=200)
-    project.luigi("PromoteModel", "--epochs", "1", "--eval-file", str(eval_file))
+    project.luigi("PromoteModel", *SECOND, "--eval-file", str(eval_file))
     # Better, but not by a whole 100 points: refused, and a refusal is a success.
     project.luigi("PromoteModel", "--eval-file", str(eval_file), "--min-improvement", "1.0")
     assert aliases(project) == {"champion": "2"}
