@@ -9,7 +9,6 @@ import json
 import os
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 from dataclasses import dataclass
@@ -18,7 +17,7 @@ from typing import Iterator
 
 import pytest
 
-from services.common import free_port, port_open
+from services.common import ServiceError, free_port, port_open, wait_until
 
 NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "true"}
 
@@ -46,12 +45,14 @@ def running_mlflow_server(folder: Path) -> Iterator[str]:
              "--artifacts-destination", str(folder / "mlflow-artifacts")],
             stdout=log, stderr=subprocess.STDOUT, cwd=folder, env=env)
     try:
-        deadline = time.monotonic() + 180
-        while not _healthy(port):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                # Never a skip: mlflow is installed with the project, so this is a real failure.
-                pytest.fail(f"mlflow server did not start: {log_path.read_text()[-3000:]}")
-            time.sleep(0.5)
+        try:
+            # It migrates its database first: 40 s on a busy 2-core machine. An exited server ends the wait.
+            wait_until(lambda: proc.poll() is not None or _healthy(port), 180, "mlflow server", log_path)
+        except ServiceError as err:
+            pytest.fail(str(err))
+        if proc.poll() is not None:
+            # Never a skip: mlflow is installed with the project, so this is a real failure.
+            pytest.fail(f"mlflow server exited: {log_path.read_text()[-3000:]}")
         yield f"http://127.0.0.1:{port}"
     finally:
         proc.terminate()
