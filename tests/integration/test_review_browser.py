@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 
 import pytest
+from playwright.sync_api import expect
 
 from tests.fixtures_browser import serve_in_thread
 from tests.review_rows import SCRIPT_ID, fill
@@ -73,9 +74,9 @@ def test_a_correction_made_with_the_keyboard_is_stored(page, site, database):
     assert first.evaluate("e => e === document.activeElement")  # selected on load
     with page.expect_response(lambda r: r.url.endswith("/review") and r.status == 200):
         page.keyboard.press("2")
-    assert "reviewed 2 class2" in first.inner_text()
-    second = page.locator(".card").nth(1)
-    assert second.evaluate("e => e === document.activeElement")  # the next image is selected
+    # The page updates the card after the response arrives: wait for what a person would see.
+    expect(first).to_contain_text("reviewed 2 class2")
+    expect(page.locator(".card").nth(1)).to_be_focused()  # the next image is selected
 
     stored = [(r.message_id, r.label, r.reviewer) for r in db.Review.select()]
     assert stored == [(message_id, 2, "browser-test")]

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from playwright.sync_api import expect
 
 from vectorai.split import load_images
 
@@ -79,6 +80,8 @@ def test_corrections_in_the_page_retrain_and_the_next_run_uses_them(project, pag
             card.focus()
             with page.expect_response(lambda r: r.url.endswith("/review") and r.status == 200):
                 page.keyboard.press(str(truth[key]))
+            if i + 1 < cards.count():  # the page moves on after the response: let it, before focusing another
+                expect(cards.nth(i + 1)).to_be_focused()
         page.screenshot(path=str(page.screenshots / "reviewed.png"))
         page.goto(f"{base}/predictions?unreviewed=1&limit=300")
         assert page.locator(".card").count() == HELD_APART
