@@ -1,10 +1,10 @@
 """Fetch public datasets into ``data/external/NAME``: resumable, checksum-verified, atomic.
 
 A file appears under its final name only after its SHA-256 matched; a ``<file>.sha256`` sidecar
-then records the verified digest. Each process downloads into a temporary file of its own and
-renames it into place, so two runs at once each verify what they wrote and never write into the
-other's file (the CIFAR-10 loader opens its pickles only when that sidecar
-matches the archive). ``vectorai-download NAME`` is the command-line entry point.
+then records the verified digest (the CIFAR-10 loader opens its pickles only when that sidecar
+matches the archive). Each process downloads into a temporary file of its own beside the target
+and renames it into place, so two runs at once each verify what they wrote and neither writes
+into the other's file. ``vectorai-download NAME`` is the command-line entry point.
 """
 
 from __future__ import annotations
