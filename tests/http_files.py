@@ -9,6 +9,7 @@ import io
 import pickle
 import tarfile
 import threading
+import time
 from typing import Iterator
 
 import numpy as np
@@ -17,12 +18,18 @@ import pytest
 from vectorai.download import RemoteFile
 
 
+#: What a "slow" server sends at a time.
+SLOW_PIECE = 8192
+
+
 class FileServer:
     """Serves ``files`` by path; ``mode`` picks a misbehaviour per test."""
 
     def __init__(self) -> None:
         self.files: dict[str, bytes] = {}
-        self.mode = "normal"  # "normal" | "ignore-range" | "truncate"
+        self.mode = "normal"  # "normal" | "ignore-range" | "truncate" | "slow"
+        #: In "slow" mode, the body goes out in pieces of SLOW_PIECE bytes this far apart.
+        self.slow_interval_s = 0.1
         self.range_headers: list[str | None] = []
         outer = self
 
@@ -55,6 +62,12 @@ class FileServer:
                     self.wfile.write(body[start:start + (len(body) - start) // 2])
                     self.wfile.flush()
                     self.close_connection = True
+                    return
+                if outer.mode == "slow":
+                    for piece in range(start, len(body), SLOW_PIECE):
+                        self.wfile.write(body[piece:piece + SLOW_PIECE])
+                        self.wfile.flush()
+                        time.sleep(outer.slow_interval_s)
                     return
                 self.wfile.write(body[start:])
 

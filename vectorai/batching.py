@@ -8,9 +8,10 @@ message starts the following batch. A message larger than the budget on its own 
 of one, so nothing is ever refused for being large (the decoder's own limit does that).
 
 What a transport reads at once is bounded too: the local queue reads no further than the
-budget (``Transport.max_read_bytes``), Kafka's fetches are bounded in bytes by the consumer,
-and after its first delivery each transport is asked for only as many messages as would fit
-the budget at the largest payload of its last delivery.
+budget (``Transport.max_read_bytes``), nor does a Pub/Sub pull at the largest payload pulled so
+far, Kafka's fetches are bounded in bytes by the consumer, and after its first delivery each
+transport is asked for only as many messages as would fit the budget at the largest payload of
+its last delivery.
 """
 
 from __future__ import annotations

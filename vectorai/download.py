@@ -2,7 +2,9 @@
 
 A file appears under its final name only after its SHA-256 matched; a ``<file>.sha256`` sidecar
 then records the verified digest (the CIFAR-10 loader opens its pickles only when that sidecar
-matches the archive). ``vectorai-download NAME`` is the command-line entry point.
+matches the archive). Each process downloads into a temporary file of its own beside the target
+and renames it into place, so two runs at once each verify what they wrote and neither writes
+into the other's file. ``vectorai-download NAME`` is the command-line entry point.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import http.client
 import logging
 import os
 import re
+import secrets
 import socket
 import sys
 import urllib.error
@@ -89,7 +92,7 @@ def sidecar_path(path: Path) -> Path:
 def write_checksum_sidecar(path: Path, digest: str) -> None:
     """Record a verified digest in ``sha256sum`` format, atomically."""
     sidecar = sidecar_path(path)
-    tmp = sidecar.with_name(sidecar.name + ".tmp")
+    tmp = _own_name(sidecar)  # another run may be writing the same sidecar at this moment
     tmp.write_text(f"{digest}  {path.name}\n", encoding="ascii")
     os.replace(tmp, sidecar)
 
@@ -148,22 +151,57 @@ def fetch_file(remote: RemoteFile, dest: Path, *, progress: bool = True,
         log.warning("%s: SHA-256 %s is not the expected %s; downloading again",
                     target, actual, expected)
     part = target.with_name(target.name + ".part")
-    _download_to_part(remote.url, part, progress=progress, timeout_s=timeout_s)
-    actual = sha256_of(part)
+    own = _claim_part(part)
+    try:
+        _download_to_part(remote.url, own, kept_as=part, progress=progress, timeout_s=timeout_s)
+        # Checked on the file that becomes the target: no other process holds it, so the bytes
+        # hashed are the bytes renamed into place.
+        actual = sha256_of(own)
+    except BaseException:
+        _give_back(own, part)
+        raise
     if actual != expected:
-        part.unlink()
+        own.unlink()
         raise DownloadError(remote.url, f"SHA-256 mismatch: expected {expected}, got {actual}; "
                                         "the download was removed")
-    os.replace(part, target)
+    os.replace(own, target)
     write_checksum_sidecar(target, actual)
     return target
+
+
+def _own_name(path: Path) -> Path:
+    """A name beside ``path`` that no other process (or thread) will pick."""
+    return path.with_name(f"{path.name}.{os.getpid()}-{secrets.token_hex(4)}")
+
+
+def _claim_part(part: Path) -> Path:
+    """A temporary file of this process's own, holding what ``part`` (an interrupted download)
+    held, if anything: of several processes renaming it at once, exactly one gets it."""
+    own = _own_name(part)
+    try:
+        os.rename(part, own)
+    except FileNotFoundError:
+        pass  # nothing to resume, or another process took it: start from the beginning
+    return own
+
+
+def _give_back(own: Path, part: Path) -> None:
+    """Keep what ``own`` holds as ``part`` for the next run to resume, or remove it when empty."""
+    try:
+        if own.stat().st_size:
+            os.replace(own, part)
+        else:
+            own.unlink()
+    except FileNotFoundError:
+        pass
 
 
 _CONTENT_RANGE = re.compile(r"bytes (\d+)-(\d+)/(\d+|\*)")
 
 
-def _download_to_part(url: str, part: Path, *, progress: bool, timeout_s: float) -> None:
-    """Fill ``part`` with the whole body at ``url``, continuing what is already there."""
+def _download_to_part(url: str, part: Path, *, kept_as: Path, progress: bool, timeout_s: float) -> None:
+    """Fill ``part`` with the whole body at ``url``, continuing what is already there; what it
+    holds when this fails is kept as ``kept_as``."""
     offset = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "vectorai-download"})
     if offset:
@@ -197,20 +235,20 @@ def _download_to_part(url: str, part: Path, *, progress: bool, timeout_s: float)
                 log.info("%s: server does not resume; restarting", url)
             offset, mode = 0, "wb"
         total = offset + remaining if remaining is not None else None
-        received = _copy_body(url, response, part, mode, offset, total, progress)
+        received = _copy_body(url, response, part, kept_as, mode, offset, total, progress)
     if remaining is not None and received < remaining:
         raise DownloadError(url, f"connection closed after {offset + received} of {total} bytes; "
-                                 f"the partial download is kept in {part} and will be resumed")
+                                 f"the partial download is kept in {kept_as} and will be resumed")
 
 
-def _copy_body(url: str, response: http.client.HTTPResponse, part: Path, mode: str,
+def _copy_body(url: str, response: http.client.HTTPResponse, part: Path, kept_as: Path, mode: str,
                offset: int, total: int | None, progress: bool) -> int:
     """Stream the body to ``part``; return how many bytes arrived (may be short)."""
     from tqdm import tqdm
 
     received = 0
     with part.open(mode) as out, tqdm(total=total, initial=offset, unit="B", unit_scale=True,
-                                      desc=part.name[: -len(".part")], disable=not progress,
+                                      desc=kept_as.name[: -len(".part")], disable=not progress,
                                       leave=False) as bar:
         while True:
             try:
@@ -222,7 +260,7 @@ def _copy_body(url: str, response: http.client.HTTPResponse, part: Path, mode: s
             except (OSError, socket.timeout, http.client.HTTPException) as err:
                 out.flush()
                 raise DownloadError(url, f"connection failed after {offset + received} bytes "
-                                         f"({err}); the partial download is kept in {part} "
+                                         f"({err}); the partial download is kept in {kept_as} "
                                          "and will be resumed") from err
             if not chunk:
                 break

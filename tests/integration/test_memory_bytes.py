@@ -33,12 +33,14 @@ PARTITIONS = 4
 PEAK_RSS_LIMIT_MIB = 600
 
 
-def noise_png(rng: np.random.Generator) -> bytes:
-    """A valid greyscale PNG of noise, SIDE x SIDE, its rows unfiltered and stored uncompressed:
-    made in a few milliseconds, where encode_png's filter choice and zlib took half a second."""
-    scanlines = np.frombuffer(rng.bytes(SIDE * (SIDE + 1)), dtype=np.uint8).reshape(SIDE, SIDE + 1).copy()
+def noise_png(rng: np.random.Generator, side: int = SIDE, channels: int = 1) -> bytes:
+    """A valid PNG of noise, ``side`` x ``side``, grey (1 channel) or RGB (3), its rows unfiltered
+    and stored uncompressed: made in a few milliseconds, where encode_png's filter choice and zlib
+    took half a second."""
+    row = side * channels + 1
+    scanlines = np.frombuffer(rng.bytes(side * row), dtype=np.uint8).reshape(side, row).copy()
     scanlines[:, 0] = 0  # filter type None
-    header = struct.pack(">IIBBBBB", SIDE, SIDE, 8, 0, 0, 0, 0)
+    header = struct.pack(">IIBBBBB", side, side, 8, {1: 0, 3: 2}[channels], 0, 0, 0)
     return b"".join((SIGNATURE, encode_chunk(b"IHDR", header),
                      encode_chunk(b"IDAT", zlib.compress(scanlines.tobytes(), 0)), encode_chunk(b"IEND", b"")))
 

@@ -19,6 +19,7 @@ from vectorai.predict import run_predictions
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
 from vectorai.transports.budget import take_within_budget
 from vectorai.transports.local import LocalTransport
+from vectorai.transports.pubsub.subscriber import MAX_MESSAGE_BYTES, pull_size
 
 
 class _ListTransport(Transport):
@@ -104,6 +105,23 @@ def test_the_local_queue_reads_no_further_than_the_budget(sizes, max_messages, b
     assert [m.position for batch in batches for m in batch] == [m.position for m in expected]
     for lot in delivered:  # what the queue read at once, not only what a batch held
         assert len(lot) == 1 or sum(len(m.payload) for m in lot) <= budget
+
+
+@settings(max_examples=300, deadline=None)
+@given(sizes=st.lists(st.integers(0, MAX_MESSAGE_BYTES), min_size=1, max_size=60),
+       max_messages=st.integers(1, 256), budget=st.integers(1, 3 * MAX_MESSAGE_BYTES))
+def test_a_pubsub_pull_passes_the_budget_only_with_a_message_larger_than_any_before(sizes, max_messages, budget):
+    """Pub/Sub cannot bound a pull in bytes, so the subscriber sizes each pull by the largest
+    payload so far (Pub/Sub's 10 MB limit before the first): a pull of several messages passes
+    the budget only when one of them is larger than every message pulled before."""
+    largest, start = 0, 0
+    while start < len(sizes):
+        asked = pull_size(max_messages, budget, largest)
+        assert 1 <= asked <= max_messages
+        pulled = sizes[start:start + asked]
+        if len(pulled) > 1 and sum(pulled) > budget:
+            assert largest and max(pulled) > largest
+        largest, start = max(largest, 1, *pulled), start + len(pulled)
 
 
 @pytest.fixture

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from vectorai.datasets import load_dataset
-from tests.http_files import FileServer, cifar_archive_bytes
+from tests.http_files import SLOW_PIECE, FileServer, cifar_archive_bytes
 from vectorai.download import RemoteFile, download_dataset, main, read_checksum_sidecar
 from vectorai.errors import ConfigError, DownloadError
 
@@ -118,3 +122,31 @@ def test_main_prints_one_line_and_returns_1(capsys: pytest.CaptureFixture[str],
     assert main(["mnist", "--dest", str(tmp_path), "--quiet"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot connect" in err[0]
+
+
+# The command-line entry point as `vectorai-download` runs it, with the registry's dataset "toy"
+# pointing at the loopback server (the real registry's files have checksums no test file has).
+_CLI = ("import sys, vectorai.download as d; d.DATASETS['toy'] = (d.RemoteFile(*sys.argv[1:4]),); "
+        "sys.exit(d.main(['toy', '--dest', sys.argv[4], '--quiet', '--timeout', '20']))")
+
+
+def test_two_downloads_at_once_both_succeed_with_the_right_file(server: FileServer, tmp_path: Path) -> None:
+    body = np.random.default_rng(2).bytes(40 * SLOW_PIECE)  # 4 s from the slow server
+    remote = server.add("a.bin", body)
+    server.mode = "slow"
+    folder = tmp_path / "toy"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    command = [sys.executable, "-c", _CLI, *remote, str(tmp_path)]
+    first = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # The second starts once the first is writing, so that it finds a download under way.
+    deadline = time.monotonic() + 20
+    while not (folder.is_dir() and any(p.stat().st_size for p in folder.iterdir())):
+        assert time.monotonic() < deadline and first.poll() is None, first.communicate()
+        time.sleep(0.02)
+    second = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    outputs = [process.communicate(timeout=60) for process in (first, second)]
+
+    assert hashlib.sha256((folder / "a.bin").read_bytes()).hexdigest() == remote.sha256, outputs
+    assert [first.returncode, second.returncode] == [0, 0], outputs
+    assert read_checksum_sidecar(folder / "a.bin") == remote.sha256
+    assert sorted(p.name for p in folder.iterdir()) == ["a.bin", "a.bin.sha256"]  # no temporary file left

@@ -87,12 +87,16 @@ class PubSubConnection:
         from google.pubsub_v1.services.publisher.transports import PublisherGrpcTransport
         from google.pubsub_v1.services.subscriber.transports import SubscriberGrpcTransport
 
+        # No size limit on what a channel receives, as on the clients' own channels to the
+        # service: gRPC's default of 4 MiB failed every pull that held a larger image, and left
+        # what it had taken off the subscription stranded until its ack deadline.
+        unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
         publisher = pubsub_v1.PublisherClient(
             batch_settings=batching,
-            transport=PublisherGrpcTransport(channel=grpc.insecure_channel(self.emulator_host)),
+            transport=PublisherGrpcTransport(channel=grpc.insecure_channel(self.emulator_host, options=unlimited)),
         )
         subscriber = pubsub_v1.SubscriberClient(
-            transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(self.emulator_host)),
+            transport=SubscriberGrpcTransport(channel=grpc.insecure_channel(self.emulator_host, options=unlimited)),
         )
         return publisher, subscriber
 

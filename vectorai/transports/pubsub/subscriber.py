@@ -17,6 +17,10 @@ from vectorai.transports.base import ReceivedMessage
 from vectorai.transports.pubsub.connection import SOURCE, PubSubConnection
 from vectorai.transports.pubsub.leases import LeaseKeeper
 
+#: The largest message Pub/Sub accepts (data and attributes, 10 MB): what a pull must assume of
+#: messages it has not seen yet, as the service has no way to bound a pull in bytes.
+MAX_MESSAGE_BYTES = 10_000_000
+
 #: Acknowledge / modify-deadline requests carry at most this many ack ids (the request size limit
 #: is 512 KiB; Google's own streaming client uses the same batch size).
 ACK_CHUNK = 1000
@@ -34,11 +38,17 @@ class PubSubSubscriber:
         self.lease_deadline_s = lease_deadline_s
         self.max_lease_s = max_lease_s
         self._leases: LeaseKeeper | None = None  # started with the first lease
+        #: The largest payload pulled so far, at least 1 once anything was (0: nothing yet): it
+        #: sizes the pulls that follow.
+        self.largest_payload = 0
 
-    def consume_batch(self, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
-        """Up to ``max_messages``, waiting at most ``timeout_ms`` for the first; [] when none."""
+    def consume_batch(self, max_messages: int, timeout_ms: int,
+                      max_bytes: int | None = None) -> list[ReceivedMessage]:
+        """Up to ``max_messages``, waiting at most ``timeout_ms`` for the first; [] when none.
+        With ``max_bytes``, asks for no more than would fit it (``pull_size``)."""
         if max_messages <= 0:
             return []
+        max_messages = pull_size(max_messages, max_bytes, self.largest_payload)
         deadline = time.monotonic() + max(timeout_ms, 0) / 1000.0
         last_error: Exception | None = None
         # With no time to wait, ask for only what is there now. A pull that the client abandons
@@ -60,6 +70,7 @@ class PubSubSubscriber:
                 if received:
                     messages = [_received(m) for m in received]
                     self._lease(messages)
+                    self.largest_payload = max(self.largest_payload, 1, *(len(m.payload) for m in messages))
                     return messages
             except gexc.DeadlineExceeded:
                 last_error = None  # a long pull with nothing to deliver ends this way
@@ -134,6 +145,19 @@ class PubSubSubscriber:
         client, self.client = self.client, None
         if client is not None:
             client.close()
+
+
+def pull_size(max_messages: int, max_bytes: int | None, largest_payload: int) -> int:
+    """How many messages one pull asks for: at most ``max_messages``, and with ``max_bytes`` no
+    more than fit it at the largest payload pulled so far, or before any at ``MAX_MESSAGE_BYTES``
+    (at least one). A pull's messages all arrive in one response that the process holds at
+    once, so asking for 256 when each may be 9 MB would be 2.3 GB however batches are cut later.
+    The largest so far never shrinks, so after one large message the pulls stay small: only a
+    message larger than every one pulled before can take a pull past the budget."""
+    if max_bytes is None:
+        return max_messages
+    per_message = largest_payload or MAX_MESSAGE_BYTES
+    return max(1, min(max_messages, max_bytes // per_message))
 
 
 def _received(received) -> ReceivedMessage:

@@ -72,7 +72,7 @@ class PubSubTransport(Transport):
         self.publisher.flush(timeout_s)
 
     def consume_batch(self, max_messages: int, timeout_ms: int) -> list[ReceivedMessage]:
-        return self.subscriber.consume_batch(max_messages, timeout_ms)
+        return self.subscriber.consume_batch(max_messages, timeout_ms, self.max_read_bytes)
 
     def acknowledge(self, messages: Sequence[ReceivedMessage]) -> None:
         self.subscriber.acknowledge(messages)
