@@ -33,8 +33,8 @@ def printable(text: str, keep_newlines: bool = False) -> str:
 
 
 class _Shown:
-    """An argument of a log call that is not a string or a number, shown escaped when the
-    message is formatted (``%s`` and ``%r`` alike)."""
+    """An argument of a log call that is not a number, shown escaped when the message is
+    formatted (``%s`` and ``%r`` alike: a string's repr escapes once, not twice)."""
 
     __slots__ = ("value",)
 
@@ -49,8 +49,6 @@ class _Shown:
 
 
 def _shown(arg: object) -> object:
-    if isinstance(arg, str):
-        return printable(arg)
     if arg is None or isinstance(arg, numbers.Number):
         return arg  # %d, %.3f and friends need the number itself; a number has no control character
     return _Shown(arg)
