@@ -84,6 +84,15 @@ def test_no_image_path_gives_a_server_error(site, route, value, query):
     _no_server_error(PageClient(site), "GET", route.format(value) + (f"?{query}" if query else ""))
 
 
+@_fuzz
+@given(host=st.text(st.characters(min_codepoint=0x21, max_codepoint=0xFF), max_size=40))
+@example(host="[::1")
+@example(host="attacker.example:8090")
+def test_no_host_header_gives_a_server_error(site, host):
+    answer = PageClient(site).get("/predictions", host=host)
+    assert answer.status in (200, 400), f"Host {host!r} -> {answer.status}: {answer.body[:300]}"
+
+
 @pytest.mark.parametrize("route", ["/review", "/login"])
 @_fuzz
 @given(form=_form)

@@ -241,3 +241,11 @@ def test_the_token_from_a_file_or_the_environment_is_asked_for(database, tmp_pat
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+def test_a_certificate_without_its_key_or_one_that_does_not_load_is_refused(tmp_path):
+    certfile, keyfile = _self_signed(tmp_path)
+    [line] = _serve_fails(["--certfile", str(certfile)], tmp_path)
+    assert line == "vectorai-results: setting serve --certfile/--keyfile: give both, to serve HTTPS"
+    [line] = _serve_fails(["--certfile", str(keyfile), "--keyfile", str(certfile)], tmp_path)
+    assert line.startswith(f"vectorai-results: setting serve --certfile/--keyfile: cannot load {keyfile} with {certfile}")
