@@ -18,6 +18,7 @@ import stat
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Mapping
 
 from vectorai.errors import ConfigError
 from vectorai.review.app import ReviewSettings, create_app
@@ -37,7 +38,7 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def read_token(token_file: Path | None, environ: dict[str, str] | os._Environ = os.environ) -> str | None:
+def read_token(token_file: Path | None, environ: Mapping[str, str] = os.environ) -> str | None:
     """The token from ``token_file`` (when given) or ``$VECTORAI_REVIEW_TOKEN``. A file that
     its group or others may read or write is refused, as ssh refuses such a private key."""
     if token_file is None:
