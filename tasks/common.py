@@ -92,11 +92,13 @@ def configured_secrets() -> list[str]:
     return secrets + ([sasl] if sasl else [])
 
 
-def scrub(text: str) -> str:
-    """``text`` for a log or the scheduler, with configured secrets and URL passwords masked."""
+def scrub(text: str, keep_newlines: bool = False) -> str:
+    """``text`` for a log or the scheduler, with configured secrets and URL passwords masked and
+    control characters escaped (a message's id may hold them); ``keep_newlines`` for a traceback."""
+    from vectorai.printable import printable
     from vectorai.redact import mask_text
 
-    return mask_text(text, configured_secrets())
+    return printable(mask_text(text, configured_secrets()), keep_newlines)
 
 
 class _OneLineVectoraiErrors:
@@ -117,13 +119,16 @@ class _OneLineVectoraiErrors:
             record.exc_text = None
         elif exc is not None:
             # The formatter prints exc_text as it is when set.
-            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info))
+            record.exc_text = scrub(logging.Formatter().formatException(record.exc_info), keep_newlines=True)
         return True
 
 
 def install_error_reporting() -> None:
     import logging
 
+    from vectorai.printable import escape_log_records
+
+    escape_log_records()
     logger = logging.getLogger("luigi-interface")
     if not any(isinstance(f, _OneLineVectoraiErrors) for f in logger.filters):
         logger.addFilter(_OneLineVectoraiErrors())
@@ -137,4 +142,4 @@ class VectoraiTaskMixin:
 
         if isinstance(exception, VectoraiError):
             return scrub(f"{type(exception).__name__}: {exception}")
-        return scrub(super().on_failure(exception))  # type: ignore[misc]
+        return scrub(super().on_failure(exception), keep_newlines=True)  # type: ignore[misc]

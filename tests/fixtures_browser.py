@@ -60,17 +60,16 @@ def page(browser, tmp_path):
     assert not errors, f"script errors on the page: {errors}"
 
 
-def serve_in_thread(database, settings) -> Iterator[str]:
-    """Serve the page for ``database`` on a free loopback port; yields its base URL."""
-    from werkzeug.serving import make_server
+def serve_in_thread(database, settings, host: str = "127.0.0.1", **tls) -> Iterator[str]:
+    """Serve the page for ``database`` with the real server (``vectorai.review.server``) on a free
+    port of ``host``, in a thread; yields its base URL. ``tls``: ``certfile=`` and ``keyfile=``."""
+    from vectorai.review.server import ReviewServer
 
-    from vectorai.review.app import create_app
-
-    server = make_server("127.0.0.1", 0, create_app(database, settings), threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    server = ReviewServer(database, settings, host, 0, **tls)
+    thread = threading.Thread(target=server.serve, daemon=True)
     thread.start()
     try:
-        yield f"http://127.0.0.1:{server.server_port}"
+        yield server.url
     finally:
-        server.shutdown()
+        server.stop()
         thread.join(10)

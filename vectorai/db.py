@@ -132,7 +132,10 @@ def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
     elif url.startswith("sqlite:///"):
         path = Path(url[len("sqlite:///"):])
         if str(path) not in ("", ":memory:"):
-            path.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as err:
+                raise DatabaseError(safe, f"cannot create its folder: {err.strerror}") from None
         # WAL lets the report command read while a run writes. FULL syncs the WAL at every
         # commit: a batch is acknowledged to its source right after, so its rows must survive a
         # power failure too (NORMAL only survives a crash of the process).

@@ -84,3 +84,33 @@ def test_the_same_url_from_database_url_is_used(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "tasks.cli", "--limit", "1"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO), "DATABASE_URL": url})
     assert proc.returncode == 0 and proc.stdout.startswith(f"database: {url}"), proc.stderr
+
+
+HOSTILE_ID = "msg\x1b]0;owned\x07\x1b[2J\r\u202e"
+
+
+def test_the_listing_shows_control_characters_in_ids_as_text(tmp_path):
+    url = db.sqlite_url(tmp_path / "results.sqlite")
+    database = db.connect(url)
+    now = dt.datetime(2026, 11, 30, 10, 0, 0)
+    row = {"source": "local", "message_id": HOSTILE_ID, "position": "t@0", "image": b"\x00",
+           "content_type": "image/png", "predicted_class": 1, "predicted_name": "one\x1b[31m",
+           "confidence": 0.9, "true_label": 1, "model_version": "v1", "produced_at": now, "predicted_at": now}
+    assert db.write_results(database, [row], []) == 1
+    database.close()
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "--database-url", url], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr
+    assert not any(ch in proc.stdout for ch in "\x1b\x07\r\u202e")
+    assert "msg\\x1b]0;owned\\x07\\x1b[2J\\x0d\\u202e"[:28] in proc.stdout
+    assert "one=1" not in proc.stdout and "one\\x1b[31m=1" in proc.stdout
+
+
+def test_an_error_line_shows_control_characters_as_text(tmp_path):
+    (tmp_path / "a file \x1b]0;owned\x07").write_text("not a folder")
+    url = db.sqlite_url(tmp_path / "a file \x1b]0;owned\x07" / "results.sqlite")
+    proc = subprocess.run([sys.executable, "-m", "tasks.cli", "--database-url", url], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)})
+    [line] = proc.stderr.splitlines()
+    assert proc.returncode == 1 and line.startswith("vectorai-results: database ")
+    assert "\x1b" not in line and "\x07" not in line and "a file \\x1b]0;owned\\x07" in line

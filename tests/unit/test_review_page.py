@@ -134,12 +134,15 @@ def test_a_token_is_asked_once_and_kept_in_a_cookie(results):
     assert client.get("/predictions").status_code == 200
 
 
-def test_binding_beyond_loopback_needs_a_token():
+def test_binding_beyond_loopback_needs_a_token_and_tls_or_insecure_http():
     check_bind("127.0.0.1", None)
     check_bind("::1", None)
-    with pytest.raises(ConfigError, match="0.0.0.0.*--token.*VECTORAI_REVIEW_TOKEN"):
-        check_bind("0.0.0.0", None)
-    check_bind("0.0.0.0", "tok")
+    with pytest.raises(ConfigError, match="0.0.0.0.*VECTORAI_REVIEW_TOKEN.*--token-file"):
+        check_bind("0.0.0.0", None, tls=True)
+    with pytest.raises(ConfigError, match="0.0.0.0.*--certfile.*--keyfile.*--insecure-http"):
+        check_bind("0.0.0.0", "tok")
+    check_bind("0.0.0.0", "tok", tls=True)
+    check_bind("0.0.0.0", "tok", insecure_http=True)
 
 
 @pytest.mark.parametrize("encoding", ["png", "jpeg", "raw"])
@@ -230,5 +233,5 @@ def test_serve_refuses_to_listen_beyond_loopback_without_a_token(tmp_path):
                           capture_output=True, text=True, timeout=60, env={**env, "PYTHONPATH": str(Path.cwd())})
     assert proc.returncode == 1
     assert proc.stderr.strip().splitlines() == [
-        "vectorai-results: setting serve --host: '0.0.0.0' is reachable from other machines; give --token or set "
-        "VECTORAI_REVIEW_TOKEN so that the page asks for it"]
+        "vectorai-results: setting serve --host: '0.0.0.0' is reachable from other machines; set "
+        "VECTORAI_REVIEW_TOKEN or give --token-file so that the page asks for a token"]

@@ -4,7 +4,8 @@ Server-rendered pages (Jinja2, autoescaped), one small script for the keyboard a
 and a Content-Security-Policy that allows scripts, styles and images from this server only: even
 a string from the stream that escaped escaping could not run. Every POST carries the session's
 CSRF token; with a token configured, every request needs the signed session cookie that
-``/login`` sets once the token was given.
+``/login`` sets once the token was given. A request naming a Host the server was not bound to
+is refused before anything else (DNS rebinding).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from flask import Flask, Response, jsonify, redirect, render_template, request, 
 
 from vectorai.errors import ReviewError
 from vectorai.review import queries
+from vectorai.review.guard import host_allowed
 from vectorai.review.settings import ReviewSettings
 from vectorai.review.views import ReviewViews
 
@@ -28,6 +30,7 @@ def create_app(db: pw.Database, settings: ReviewSettings) -> Flask:
     app = Flask(__name__)
     app.config.update(SECRET_KEY=secrets.token_bytes(32), SESSION_COOKIE_NAME="vectorai_review",
                       SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Strict",
+                      SESSION_COOKIE_SECURE=settings.tls,
                       MAX_CONTENT_LENGTH=64 * 1024)
     _add_request_hooks(app, db, settings)
     ReviewViews(settings, queries.FacetCache(settings.facets_ttl_s)).register(app)
@@ -37,6 +40,14 @@ def create_app(db: pw.Database, settings: ReviewSettings) -> Flask:
 def _add_request_hooks(app: Flask, db: pw.Database, settings: ReviewSettings) -> None:
     """What every request passes through: the connection, the login and CSRF checks, the
     security headers, the values every template gets, and the page a ReviewError becomes."""
+
+    @app.before_request
+    def check_host() -> Response | None:
+        host = request.environ.get("HTTP_HOST")
+        if host_allowed(host, settings.allowed_hosts):
+            return None
+        return Response(f"Host {host[:100]!r} is not a name this server answers to; start it with "
+                        f"--allowed-host NAME to add one\n", status=400, mimetype="text/plain")
 
     @app.before_request
     def open_connection() -> Response | None:
@@ -64,7 +75,8 @@ def _add_request_hooks(app: Flask, db: pw.Database, settings: ReviewSettings) ->
 
     @app.context_processor
     def page_globals() -> dict:
-        return {"csrf_token": session.get("csrf", ""), "reviewer": settings.reviewer}
+        return {"csrf_token": session.get("csrf", ""), "reviewer": settings.reviewer,
+                "insecure_http": settings.insecure_http}
 
     @app.errorhandler(ReviewError)
     def review_error(err: ReviewError) -> Response:

@@ -14,8 +14,9 @@ from urllib.parse import quote
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session
 
-from vectorai.errors import ReviewError
 from vectorai.review import charts, images, queries
+from vectorai.review.guard import LoginThrottle, local_path
+from vectorai.review.params import MAX_CLASS, MAX_ROW_ID, grid_request, int_arg, parse_int, text_value
 from vectorai.review.settings import PAGE_SIZES, ReviewSettings
 
 
@@ -25,6 +26,7 @@ class ReviewViews:
     def __init__(self, settings: ReviewSettings, facets: queries.FacetCache) -> None:
         self.settings = settings
         self.facets = facets
+        self.throttle = LoginThrottle(settings.login_attempts, settings.login_window_s)
 
     def register(self, app: Flask) -> None:
         """Add every route to ``app``; each endpoint is named after its method."""
@@ -33,18 +35,27 @@ class ReviewViews:
         app.add_url_rule("/predictions", view_func=self.predictions)
         app.add_url_rule("/confusion", view_func=self.confusion)
         app.add_url_rule("/dead-letters", view_func=self.dead_letters)
-        app.add_url_rule("/image/prediction/<int:row_id>.png", view_func=self.prediction_image)
-        app.add_url_rule("/image/dead-letter/<int:row_id>.png", view_func=self.dead_letter_image)
+        app.add_url_rule(f"/image/prediction/<int(max={MAX_ROW_ID}):row_id>.png", view_func=self.prediction_image)
+        app.add_url_rule(f"/image/dead-letter/<int(max={MAX_ROW_ID}):row_id>.png", view_func=self.dead_letter_image)
         app.add_url_rule("/review", view_func=self.review, methods=["POST"])
 
     def login(self) -> Response | str:
         settings = self.settings
-        target = _local_path(request.values.get("next", "/"))
+        target = local_path(request.values.get("next", "/"))
         if request.method == "POST":
+            client = request.remote_addr or ""
+            wait_s = self.throttle.retry_after(client)
+            if wait_s > 0:
+                response = Response(render_template("login.html", next=target, wrong=False, wait_s=int(wait_s) + 1),
+                                    status=429)
+                response.headers["Retry-After"] = str(int(wait_s) + 1)
+                return response
             given = request.form.get("token", "")
             if settings.token and hmac.compare_digest(given.encode(), settings.token.encode()):
+                self.throttle.succeeded(client)
                 session["authenticated"] = True
                 return redirect(target)
+            self.throttle.failed(client)
             return Response(render_template("login.html", next=target, wrong=True), status=403)
         return render_template("login.html", next=target, wrong=False)
 
@@ -59,7 +70,7 @@ class ReviewViews:
                                mlflow_link=_mlflow_link, luigid_link=_luigid_link)
 
     def predictions(self) -> str:
-        filters, after, limit = _grid_request()
+        filters, after, limit = grid_request()
         page = queries.prediction_page(filters, after, limit)
         known = self.facets.get()
         return render_template("predictions.html", page=page, filters=filters, facets=known,
@@ -69,15 +80,15 @@ class ReviewViews:
 
     def confusion(self) -> str:
         known = self.facets.get()
-        chosen = request.args.get("version") or (known.versions[-1] if known.versions else None)
+        chosen = text_value(request.args.get("version"), "version") or (known.versions[-1] if known.versions else None)
         matrix = queries.confusion(chosen) if chosen else {}
         labels = sorted({t for t, _ in matrix} | {p for _, p in matrix} | set(known.classes))
         return render_template("confusion.html", versions=known.versions, chosen=chosen, matrix=matrix,
                                labels=labels, classes=known.classes)
 
     def dead_letters(self) -> str:
-        kind = request.args.get("kind") or None
-        after = _int_arg("after")
+        kind = text_value(request.args.get("kind"), "kind")
+        after = int_arg("after")
         page = queries.dead_letter_page(kind, after)
         rows = [{**row, "attributes_text": _pretty_json(row["attributes"]),
                  "hex": _hex_lines(bytes(row["head"] or b"")),
@@ -99,63 +110,14 @@ class ReviewViews:
 
     def review(self) -> Response:
         form = request.form
-        label = _parse_int(form.get("label", ""), "label")
-        saved = queries.record_review(form.get("source", ""), form.get("message_id", ""), label,
+        label = parse_int(form.get("label", ""), "label", high=MAX_CLASS)
+        saved = queries.record_review(text_value(form.get("source"), "source") or "",
+                                      text_value(form.get("message_id"), "message_id") or "", label,
                                       self.settings.reviewer, len(self.facets.get().classes))
         saved["label_name"] = self.facets.get().classes.get(label, str(label))
         if request.headers.get("X-Requested-With") == "fetch":
             return jsonify(saved)
-        return redirect(_local_path(form.get("next", "/predictions")))
-
-
-def _local_path(target: str) -> str:
-    """``target`` when it is a path on this server, else ``/``: never a redirect elsewhere."""
-    if not target.startswith("/") or target.startswith("//") or "\\" in target:
-        return "/"
-    return target
-
-
-def _parse_int(text: str, name: str) -> int:
-    try:
-        return int(text)
-    except ValueError:
-        raise ReviewError(f"{name} {text[:40]!r}", "is not a whole number") from None
-
-
-def _int_arg(name: str) -> int | None:
-    text = request.args.get(name, "")
-    return _parse_int(text, f"filter {name}") if text else None
-
-
-def _grid_request() -> tuple[queries.GridFilter, int | None, int]:
-    args = request.args
-    below = None
-    if args.get("below"):
-        try:
-            below = float(args["below"])
-        except ValueError:
-            raise ReviewError(f"filter below {args['below'][:40]!r}", "is not a number") from None
-        if below >= 1.0:
-            below = None  # the slider at its top means "any confidence"
-    filters = queries.GridFilter(
-        predicted_class=_int_arg("cls"), true_label=_int_arg("true"), below=below,
-        wrong=args.get("wrong") == "1", shadow_disagrees=args.get("shadow") == "1",
-        unreviewed=args.get("unreviewed") == "1", source=args.get("source") or None,
-        model_version=args.get("version") or None, since=_time_arg("since"), until=_time_arg("until"))
-    limit = _int_arg("limit") or 60
-    return filters, _int_arg("after"), min(max(limit, 1), max(PAGE_SIZES))
-
-
-def _time_arg(name: str) -> dt.datetime | None:
-    text = request.args.get(name, "")
-    if not text:
-        return None
-    try:
-        value = dt.datetime.fromisoformat(text)
-    except ValueError:
-        raise ReviewError(f"filter {name} {text[:40]!r}", "is not a time like 2026-12-04T15:30") from None
-    # Times on the page are UTC, as the tables store them.
-    return value.astimezone(dt.timezone.utc).replace(tzinfo=None) if value.tzinfo else value
+        return redirect(local_path(form.get("next", "/predictions")))
 
 
 def _with_args(**changes: object) -> str:
