@@ -185,6 +185,26 @@ _STAMPS = st.one_of(
 _LABELS = st.one_of(st.integers(-3, 12).map(str), st.sampled_from(["", " 3", "٣", "1e2", "9" * 5000]), _ANY_TEXT)
 
 
+#: Nesting depths on either side of the bound and of Python's recursion limit (about 1,000):
+#: at 500 levels json.loads succeeded but writing the dead letter back recursed too deep.
+DEPTHS = st.one_of(st.integers(1, 40), st.sampled_from([500, 1000, 1100, 5000]))
+
+
+def nest(depth: int, kinds: str) -> object:
+    """A value ``depth`` arrays or objects deep ("[" or "{" per level, taken from ``kinds`` in
+    turn), built without recursion."""
+    value: object = "bottom"
+    for level in range(depth):
+        value = [value] if kinds[level % len(kinds)] == "[" else {"k": value}
+    return value
+
+
+@st.composite
+def deeply_nested(draw) -> object:
+    """Arrays and objects nested at any depth, as a local queue's JSON may hold them."""
+    return nest(draw(DEPTHS), draw(st.sampled_from(["[", "{", "[{"])))
+
+
 @st.composite
 def messages(draw, index: int) -> ReceivedMessage:
     kind, payload = draw(payloads())
@@ -197,7 +217,7 @@ def messages(draw, index: int) -> ReceivedMessage:
         if draw(st.booleans()):
             attributes[name] = draw(values)
     if draw(st.integers(0, 9)) == 0:
-        attributes[draw(_ANY_TEXT)] = draw(st.one_of(_ANY_TEXT, st.none(), st.integers()))
+        attributes[draw(_ANY_TEXT)] = draw(st.one_of(_ANY_TEXT, st.none(), st.integers(), deeply_nested()))
     if draw(st.integers(0, 9)) == 0:
         del attributes["id"]
     return ReceivedMessage("fuzz", payload, attributes, f"fuzz@{index}")
