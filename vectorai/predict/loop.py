@@ -170,7 +170,8 @@ class PredictionLoop:
             if self._scorer is not None:
                 self._scorer.score(decoded, batch)
             new = results_db.write_results(self._database, batch.rows, batch.dead, batch.shadow_rows)
-            self.report.record_batch(batch.source.name, batch.rows, len(batch.dead), batch.duplicates, new)
+            self.report.record_batch(batch.source.name, batch.rows, len(batch.dead), batch.duplicates, new,
+                                     more_dead=batch.more_dead)
             batch.source.acknowledge(batch.messages)
         in_flight.popleft()
         self._last_progress = now = time.perf_counter()

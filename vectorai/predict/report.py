@@ -89,15 +89,18 @@ class RunReport:
         return counts
 
     def record_batch(self, source: str, rows: Sequence[dict[str, object]], dead_letters: int, duplicates: int,
-                     new: int) -> None:
+                     new: int, more_dead: int = 0) -> None:
         """A committed batch of ``source``: its prediction rows, ``new`` of them stored for the
-        first time."""
+        first time. ``more_dead``: messages its dead letters stand for beyond themselves (a Kafka
+        batch that could not be read: one dead letter for every offset of it), counted as
+        consumed and dead-lettered, so that every offset is counted once."""
         self.batches += 1
         counts = self.source(source)
+        counts.consumed += more_dead
         counts.predicted += new
         counts.already_predicted += len(rows) - new
         counts.duplicates += duplicates
-        counts.dead_letters += dead_letters
+        counts.dead_letters += dead_letters + more_dead
         # Counter.update counts an iterable in C; a loop of += per row cost a µs per image.
         self.per_class.update(map(itemgetter("predicted_name"), rows))
         self.per_source.update(map(itemgetter("source"), rows))

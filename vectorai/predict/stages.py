@@ -43,6 +43,9 @@ class DecodedBatch:
     #: The shadow model's own input for the same rows, when its preprocessing differs (a
     #: foreign model's card); None: it takes ``pixels``.
     shadow_pixels: np.ndarray | None = None
+    #: The transport's messages that dead letters stand for beyond themselves (a Kafka record
+    #: batch that could not be read: one dead letter for all its offsets).
+    more_dead: int = 0
 
 
 @dataclass
@@ -56,6 +59,8 @@ class ClassifiedBatch:
     duplicates: int = 0
     #: The shadow model's rows for the same messages (``shadow_prediction``), when it runs.
     shadow_rows: list[dict[str, object]] = field(default_factory=list)
+    #: As ``DecodedBatch.more_dead``.
+    more_dead: int = 0
 
 
 def decode_batch(
@@ -93,7 +98,9 @@ def decode_batch(
             batch = np.stack(rows) if rows else batch
     shadow_batch = _shadow_input(shadow, pixels) if own_shadow_input(classifier, shadow) and decoded else None
     dead = [dead_letter(message, reason, now) for message, reason in failures]
-    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates, shadow_batch)
+    more_dead = sum(message.stands_for - 1 for message, _ in failures)
+    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates, shadow_batch,
+                        more_dead)
 
 
 def own_shadow_input(classifier: OnnxClassifier, shadow: OnnxClassifier | None) -> bool:
@@ -199,7 +206,8 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 "produced_at": produced[stamp],
                 "predicted_at": batch.received_at,
             })
-    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates)
+    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates,
+                           more_dead=batch.more_dead)
 
 
 def shadow_rows(batch: ClassifiedBatch, probabilities: np.ndarray, shadow: OnnxClassifier) -> list[dict[str, object]]:
