@@ -127,3 +127,26 @@ def test_deeply_nested_json_in_kafka_headers_is_text_and_the_stream_goes_on(kafk
         kept = json.loads(attributes)  # capped, valid JSON: each value cut to 512 characters
         assert kept["id"] == f"deep-{depth}" and kept["label"].startswith("[[[")
     assert [(r.consumed, r.predicted, r.dead_letters) for r in reports] == [(8, 6, 2), (8, 0, 2)]
+
+
+@pytest.mark.pubsub
+def test_deeply_nested_json_in_pubsub_attributes_is_text_and_the_stream_goes_on(pubsub_settings, tmp_path):
+    """Pub/Sub attributes are a flat map of strings of at most 1,024 bytes: 500 levels fit in a
+    value, as text that is never parsed; 1,000 cannot be sent at all."""
+    from vectorai.transports.base import OutgoingMessage
+
+    good = _good(4, "good")
+    deep = encode_image(np.zeros((8, 8), np.uint8), "deep-500")
+    deep = OutgoingMessage(deep.payload, {**deep.attributes, "label": "[" * 500 + "]" * 500,
+                                          "extra": '{"k":' * 200 + "0" + "}" * 200})
+    with open_transport("pubsub", **pubsub_settings) as producer:
+        producer.publish([*good[:2], deep, *good[2:]])
+        producer.flush(30)
+
+    reports, stored, dead = _runs(tmp_path, lambda group: open_transport("pubsub", **pubsub_settings))
+
+    assert stored == [m.attributes["id"] for m in good]
+    [(_, reason, attributes)] = dead
+    assert reason == f"label '{'[' * 64}'... (1000 characters) is not an integer class index"
+    assert json.loads(attributes)["id"] == "deep-500"
+    assert [(r.consumed, r.predicted, r.dead_letters) for r in reports] == [(5, 4, 1), (0, 0, 0)]

@@ -6,7 +6,8 @@ shape (uint8, or float32 with finite values in [0, 1]), as a duplicate of an ear
 reason; nothing raises, and no message takes long. Payloads are mutated real PNG and JPEG files
 (scikit-learn's digits, our encoder's and Pillow's PNGs) and raw pixels; attributes are drawn
 from the documented format and from anything else (lone surrogates, NUL, non-strings, huge
-values, timestamps at the ends of the calendar, random content-type parameters).
+values, arrays and objects nested up to 5,000 deep, timestamps at the ends of the calendar,
+random content-type parameters).
 
 ``make test`` runs a fixed budget (FUZZ_EXAMPLES, default 2,000 batches drawn the same way every
 time, under a minute); ``make fuzz`` draws new ones (FUZZ_RANDOM=1), many more.

@@ -1,14 +1,15 @@
 """Fuzzing at the wire, below the message: what a transport hands the decoder is itself mutated.
 
 * **Kafka record batches**, written byte by byte: random keys (any bytes, or none), header names
-  (any bytes, UTF-8 or not), header values (any bytes, or none), header counts that are right or
-  wrong, a truncated or padded record, a broken CRC, among good records. They go through the
+  (any bytes, UTF-8 or not), header values (any bytes or none, deeply nested JSON text too),
+  header counts that are right or wrong, a truncated or padded record, a broken CRC, among good
+  records. They go through the
   consumer's fetcher (kafka-python's parser, and ours past what it cannot parse), the Kafka
   transport's conversion to messages and the per-batch path (``check_batch``): every record is
   handed on once, in order, and ends as a row or a dead letter; nothing raises.
 * **Local queue rows**, written straight into the queue's SQLite file as another producer might:
   a payload of TEXT, a number or NULL, attributes that are JSON with NaN, objects, arrays or null
-  as values, not JSON, not an object, or NULL. ``run_predictions`` over them: every row is
+  as values, nested up to 5,000 deep, not JSON, not an object, or NULL. ``run_predictions`` over them: every row is
   predicted or dead-lettered, every dead letter's attributes are valid JSON, and a second run
   (another consumer group, so every row comes again) stores nothing new.
 
