@@ -8,9 +8,9 @@ the run; only what concerns a whole batch (the database, the model, the transpor
 its error names the batch's source and positions.
 
 ``loop`` drives the steps (``run_predictions``); ``stages`` decodes and labels a batch; ``shadow``
-scores it with a second model, best effort; ``concurrency`` holds the inference thread and the decoding pool; ``report`` the run's
-counts; ``dead_letters`` the rows of messages that failed; ``memory`` the garbage collector's and
-malloc's settings for the run.
+scores it with a second model, best effort; ``concurrency`` holds the inference thread and the
+decoding pool; ``report`` the run's counts; ``dead_letters`` the rows of messages that failed;
+``memory`` the garbage collector's and malloc's settings for the run.
 """
 
 from vectorai.predict.concurrency import (CHUNK, CHUNK_INPUT_BYTES, DECODE_SLICE, POOL_MIN_PAYLOAD_BYTES, chunk_images,
