@@ -229,7 +229,7 @@ def test_a_shadow_model_that_cannot_be_loaded_is_reported_and_the_run_goes_on_wi
     assert report["predicted"] == 20
     shadow = report["shadow"]
     assert shadow["model_version"] == "" and shadow["scored"] == 0
-    assert shadow["unavailable"].startswith(f"models:/{NAME}@challenger: ") and "alias challenger" in shadow["unavailable"]
+    assert shadow["unavailable"].startswith(f"model models:/{NAME}@challenger: cannot resolve alias challenger")
     metrics = (project.data / "metrics" / "vectorai_predict_local.prom").read_text()
     assert 'vectorai_predict_last_run_shadow_unavailable{predict_job="local",source="local",' in metrics
     assert [line for line in metrics.splitlines() if line.startswith("vectorai_predict_last_run_shadow_unavailable")

@@ -26,7 +26,8 @@ def load_shadow(load: Callable[[], OnnxClassifier], uri: str) -> tuple[OnnxClass
     try:
         return load(), ""
     except Exception as err:  # noqa: BLE001 - best effort: the run scores with the primary model alone
-        reason = f"{uri}: {one_line(err)}"
+        text = one_line(err)
+        reason = text if uri in text else f"{uri}: {text}"  # the registry's errors name it already
         log.warning("the shadow model %s cannot be loaded; scoring with the primary model alone (%s: %s)",
                     uri, type(err).__name__, one_line(err))
         return None, reason
