@@ -108,7 +108,9 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                  "folder, or a folder or .onnx with vectorai.json beside it)")
     shadow_model_uri = luigi.Parameter(default="", description="Also score every batch with this registered model "
                                        "(e.g. models:/NAME@challenger) into the shadow_prediction table; the "
-                                       "report gives the agreement and both accuracies. Empty: no shadow")
+                                       "report gives the agreement and both accuracies. Best effort: a model that "
+                                       "cannot be loaded is reported, and the run scores with the primary alone. "
+                                       "Empty: no shadow")
 
     def requires(self):
         # A pinned model (--model-uri, --model-path) never pulls in the chain's own model.
@@ -166,7 +168,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
         from vectorai.db import connect
         from vectorai.inference import OnnxClassifier
         from vectorai.messages import DecodeLimits
-        from vectorai.predict import give_large_buffers_back, run_predictions
+        from vectorai.predict import give_large_buffers_back, load_shadow, run_predictions
         from vectorai.redact import mask_url
         from vectorai.registry import load_classifier
         from vectorai.transports import open_transport
@@ -186,11 +188,13 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
             classifier = load_classifier(self.model_uri_to_use, mlflow().resolved_uri(), registry().cache,
                                          threads=threads)
         self._model_version = classifier.info.version
-        shadow = None
+        shadow, shadow_unavailable = None, ""
         if self.shadow_model_uri:
             live.update(f"resolving the shadow model {self.shadow_model_uri}")
-            shadow = load_classifier(self.shadow_model_uri, mlflow().resolved_uri(), registry().cache,
-                                     threads=threads)
+            # Best effort: one that cannot be loaded is in the report, and the run goes on without it.
+            shadow, shadow_unavailable = load_shadow(lambda: load_classifier(
+                self.shadow_model_uri, mlflow().resolved_uri(), registry().cache, threads=threads),
+                self.shadow_model_uri)
         url = db_cfg.resolved_url()
         live.update(f"reading {', '.join(self.source_names)} with model {classifier.info.version}",
                     0 if self.max_messages else None)
@@ -205,7 +209,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 # At most once a second, after a commit; LiveStatus only stores it for its thread.
                 progress=lambda so_far: live.update(*predict_status(so_far, self.max_messages or None)),
                 shadow=shadow, decode_threads=self.decode_threads or None, jpeg_draft=cfg.jpeg_draft,
-                max_batch_bytes=self.max_batch_bytes,
+                max_batch_bytes=self.max_batch_bytes, shadow_unavailable=shadow_unavailable,
             )
         finally:
             for transport in transports:

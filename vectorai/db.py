@@ -11,7 +11,7 @@ import datetime as dt
 import weakref
 from operator import itemgetter
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, NamedTuple, Sequence
 
 import peewee as pw
 
@@ -180,13 +180,30 @@ def _first_line(err: BaseException) -> str:
     return text.splitlines()[0]
 
 
+class Written(NamedTuple):
+    """What ``write_batch`` stored: how many prediction rows were new, and why the database
+    refused the shadow model's rows (None when it took them, or there were none)."""
+
+    new: int
+    shadow_rejected: str | None = None
+
+
 def write_results(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict],
                   shadow: Sequence[dict] = ()) -> int:
+    """``write_batch``: how many prediction rows were new."""
+    return write_batch(db, predictions, dead_letters, shadow).new
+
+
+def write_batch(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict],
+                shadow: Sequence[dict] = ()) -> Written:
     """Insert one batch's rows (and its shadow model's) in one transaction; rows already present
     are ignored.
 
-    Returns how many prediction rows were new. Raises DatabaseError, with nothing committed,
-    when the database fails, so the caller must not acknowledge the batch.
+    The shadow rows go in a savepoint of their own: shadow scoring is best effort, so a shadow
+    row the database refuses (a class name PostgreSQL cannot store: over 255 characters, or
+    holding NUL; text that is not UTF-8, on either) rolls back only them, and says why.
+    Raises DatabaseError, with nothing committed, when the database fails, so the caller must
+    not acknowledge the batch.
     """
     try:
         try:
@@ -204,18 +221,39 @@ class _AlreadyStored(Exception):
 
 
 def _write(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict], shadow: Sequence[dict],
-           copy: bool) -> int:
+           copy: bool) -> Written:
     if copy and not dead_letters and not shadow and isinstance(db, pw.PostgresqlDatabase) and not db.in_transaction():
         # Peewee's PostgreSQL connections autocommit, so a lone COPY is a transaction of its own:
         # all its rows or none, durable when it returns. One round trip instead of three (BEGIN,
         # COPY, COMMIT), each a wait for a server that shares the cores with the model.
-        return _insert_new_rows(db, Prediction, predictions, copy)
+        return Written(_insert_new_rows(db, Prediction, predictions, copy))
     with db.atomic():
         new = _insert_new_rows(db, Prediction, predictions, copy)
-        _insert_new_rows(db, ShadowPrediction, shadow, copy)
         for chunk in _chunks(dead_letters, 500):
             DeadLetter.insert_many(chunk).on_conflict_ignore().execute()
-    return new
+        rejected = _insert_shadow_rows(db, shadow, copy) if shadow else None
+    return Written(new, rejected)
+
+
+def _insert_shadow_rows(db: pw.Database, rows: Sequence[dict], copy: bool) -> str | None:
+    """The shadow rows in a savepoint: why the database refused them (rolled back to it), or None.
+    Only a refusal of the rows' values is caught: the server's (DataError: too long), the
+    driver's (ValueError: NUL for psycopg2's INSERT, a lone surrogate for either driver) or
+    COPY's encoder's (pg_copy's DatabaseError: NUL, not UTF-8). A database that fails otherwise
+    fails the batch, as for the primary rows; a stored row met by COPY rewrites the batch
+    (_AlreadyStored)."""
+    try:
+        with db.atomic():
+            _insert_new_rows(db, ShadowPrediction, rows, copy)
+    except (pw.DataError, pw.IntegrityError, ValueError) as err:
+        return f"{type(err).__name__}: {_first_line(err)}"
+    except pw.DatabaseError as err:
+        # Peewee's exception wrapper renames pg_copy's DatabaseError (by its class name) and
+        # keeps it as ``orig``: only that one is a refused value.
+        if isinstance(getattr(err, "orig", None), DatabaseError):
+            return _first_line(err)
+        raise
+    return None
 
 
 def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict], copy: bool = False) -> int:

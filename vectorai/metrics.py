@@ -43,8 +43,10 @@ METRICS: dict[str, str] = {
                                  "agreed with the model (shadow scoring only).",
     "last_run_shadow_accuracy": "Share of the last successful run's labelled messages the shadow model "
                                 "classified right (shadow scoring only).",
-    "last_run_shadow_errors": "Batches of the last successful run the shadow model failed on; their primary "
-                              "rows were stored (shadow scoring only).",
+    "last_run_shadow_errors": "Batches of the last successful run the shadow model failed on, or whose shadow "
+                              "rows the database refused; their primary rows were stored (shadow scoring only).",
+    "last_run_shadow_unavailable": "1 when the last successful run could not load its shadow model and scored "
+                                   "with the primary model alone, else 0 (shadow scoring only).",
     "last_success_timestamp_seconds": "Unix time the job last finished successfully.",
     "last_failure_timestamp_seconds": "Unix time the job last failed.",
 }
@@ -94,8 +96,9 @@ def record_success(directory: Path, job: str, report: RunReport, *, now: float |
             values["last_run_shadow_agreement"] = counts.shadow_agreed / counts.shadow_scored
         if counts.shadow_scored and counts.labelled:
             values["last_run_shadow_accuracy"] = counts.shadow_correct / counts.labelled
-        if report.shadow_model_version:
+        if report.shadow_model_version or report.shadow_unavailable:
             values["last_run_shadow_errors"] = counts.shadow_errors
+            values["last_run_shadow_unavailable"] = 1 if report.shadow_unavailable else 0
         failed = previous.sources.get(name, {}).get("last_failure_timestamp_seconds") if previous else None
         if failed is not None:
             values["last_failure_timestamp_seconds"] = failed

@@ -233,3 +233,47 @@ def test_a_redelivered_batch_of_large_payloads_is_inserted_in_bounded_statements
     # not a multiple of the batch.
     assert extra_mib < 8 * db.INSERT_PAGE_BYTES / (1 << 20), f"{extra_mib:.1f} MiB allocated to insert 32 MiB"
     assert {r["message_id"]: bytes(r["image"]) for r in pg_rows(pg_database)} == images
+
+
+def test_shadow_rows_postgresql_refuses_are_rolled_back_alone_and_the_primary_batch_is_stored(pg_database, tmp_path):
+    """PostgreSQL refuses a class name over 255 characters and one holding NUL (SQLite stores
+    both): the shadow's rows are rolled back to their own savepoint, and the primary's rows,
+    dead letters and acknowledgement go on; whichever way the batch is written (COPY, or
+    insert-or-ignore for a redelivery)."""
+    import numpy as np
+
+    from tests.unit.helpers import tiny_onnx_model
+    from tests.unit.test_shadow import named_classes
+    from vectorai.inference import OnnxClassifier
+    from vectorai.messages import encode_image
+    from vectorai.predict import run_predictions
+    from vectorai.transports import open_transport
+
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    tiny_onnx_model(tmp_path / "shadow.onnx", seed=1)
+    shadow = named_classes(tmp_path / "shadow.onnx", ["x" * 256, "nul\x00inside", "y" * 300])
+    images = np.random.default_rng(4).integers(0, 256, (20, 8, 8), dtype=np.uint8)
+    with open_transport("local", root=tmp_path, topic="t") as producer:
+        producer.publish([encode_image(image, f"m{i}", label=0) for i, image in enumerate(images)])
+        producer.flush(5)
+    database = db.connect(pg_database)
+    try:
+        for group in ("first", "again"):  # "again": every message redelivered, written by insert-or-ignore
+            with open_transport("local", root=tmp_path, topic="t", group=group) as source:
+                report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database,
+                                         batch_size=8, timeout_ms=50, shadow=shadow)
+                assert source.lag() == 0
+            assert (report.consumed, report.shadow_scored, report.shadow_errors) == (20, 0, 3)
+        # Straight through write_batch: why, for each kind of refusal.
+        bad = {"source": "kafka", "message_id": "z", "model_version": "s/1", "predicted_class": 0,
+               "predicted_name": "x" * 256, "confidence": 0.5, "true_label": None,
+               "predicted_at": dt.datetime(2026, 11, 26, 8, 30)}
+        written = db.write_batch(database, [_row("z")], [], [bad])
+        assert written.new == 1 and written.shadow_rejected.startswith("DataError: value too long"), written
+        written = db.write_batch(database, [_row("z")], [], [{**bad, "predicted_name": "nul\x00"}])
+        assert written.new == 0 and "NUL" in written.shadow_rejected, written
+        assert db.write_batch(database, [_row("z")], [], [{**bad, "predicted_name": "ok"}]) == (0, None)
+    finally:
+        database.close()
+    assert pg_rows(pg_database, "SELECT COUNT(*) AS n FROM prediction") == [{"n": 21}]
+    assert pg_rows(pg_database, "SELECT predicted_name FROM shadow_prediction") == [{"predicted_name": "ok"}]

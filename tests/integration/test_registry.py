@@ -213,6 +213,29 @@ def test_a_shadow_run_stores_both_models_predictions_and_reports_their_agreement
            f'model_version="{NAME}/1"}} {agreed / 200!r}' in metrics
 
 
+def test_a_shadow_model_that_cannot_be_loaded_is_reported_and_the_run_goes_on_with_the_primary(two_models, tmp_path):
+    """Shadow scoring is best effort from the start: ``@challenger`` naming no version is
+    reported (run report, metrics file) and every message is scored by the primary model alone;
+    the run succeeds."""
+    project = new_project(tmp_path / "home", base=two_models)
+    project.luigi("StreamData", "--count", "20")
+    project.luigi("PredictTask", "--require-stream", "false", "--shadow-model-uri", f"models:/{NAME}@challenger",
+                  "--run-at", "nochallenger")
+
+    assert len(rows(project)) == 20
+    with sqlite3.connect(project.data / "predictions.sqlite") as conn:
+        assert conn.execute("SELECT COUNT(*) FROM shadow_prediction").fetchone()[0] == 0
+    report = json.loads(next((project.data / "reports").glob("predict-local-nochallenger-*.json")).read_text())
+    assert report["predicted"] == 20
+    shadow = report["shadow"]
+    assert shadow["model_version"] == "" and shadow["scored"] == 0
+    assert shadow["unavailable"].startswith(f"model models:/{NAME}@challenger: cannot resolve alias challenger")
+    metrics = (project.data / "metrics" / "vectorai_predict_local.prom").read_text()
+    assert 'vectorai_predict_last_run_shadow_unavailable{predict_job="local",source="local",' in metrics
+    assert [line for line in metrics.splitlines() if line.startswith("vectorai_predict_last_run_shadow_unavailable")
+            ][0].endswith(" 1")
+
+
 def one_line_failure(project: Project, *args: str) -> str:
     proc = project.luigi("PredictTask", "--require-stream", "false", "--run-at", "bad", *args, check=False)
     assert proc.returncode == 30, proc.stderr[-3000:]

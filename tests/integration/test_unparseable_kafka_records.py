@@ -9,8 +9,10 @@ import json
 import os
 import shutil
 import sqlite3
+import struct
 import subprocess
 import uuid
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -186,3 +188,86 @@ def _is_utf8(data: bytes) -> bool:
     except UnicodeDecodeError:
         return False
     return True
+
+
+def _corrupt_the_compressed_batch(segment: Path) -> tuple[int, int]:
+    """Break the gzip trailer of the one gzip batch in a partition's log segment, as a faulty
+    producer or disk would (the CRC made right again, so only decompressing fails): the broker
+    serves the bytes as they are. Its first and last offsets."""
+    from kafka.record.util import calc_crc32c
+
+    data = bytearray(segment.read_bytes())
+    pos = 0
+    while pos + 61 <= len(data):
+        base_offset, length = struct.unpack_from(">qi", data, pos)
+        end = pos + 12 + length
+        attributes, last_delta = struct.unpack_from(">hi", data, pos + 21)
+        if attributes & 0x07 == 1:
+            data[end - 8:end] = b"\x00" * 8
+            struct.pack_into(">I", data, pos + 17, calc_crc32c(memoryview(data)[pos + 21:end]))
+            with segment.open("r+b") as file:
+                file.seek(pos)
+                file.write(data[pos:end])
+            return base_offset, base_offset + last_delta
+        pos = end
+    raise AssertionError(f"no gzip batch in {segment}")
+
+
+def test_a_compressed_batch_that_cannot_be_decompressed_is_one_dead_letter_naming_all_its_offsets(
+        kafka_broker, tmp_path):
+    """The broker serves a gzip batch of four records that cannot be decompressed between good
+    ones: one dead letter whose position names all four offsets, every offset counted in the
+    report (consumed 8 = 4 predicted + 4 dead-lettered), and a run in another group (every
+    record again) stores nothing new."""
+    from kafka import KafkaProducer
+    from kafka.admin import KafkaAdminClient, NewTopic
+
+    from vectorai import db as results_db
+    from vectorai.inference import OnnxClassifier
+    from vectorai.predict import run_predictions
+    from vectorai.transports import open_transport
+
+    bootstrap = kafka_broker.address
+    topic = f"gzip-{uuid.uuid4().hex[:10]}"
+    admin = KafkaAdminClient(bootstrap_servers=bootstrap)
+    admin.create_topics([NewTopic(topic, 1, 1)])
+    admin.close()
+    rng = np.random.default_rng(5)
+    good = [encode_image(rng.integers(0, 256, (8, 8), dtype=np.uint8), f"good-{i}") for i in range(8)]
+
+    def send(messages, **settings) -> None:
+        producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=1000, **settings)
+        for message in messages:
+            headers = [(name, value.encode()) for name, value in message.attributes.items() if name != "id"]
+            producer.send(topic, key=message.attributes["id"].encode(), value=message.payload, headers=headers)
+        producer.flush(30)
+        producer.close()
+
+    send(good[:2])
+    send(good[2:6], compression_type="gzip")  # one batch: offsets 2..5
+    send(good[6:])
+    segment = kafka_broker.server.workdir / "data" / f"{topic}-0" / f"{0:020d}.log"
+    assert _corrupt_the_compressed_batch(segment) == (2, 5)
+
+    tiny_onnx_model(tmp_path / "tiny.onnx")
+    classifier = OnnxClassifier(tmp_path / "tiny.onnx")
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "results.sqlite"))
+    try:
+        reports = []
+        for group in ("first", "again"):
+            with open_transport("kafka", bootstrap_servers=bootstrap, topic=topic, group=f"{group}-{topic}",
+                                create_topic=False) as source:
+                reports.append(run_predictions([source], classifier, database, batch_size=4, timeout_ms=2000))
+        stored = sorted(p.message_id for p in results_db.Prediction.select())
+        dead = [(d.position, d.reason) for d in results_db.DeadLetter.select()]
+    finally:
+        database.close()
+    assert stored == ["good-0", "good-1", "good-6", "good-7"]
+    [(position, reason)] = dead
+    assert position == f"{topic}/0@2..5"
+    assert reason.startswith(f"the Kafka client cannot parse records {topic}/0@2..5: record batch of offsets "
+                             f"2..5 cannot be read: "), reason
+    first, again = (report.to_dict() for report in reports)
+    assert (first["consumed"], first["predicted"], first["dead_letters"]) == (8, 4, 4)
+    assert first["by_source"]["kafka"]["consumed"] == 8
+    assert (again["consumed"], again["predicted"], again["already_predicted"], again["dead_letters"]) == (8, 0, 4, 4)

@@ -6,7 +6,8 @@ shape (uint8, or float32 with finite values in [0, 1]), as a duplicate of an ear
 reason; nothing raises, and no message takes long. Payloads are mutated real PNG and JPEG files
 (scikit-learn's digits, our encoder's and Pillow's PNGs) and raw pixels; attributes are drawn
 from the documented format and from anything else (lone surrogates, NUL, non-strings, huge
-values, timestamps at the ends of the calendar, random content-type parameters).
+values, arrays and objects nested up to 5,000 deep, timestamps at the ends of the calendar,
+random content-type parameters).
 
 ``make test`` runs a fixed budget (FUZZ_EXAMPLES, default 2,000 batches drawn the same way every
 time, under a minute); ``make fuzz`` draws new ones (FUZZ_RANDOM=1), many more.
@@ -185,6 +186,26 @@ _STAMPS = st.one_of(
 _LABELS = st.one_of(st.integers(-3, 12).map(str), st.sampled_from(["", " 3", "٣", "1e2", "9" * 5000]), _ANY_TEXT)
 
 
+#: Nesting depths on either side of the bound and of Python's recursion limit (about 1,000):
+#: at 500 levels json.loads succeeded but writing the dead letter back recursed too deep.
+DEPTHS = st.one_of(st.integers(1, 40), st.sampled_from([500, 1000, 1100, 5000]))
+
+
+def nest(depth: int, kinds: str) -> object:
+    """A value ``depth`` arrays or objects deep ("[" or "{" per level, taken from ``kinds`` in
+    turn), built without recursion."""
+    value: object = "bottom"
+    for level in range(depth):
+        value = [value] if kinds[level % len(kinds)] == "[" else {"k": value}
+    return value
+
+
+@st.composite
+def deeply_nested(draw) -> object:
+    """Arrays and objects nested at any depth, as a local queue's JSON may hold them."""
+    return nest(draw(DEPTHS), draw(st.sampled_from(["[", "{", "[{"])))
+
+
 @st.composite
 def messages(draw, index: int) -> ReceivedMessage:
     kind, payload = draw(payloads())
@@ -197,7 +218,7 @@ def messages(draw, index: int) -> ReceivedMessage:
         if draw(st.booleans()):
             attributes[name] = draw(values)
     if draw(st.integers(0, 9)) == 0:
-        attributes[draw(_ANY_TEXT)] = draw(st.one_of(_ANY_TEXT, st.none(), st.integers()))
+        attributes[draw(_ANY_TEXT)] = draw(st.one_of(_ANY_TEXT, st.none(), st.integers(), deeply_nested()))
     if draw(st.integers(0, 9)) == 0:
         del attributes["id"]
     return ReceivedMessage("fuzz", payload, attributes, f"fuzz@{index}")

@@ -1,14 +1,15 @@
 """Fuzzing at the wire, below the message: what a transport hands the decoder is itself mutated.
 
 * **Kafka record batches**, written byte by byte: random keys (any bytes, or none), header names
-  (any bytes, UTF-8 or not), header values (any bytes, or none), header counts that are right or
-  wrong, a truncated or padded record, a broken CRC, among good records. They go through the
+  (any bytes, UTF-8 or not), header values (any bytes or none, deeply nested JSON text too),
+  header counts that are right or wrong, a truncated or padded record, a broken CRC, among good
+  records. They go through the
   consumer's fetcher (kafka-python's parser, and ours past what it cannot parse), the Kafka
   transport's conversion to messages and the per-batch path (``check_batch``): every record is
   handed on once, in order, and ends as a row or a dead letter; nothing raises.
 * **Local queue rows**, written straight into the queue's SQLite file as another producer might:
   a payload of TEXT, a number or NULL, attributes that are JSON with NaN, objects, arrays or null
-  as values, not JSON, not an object, or NULL. ``run_predictions`` over them: every row is
+  as values, nested up to 5,000 deep, not JSON, not an object, or NULL. ``run_predictions`` over them: every row is
   predicted or dead-lettered, every dead letter's attributes are valid JSON, and a second run
   (another consumer group, so every row comes again) stores nothing new.
 
@@ -30,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.test_fuzz_decode import _classifier, _corpus, _digits28, check_batch, payloads
+from tests.unit.test_fuzz_decode import DEPTHS, _classifier, _corpus, _digits28, check_batch, payloads
 from vectorai import db as results_db
 from vectorai.messages import PNG, encode_image
 from vectorai.predict import run_predictions
@@ -91,7 +92,7 @@ def kafka_records(draw, delta: int) -> bytes:
         names = st.one_of(st.sampled_from([b"content-type", b"id", b"label", b"produced-at", b"\xff\xfe",
                                            b"content-\xc3\x28", b""]), st.binary(max_size=12))
         values = st.one_of(st.none(), st.sampled_from([PNG.encode(), b"3", b"\xc3\x28", b"\x00"]),
-                           st.binary(max_size=12))
+                           st.binary(max_size=12), DEPTHS.map(lambda depth: b"[" * depth + b"]" * depth))
         headers = draw(st.lists(st.tuples(names, values), max_size=5))
         count = len(headers) + draw(st.sampled_from([0, 0, 0, -1, 1, -len(headers) - 1]))
     body = bytearray(b"\x00")  # attributes
@@ -171,6 +172,10 @@ def attribute_columns(draw, good_attributes: dict[str, str]) -> object:
             name = draw(st.sampled_from([*attributes, "x"]))
             attributes[name] = draw(_JSON_VALUES)
         return json.dumps(attributes)  # NaN and Infinity as Python writes them, as json.loads reads them
+    if choice == 3:  # nested past the bound, Python's recursion limit or json.loads's (text made by hand)
+        depth, opener = draw(DEPTHS), draw(st.sampled_from(["[", '{"k":']))
+        closer = "]" if opener == "[" else "}"
+        return json.dumps(attributes)[:-1] + f', "deep": {opener * depth}0{closer * depth}}}'
     return draw(st.one_of(st.none(), st.integers(-2**63, 2**63 - 1), st.binary(max_size=8), st.sampled_from(["[]", "null", "{", '"x"']),
                           st.text(max_size=12)))
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vectorai.transports.kafka import RecoveredRecord, lenient_partition_records, read_records
+from vectorai.transports.kafka import OffsetLedger, RecoveredRecord, lenient_partition_records, read_records
 
 TOPIC = "t"
 
@@ -105,17 +105,27 @@ def test_a_batch_that_fails_its_crc_check_is_read_but_every_record_of_it_is_a_pr
     assert all("failed the CRC check" in r.problem and f"t/0@{r.offset}" in r.problem for r in records)
 
 
-def test_a_batch_that_cannot_be_decompressed_is_one_problem_at_its_last_offset_and_the_next_batch_is_read():
-    broken = batch([(b"k0", b"v0" * 50, []), (b"k1", b"v1" * 50, [])], compression=1)  # gzip
+def test_a_batch_that_cannot_be_decompressed_is_one_problem_at_its_last_offset_naming_all_of_its_offsets():
+    broken = batch([(b"k0", b"v0" * 50, []), (b"k1", b"v1" * 50, []), (b"k2", b"v2" * 50, [])], compression=1)  # gzip
     broken[-8:] = b"\x00" * 8  # the gzip trailer (CRC and size) no longer fits
     fix_crc(broken)
-    after = batch([(b"k2", b"v2", [])], base_offset=2)
+    after = batch([(b"k3", b"v3", [])], base_offset=3)
     records, next_offset = lenient_reads(broken + after)
-    assert [r.offset for r in records] == [1, 2] and next_offset == 3
-    assert records[0].problem.startswith("the Kafka client cannot parse record t/0@1: record batch of offsets 0..1 "
-                                         "cannot be read")
+    assert [r.offset for r in records] == [2, 3] and next_offset == 4
+    assert records[0].problem.startswith("the Kafka client cannot parse records t/0@0..2: record batch of offsets "
+                                         "0..2 cannot be read")
     assert records[0].value == bytes(broken)  # its raw bytes, as far as they could be reached
-    assert records[1].value == b"v2" and getattr(records[1], "problem", None) is None
+    assert records[1].value == b"v3" and getattr(records[1], "problem", None) is None
+    # As the consumer hands it out: one message at the position of all three offsets, standing for them.
+    from kafka.structs import TopicPartition
+
+    ledger = OffsetLedger(TopicPartition)
+    ledger.read(records)
+    messages = ledger.hand_out(2)
+    assert [(m.position, m.stands_for) for m in messages] == [("t/0@0..2", 3), ("t/0@3", 1)]
+    # Read from an offset inside the batch (another group's commit): it stands for the rest only.
+    [rest], _ = lenient_reads(broken, fetch_offset=1)
+    assert "records t/0@1..2:" in rest.problem
 
 
 def test_records_before_the_fetch_offset_are_not_handed_out_again():
@@ -156,6 +166,13 @@ def test_any_bytes_are_read_without_an_error_in_rising_offsets_within_their_batc
     assert offsets == sorted(set(offsets)) and all(offset > after for offset in offsets)
     if records:
         assert next_offset is not None and next_offset > offsets[-1]
+    # Each record names the offsets it stands for (a batch that could not be read: all of it),
+    # which never reach back to ``after`` nor to the record before.
+    previous = after
     for record in records:
-        assert record.problem is None or record.problem.startswith(f"the Kafka client cannot parse record t/0@{record.offset}: ")
+        first = record.first_offset if record.first_offset is not None else record.offset
+        assert previous < first <= record.offset
+        previous = record.offset
+        where = f" t/0@{record.offset}" if first == record.offset else f"s t/0@{first}..{record.offset}"
+        assert record.problem is None or record.problem.startswith(f"the Kafka client cannot parse record{where}: ")
         assert isinstance(record.value, bytes) or record.value is None

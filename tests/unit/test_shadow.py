@@ -161,3 +161,63 @@ def test_a_shadow_whose_own_preprocessing_fails_is_counted_and_the_primary_rows_
     assert results_db.Prediction.select().count() == 6 and results_db.ShadowPrediction.select().count() == 0
     assert report.shadow_errors == 1 and report.to_dict()["by_source"]["local"]["shadow_errors"] == 1
     assert any("could not preprocess a batch (ValueError: no such filter)" in r.getMessage() for r in caplog.records)
+
+
+def named_classes(path, names: list[str]) -> OnnxClassifier:
+    """The tiny model at ``path`` with its class names in its metadata replaced by ``names``
+    (any text JSON can hold: JSON escapes a lone surrogate or NUL, as another exporter may write
+    them), loaded."""
+    import json
+
+    import onnx
+
+    from vectorai import onnx_metadata
+
+    model = onnx.load(path)
+    onnx_metadata.set_metadata(model, {onnx_metadata.CLASS_NAMES: json.dumps(names)})
+    onnx.save(model, path)
+    return OnnxClassifier(path)
+
+
+def test_shadow_rows_sqlite_refuses_are_rolled_back_alone_and_the_primary_rows_are_stored(tmp_path, caplog):
+    """SQLite stores a class name of any length, and NUL, but its driver cannot encode a lone
+    surrogate: the shadow's rows of each batch are rolled back to their own savepoint, counted
+    as shadow errors, and the batch is stored and acknowledged with the primary's rows."""
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    tiny_onnx_model(tmp_path / "shadow.onnx", seed=1)
+    shadow = named_classes(tmp_path / "shadow.onnx", ["lone-\udc80", "\ud800", "x" * 300 + "\udfff"])
+    _stream(tmp_path, np.random.default_rng(4).integers(0, 256, (20, 8, 8), dtype=np.uint8), [0] * 20)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=shadow)
+        assert source.lag() == 0  # every batch acknowledged
+    assert results_db.Prediction.select().count() == 20 and results_db.DeadLetter.select().count() == 1
+    assert results_db.ShadowPrediction.select().count() == 0
+    summary = report.to_dict()
+    assert (summary["predicted"], summary["shadow"]["scored"], summary["shadow"]["errors"]) == (20, 0, 2)
+    warnings = [r.getMessage() for r in caplog.records if "the database refused shadow model" in r.getMessage()]
+    assert len(warnings) == 2 and "UnicodeEncodeError" in warnings[0], warnings
+
+
+def test_a_shadow_model_that_cannot_be_loaded_is_reported_and_the_run_scores_with_the_primary_alone(tmp_path):
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from vectorai.metrics import record_success
+    from vectorai.predict import load_shadow
+
+    tiny_onnx_model(tmp_path / "primary.onnx")
+    (tmp_path / "challenger.onnx").write_bytes(b"not a model")
+    shadow, unavailable = load_shadow(lambda: OnnxClassifier(tmp_path / "challenger.onnx"), "models:/m@challenger")
+    assert shadow is None and unavailable.startswith("models:/m@challenger: ")
+    _stream(tmp_path, np.zeros((5, 8, 8), np.uint8), [0] * 5)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=shadow, shadow_unavailable=unavailable)
+    assert report.predicted == 5 and results_db.ShadowPrediction.select().count() == 0
+    assert report.to_dict()["shadow"] == {"model_version": "", "scored": 0, "agreement": None, "accuracy": None,
+                                          "errors": 0, "unavailable": unavailable}
+    text = record_success(tmp_path / "metrics", "local", report).read_text()
+    samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
+    assert samples["vectorai_predict_last_run_shadow_unavailable"] == 1

@@ -58,7 +58,8 @@ def parse_label(value: str | None, num_classes: int | None) -> int | None:
     try:
         label = int(value)
     except ValueError:
-        raise InvalidMessage(f"label {value!r} is not an integer class index") from None
+        shown = repr(value) if len(value) <= 64 else f"{value[:64]!r}... ({len(value)} characters)"
+        raise InvalidMessage(f"label {shown} is not an integer class index") from None
     if label < 0 or (num_classes is not None and label >= num_classes):
         raise InvalidMessage(f"label {label} is outside the model's {num_classes} classes")
     return label

@@ -6,11 +6,10 @@ import datetime as dt
 import hashlib
 import json
 import math
-from typing import Mapping
-
 from vectorai import db as results_db
 from vectorai.messages import id_problem
 from vectorai.transports.base import ReceivedMessage
+from vectorai.transports.nesting import bounded
 
 #: The dead-letter table's ``attributes`` holds at most this many characters, always valid JSON.
 DEAD_LETTER_ATTRIBUTES_CAP = 4096
@@ -21,19 +20,20 @@ def canonical_json(value: object) -> str:
     """``value`` as canonical JSON: keys sorted (so a Pub/Sub attribute map, whose order differs
     between processes, gives one text and one fingerprint), ASCII (lone surrogates escaped), and
     always valid: NaN and infinities become the strings "nan", "inf", anything else not JSON
-    its repr."""
+    its repr, and arrays or objects nested past ``MAX_ATTRIBUTE_DEPTH`` a string saying so (a
+    dead letter is built outside the isolation boundary, so this must never raise)."""
     return json.dumps(_jsonable(value), sort_keys=True, allow_nan=False)
 
 
 def _jsonable(value: object) -> object:
+    return bounded(value, _json_leaf)
+
+
+def _json_leaf(value: object) -> object:
     if value is None or isinstance(value, (str, bool, int)):
         return value
     if isinstance(value, float):
         return value if math.isfinite(value) else str(value)
-    if isinstance(value, Mapping):
-        return {str(name): _jsonable(item) for name, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(item) for item in value]
     return repr(value)
 
 

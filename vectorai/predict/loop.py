@@ -18,8 +18,8 @@ from vectorai.messages import DecodeLimits
 from vectorai.predict.concurrency import DecodePool, Decoding, Inference, Job, worth_a_pool
 from vectorai.predict.memory import YOUNG_OBJECTS_PER_MESSAGE, CollectEveryBudget, fewer_young_collections
 from vectorai.predict.report import RunReport
-from vectorai.predict.stages import (DecodedBatch, ShadowScorer, batch_context, decode_batch, decode_spec,
-                                     label_batch)
+from vectorai.predict.shadow import ShadowScorer
+from vectorai.predict.stages import DecodedBatch, batch_context, decode_batch, decode_spec, label_batch
 from vectorai.transports.base import ReceivedMessage, Transport
 
 log = logging.getLogger("vectorai.predict")  # as stages' lines: one name for the loop's log
@@ -48,9 +48,10 @@ class PredictionLoop:
                  max_messages: int | None = None, progress: Callable[[RunReport], None] | None = None,
                  progress_interval_s: float = 1.0, shadow: OnnxClassifier | None = None,
                  decode_threads: int | None = None, jpeg_draft: bool = True,
-                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES) -> None:
+                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, shadow_unavailable: str = "") -> None:
         self.report = RunReport(model_version=classifier.info.version,
-                                shadow_model_version=shadow.info.version if shadow is not None else "")
+                                shadow_model_version=shadow.info.version if shadow is not None else "",
+                                shadow_unavailable=shadow_unavailable)
         self._classifier, self._database, self._shadow = classifier, database, shadow
         self._batch_size, self._timeout_ms, self._max_messages = batch_size, timeout_ms, max_messages
         self._limits, self._jpeg_draft = limits, jpeg_draft
@@ -169,8 +170,11 @@ class PredictionLoop:
             batch = label_batch(decoded, job.result(spare=following), self._classifier)
             if self._scorer is not None:
                 self._scorer.score(decoded, batch)
-            new = results_db.write_results(self._database, batch.rows, batch.dead, batch.shadow_rows)
-            self.report.record_batch(batch.source.name, batch.rows, len(batch.dead), batch.duplicates, new)
+            written = results_db.write_batch(self._database, batch.rows, batch.dead, batch.shadow_rows)
+            self.report.record_batch(batch.source.name, batch.rows, len(batch.dead), batch.duplicates, written.new,
+                                     more_dead=batch.more_dead)
+            if self._scorer is not None:
+                self._scorer.written(batch, written.shadow_rejected)
             batch.source.acknowledge(batch.messages)
         in_flight.popleft()
         self._last_progress = now = time.perf_counter()
@@ -219,6 +223,7 @@ def run_predictions(
     decode_threads: int | None = None,
     jpeg_draft: bool = True,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+    shadow_unavailable: str = "",
 ) -> RunReport:
     """Drain every source until each has had nothing new for ``timeout_ms``.
 
@@ -236,6 +241,10 @@ def run_predictions(
     ``shadow``, when given, also classifies every batch (on the loop's thread, after the primary
     model): its rows go to ``shadow_prediction`` in the same transaction, and the report gives
     the agreement between the two and the shadow's accuracy. Without it nothing here changes.
+    Shadow scoring is best effort (``predict.shadow``): a batch it fails on, or whose shadow rows
+    the database refuses (written in a savepoint of their own), is stored with the primary's
+    rows and counted in ``shadow_errors``. ``shadow_unavailable``: why the shadow model asked for
+    could not be loaded (``load_shadow``), for the report.
 
     A batch of large messages (photos: ``POOL_MIN_PAYLOAD_BYTES``) is decoded and preprocessed
     by a pool of ``decode_threads`` threads while the model classifies the batch before it; then
@@ -252,4 +261,5 @@ def run_predictions(
     return PredictionLoop(sources, classifier, database, batch_size=batch_size, timeout_ms=timeout_ms,
                           limits=limits, max_messages=max_messages, progress=progress,
                           progress_interval_s=progress_interval_s, shadow=shadow, decode_threads=decode_threads,
-                          jpeg_draft=jpeg_draft, max_batch_bytes=max_batch_bytes).run()
+                          jpeg_draft=jpeg_draft, max_batch_bytes=max_batch_bytes,
+                          shadow_unavailable=shadow_unavailable).run()

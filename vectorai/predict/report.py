@@ -24,7 +24,8 @@ class SourceCounts:
     shadow_scored: int = 0
     shadow_agreed: int = 0
     shadow_correct: int = 0
-    #: Batches the shadow model failed on (best effort: their primary rows are stored anyway).
+    #: Batches the shadow model failed on, or whose shadow rows the database refused (best effort:
+    #: their primary rows are stored anyway).
     shadow_errors: int = 0
 
     def to_dict(self) -> dict[str, object]:
@@ -64,6 +65,8 @@ class RunReport:
     #: Shadow scoring (a second model on every batch): its version; its figures are the
     #: ``shadow_*`` totals.
     shadow_model_version: str = ""
+    #: Why the shadow model asked for could not be loaded (the run scored with the primary alone).
+    shadow_unavailable: str = ""
     #: Threads that decoded batches of photos by the end of the run (0: none was decoded so).
     decode_threads: int = 0
 
@@ -78,8 +81,8 @@ class RunReport:
     shadow_scored = _total("shadow_scored", "Rows both models scored.")
     shadow_agreed = _total("shadow_agreed", "Rows on which the two agreed (the same class name).")
     shadow_correct = _total("shadow_correct", "Labelled rows the shadow model got right.")
-    shadow_errors = _total("shadow_errors", "Batches the shadow model failed on; their primary rows "
-                                            "were stored and acknowledged.")
+    shadow_errors = _total("shadow_errors", "Batches the shadow model failed on, or whose shadow rows the "
+                                            "database refused; their primary rows were stored and acknowledged.")
 
     def source(self, name: str) -> SourceCounts:
         """The counts of source ``name``, created at zero."""
@@ -89,15 +92,18 @@ class RunReport:
         return counts
 
     def record_batch(self, source: str, rows: Sequence[dict[str, object]], dead_letters: int, duplicates: int,
-                     new: int) -> None:
+                     new: int, more_dead: int = 0) -> None:
         """A committed batch of ``source``: its prediction rows, ``new`` of them stored for the
-        first time."""
+        first time. ``more_dead``: messages its dead letters stand for beyond themselves (a Kafka
+        batch that could not be read: one dead letter for every offset of it), counted as
+        consumed and dead-lettered, so that every offset is counted once."""
         self.batches += 1
         counts = self.source(source)
+        counts.consumed += more_dead
         counts.predicted += new
         counts.already_predicted += len(rows) - new
         counts.duplicates += duplicates
-        counts.dead_letters += dead_letters
+        counts.dead_letters += dead_letters + more_dead
         # Counter.update counts an iterable in C; a loop of += per row cost a µs per image.
         self.per_class.update(map(itemgetter("predicted_name"), rows))
         self.per_source.update(map(itemgetter("source"), rows))
@@ -123,7 +129,8 @@ class RunReport:
             "images_per_second": round(consumed / self.seconds, 1) if self.seconds > 0 else None,
             "model_version": self.model_version,
             "by_source": {name: counts.to_dict() for name, counts in sorted(self.by_source.items())},
-            **({"shadow": self._shadow_dict(labelled)} if self.shadow_model_version else {}),
+            **({"shadow": self._shadow_dict(labelled)} if self.shadow_model_version or self.shadow_unavailable
+               else {}),
         }
 
     def _shadow_dict(self, labelled: int) -> dict[str, object]:
@@ -132,6 +139,7 @@ class RunReport:
             "model_version": self.shadow_model_version,
             "scored": scored,
             "agreement": (self.shadow_agreed / scored) if scored else None,
-            "accuracy": (self.shadow_correct / labelled) if labelled else None,
+            "accuracy": (self.shadow_correct / labelled) if labelled and scored else None,
             "errors": self.shadow_errors,
+            **({"unavailable": self.shadow_unavailable} if self.shadow_unavailable else {}),
         }

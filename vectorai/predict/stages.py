@@ -1,5 +1,5 @@
-"""A batch's stages on the loop's thread: decode and preprocess, label the model's output,
-score it with a shadow model; and the name a batch goes by in an error."""
+"""A batch's stages on the loop's thread: decode and preprocess, label the model's output; and
+the name a batch goes by in an error. (Scoring it with a shadow model: ``shadow``.)"""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from vectorai.errors import BatchError, VectoraiError
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import DecodedImages, DecodeLimits, Failures, decode_messages, stored_content_type
 from vectorai.predict.dead_letters import dead_letter
-from vectorai.predict.report import RunReport
 from vectorai.preprocess import preprocess_images, stack_if_uniform
 from vectorai.transports.base import ReceivedMessage, Transport
 
@@ -43,6 +42,9 @@ class DecodedBatch:
     #: The shadow model's own input for the same rows, when its preprocessing differs (a
     #: foreign model's card); None: it takes ``pixels``.
     shadow_pixels: np.ndarray | None = None
+    #: The transport's messages that dead letters stand for beyond themselves (a Kafka record
+    #: batch that could not be read: one dead letter for all its offsets).
+    more_dead: int = 0
 
 
 @dataclass
@@ -56,6 +58,8 @@ class ClassifiedBatch:
     duplicates: int = 0
     #: The shadow model's rows for the same messages (``shadow_prediction``), when it runs.
     shadow_rows: list[dict[str, object]] = field(default_factory=list)
+    #: As ``DecodedBatch.more_dead``.
+    more_dead: int = 0
 
 
 def decode_batch(
@@ -93,7 +97,9 @@ def decode_batch(
             batch = np.stack(rows) if rows else batch
     shadow_batch = _shadow_input(shadow, pixels) if own_shadow_input(classifier, shadow) and decoded else None
     dead = [dead_letter(message, reason, now) for message, reason in failures]
-    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates, shadow_batch)
+    more_dead = sum(message.stands_for - 1 for message, _ in failures)
+    return DecodedBatch(source, messages, decoded, labels, stamps, batch, dead, now, duplicates, shadow_batch,
+                        more_dead)
 
 
 def own_shadow_input(classifier: OnnxClassifier, shadow: OnnxClassifier | None) -> bool:
@@ -146,11 +152,12 @@ def _shadow_input(shadow: OnnxClassifier, pixels) -> np.ndarray | None:
         return shadow.preprocess(pixels)
     except Exception as err:  # noqa: BLE001 - logged here, counted by ShadowScorer; no shadow rows
         log.warning("the shadow model %s could not preprocess a batch (%s: %s); no shadow rows for it",
-                    shadow.info.version, type(err).__name__, _one_line(err))
+                    shadow.info.version, type(err).__name__, one_line(err))
         return None
 
 
-def _one_line(err: BaseException) -> str:
+def one_line(err: BaseException) -> str:
+    """An exception's text on one line, at most 500 characters, for a log line."""
     return " ".join(str(err).split())[:500]
 
 
@@ -199,64 +206,8 @@ def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: Onnx
                 "produced_at": produced[stamp],
                 "predicted_at": batch.received_at,
             })
-    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates)
-
-
-def shadow_rows(batch: ClassifiedBatch, probabilities: np.ndarray, shadow: OnnxClassifier) -> list[dict[str, object]]:
-    """The shadow model's rows for the messages ``batch`` has rows for (the same order)."""
-    if not batch.rows:
-        return []
-    classes = probabilities.argmax(axis=1)
-    confidences = probabilities[np.arange(len(classes)), classes]
-    names, version = shadow.class_names, shadow.info.version
-    return [{
-        "source": row["source"], "message_id": row["message_id"], "model_version": version,
-        "predicted_class": cls, "predicted_name": names[cls], "confidence": confidence,
-        "true_label": row["true_label"], "predicted_at": row["predicted_at"],
-    } for row, cls, confidence in zip(batch.rows, classes.tolist(), confidences.tolist())]
-
-
-class ShadowScorer:
-    """A second model on every batch, after the primary, adding its figures to ``report``.
-
-    Best effort: a shadow model that fails (a broken challenger, a runtime error, an image its
-    preprocessing refuses) is logged and counted, and the batch goes on with the primary's rows
-    alone; it must never cost the rows of the model that is in production."""
-
-    def __init__(self, classifier: OnnxClassifier, shadow: OnnxClassifier, report: RunReport) -> None:
-        self.shadow = shadow
-        self._own_input = own_shadow_input(classifier, shadow)
-        self._report = report
-
-    def score(self, decoded: DecodedBatch, batch: ClassifiedBatch) -> None:
-        """Give ``batch`` (labelled from ``decoded``) the shadow's rows, and count them."""
-        if not batch.rows:
-            return
-        rows = self._rows(decoded, batch)
-        counts = self._report.source(batch.source.name)
-        if rows is None:
-            counts.shadow_errors += 1
-            return
-        batch.shadow_rows = rows
-        # By class name: the two models may list their classes in another order.
-        counts.shadow_scored += len(rows)
-        counts.shadow_agreed += sum(row["predicted_name"] == theirs["predicted_name"]
-                                    for row, theirs in zip(batch.rows, rows))
-        counts.shadow_correct += sum(theirs["predicted_class"] == theirs["true_label"] for theirs in rows
-                                     if theirs["true_label"] is not None)
-
-    def _rows(self, decoded: DecodedBatch, batch: ClassifiedBatch) -> list[dict[str, object]] | None:
-        """The shadow's rows; None when it failed (logged)."""
-        pixels = decoded.shadow_pixels if self._own_input else decoded.pixels
-        if pixels is None:  # its preprocessing failed (logged in _shadow_input)
-            return None
-        try:
-            return shadow_rows(batch, self.shadow.predict_proba(pixels), self.shadow)
-        except Exception as err:  # noqa: BLE001 - whatever the shadow does, the primary's batch is stored
-            log.warning("shadow model %s failed on a %s; the batch is stored without its rows: %s: %s",
-                        self.shadow.info.version, describe_batch(batch.source, batch.messages),
-                        type(err).__name__, _one_line(err))
-            return None
+    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates,
+                           more_dead=batch.more_dead)
 
 
 @contextlib.contextmanager

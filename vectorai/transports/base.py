@@ -35,6 +35,10 @@ class ReceivedMessage:
     #: Why the transport could not read this message as sent (a Kafka record its client cannot
     #: parse), or None. The decoder makes a message with a problem a dead letter.
     problem: str | None = None
+    #: How many of the transport's messages this one stands for: more than one only for a
+    #: message with a problem that covers several (a Kafka record batch that could not be read
+    #: is one dead letter for all its offsets, which ``position`` names as ``first..last``).
+    stands_for: int = 1
 
     @property
     def key(self) -> str | None:

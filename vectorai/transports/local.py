@@ -8,7 +8,6 @@ processes may produce and consume at the same time (SQLite WAL).
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 import time
@@ -18,6 +17,7 @@ from typing import Iterable, Sequence
 from vectorai.errors import ConfigError, TransportError
 from vectorai.transports.base import OutgoingMessage, ReceivedMessage, Transport
 from vectorai.transports.budget import take_within_budget
+from vectorai.transports.nesting import TooDeep, dump_attributes, parse_attributes
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")
 _POLL_INTERVAL_S = 0.05
@@ -64,7 +64,7 @@ class LocalTransport(Transport):
         if not self._pending:
             return
         now = time.time()
-        rows = [(_key_column(m.key), json.dumps(dict(m.attributes)), m.payload, now) for m in self._pending]
+        rows = [(_key_column(m.key), self._attributes_column(m), m.payload, now) for m in self._pending]
         try:
             self._synchronous("FULL")
             self._db.execute("BEGIN IMMEDIATE")
@@ -76,6 +76,13 @@ class LocalTransport(Transport):
             self._rollback()
             raise TransportError("local", f"cannot append to {self.path}: {err}") from None
         self._pending.clear()
+
+    def _attributes_column(self, message: OutgoingMessage) -> str:
+        try:
+            return dump_attributes(message.attributes)
+        except (TooDeep, TypeError, ValueError) as err:
+            raise TransportError("local", f"cannot append message {_shown(message.key)} to {self.path}: "
+                                          f"its attributes cannot be written as JSON ({err})") from None
 
     def _synchronous(self, level: str) -> None:
         if level != self._sync_level:
@@ -121,9 +128,12 @@ class LocalTransport(Transport):
         it holds kept as bytes."""
         problems = []
         try:
-            attrs = json.loads(attributes)  # raises TypeError for NULL or a number
+            attrs = parse_attributes(attributes)  # raises TypeError for NULL or a number
             if not isinstance(attrs, dict):
                 raise ValueError("not an object")
+        except TooDeep as err:
+            attrs = {}
+            problems.append(str(err))
         except (ValueError, TypeError):
             attrs = {}
             problems.append(f"attributes {_shown(attributes)} are not a JSON object")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Hashable, Iterable, Sequence
 
 from vectorai.transports.base import ReceivedMessage
-from vectorai.transports.kafka.records import received_message
+from vectorai.transports.kafka.records import offsets_of, received_message
 
 
 @dataclass(eq=False, slots=True)
@@ -80,8 +80,7 @@ class OffsetLedger:
         if claim is None:
             claim = self._claims[(record.topic, record.partition)] = Claim(
                 self._make_partition(record.topic, record.partition), f"{record.topic}/{record.partition}@")
-        offset = record.offset
-        return received_message(record, (claim, offset), claim.position_prefix + str(offset))
+        return received_message(record, (claim, record.offset), claim.position_prefix + offsets_of(record))
 
     # --- acknowledging and committing ------------------------------------------------------
 

@@ -54,6 +54,10 @@ class RecoveredRecord(NamedTuple):
     serialized_value_size: int
     serialized_header_size: int
     problem: str | None = None
+    #: The first offset this record stands for, when it stands for several: a batch that could
+    #: not be read at all is one record at its last offset (where the consumer's position moves
+    #: on from) standing for every offset of it from this one.
+    first_offset: int | None = None
 
 
 class _Unreadable(Exception):
@@ -98,9 +102,12 @@ def read_records(raw: bytes, topic: str, partition: int, after: int = -1) -> tup
             next_offset = last + 1
             if last <= after:
                 continue
+            # One dead letter for the whole batch (nothing of it can be told apart), standing for
+            # each of its offsets this consumer has not read yet.
+            first = max(base_offset, after + 1)
             records = [_unreadable(topic, partition, last, chunk[:_RAW_CAP],
                                    f"record batch of offsets {base_offset}..{last} cannot be read: "
-                                   f"{type(err).__name__}: {err}")]
+                                   f"{type(err).__name__}: {err}", first=first)]
         out.extend(records)
         # The position only moves forward: a later batch's offsets at or below this one's are
         # not read again (as kafka-python's fetcher would not).
@@ -236,15 +243,26 @@ def _bytes(body, pos: int, end: int) -> tuple[bytes | None, int]:
     return bytes(body[pos:pos + size]), pos + size
 
 
-def _reason(topic: str, partition: int, offset: int, problem: str) -> str:
+def _reason(topic: str, partition: int, offset: int, problem: str, first: int | None = None) -> str:
+    if first is not None and first < offset:
+        return f"the Kafka client cannot parse records {topic}/{partition}@{first}..{offset}: {problem}"
     return f"the Kafka client cannot parse record {topic}/{partition}@{offset}: {problem}"
 
 
 def _unreadable(topic: str, partition: int, offset: int, raw: bytes, problem: str,
-                leader_epoch: int = -1) -> RecoveredRecord:
-    """A record nothing of which could be read but its place: its raw bytes are the payload."""
+                leader_epoch: int = -1, first: int | None = None) -> RecoveredRecord:
+    """A record nothing of which could be read but its place: its raw bytes are the payload.
+    ``first``: the first of the offsets up to ``offset`` it stands for, when it stands for several."""
+    first = first if first is not None and first < offset else None
     return RecoveredRecord(topic, partition, leader_epoch, offset, -1, 0, None, bytes(raw), [], None, -1,
-                           len(raw), -1, _reason(topic, partition, offset, problem))
+                           len(raw), -1, _reason(topic, partition, offset, problem, first), first)
+
+
+def offsets_of(record) -> str:
+    """The offset a polled record is at, as its position names it: ``first..last`` for a
+    record that stands for several (``RecoveredRecord.first_offset``)."""
+    first = record.first_offset if type(record) is RecoveredRecord else None
+    return str(record.offset) if first is None else f"{first}..{record.offset}"
 
 
 def received_message(record, handle: object, position: str) -> ReceivedMessage:
@@ -264,5 +282,8 @@ def received_message(record, handle: object, position: str) -> ReceivedMessage:
         attributes["id"] = str(record.key, "utf-8", "surrogateescape")
     # A record kafka-python could not parse carries why: the decoder makes it a dead letter, and
     # it is acknowledged with its batch like any other.
-    return ReceivedMessage(SOURCE, record.value or b"", attributes, position, handle,
-                           record.problem if type(record) is RecoveredRecord else None)
+    if type(record) is not RecoveredRecord:
+        return ReceivedMessage(SOURCE, record.value or b"", attributes, position, handle)
+    first = record.first_offset
+    return ReceivedMessage(SOURCE, record.value or b"", attributes, position, handle, record.problem,
+                           1 if first is None else record.offset - first + 1)
