@@ -7,6 +7,7 @@ training here."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import Project, new_project, unique_name
+from tests.conftest import REPO, Project, new_project, unique_name
 from tests.fixtures_luigid import api
 from tests.foreign_models import colour_images, optimum_folder
 
@@ -33,6 +34,20 @@ def client(uri: str):
 
 def aliases(uri: str, name: str) -> dict[str, str]:
     return {k: str(v) for k, v in client(uri).get_registered_model(name).aliases.items()}
+
+
+def register_elsewhere(path: Path, uri: str, name: str) -> tuple[str, str]:
+    """Register the model at ``path`` as a new version of ``name`` in the store ``uri``, in a
+    process of its own (MLflow's active experiment is per process, and one another test module
+    set refuses runs of other experiments); its version and run id."""
+    code = ("import sys; from pathlib import Path; from vectorai.registry import register_foreign_model; "
+            "ref = register_foreign_model(Path(sys.argv[1]), tracking_uri=sys.argv[2], experiment='elsewhere', "
+            "name=sys.argv[3]); print(ref.version, ref.run_id)")
+    proc = subprocess.run([sys.executable, "-c", code, str(path), uri, name], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, **NO_TELEMETRY, "PYTHONPATH": str(REPO)})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    version, run_id = proc.stdout.splitlines()[-1].split()
+    return version, run_id
 
 
 def eval_file(folder: Path) -> Path:
@@ -73,12 +88,9 @@ def luigid_tasks(port: int, status: str) -> dict[str, dict]:
 @pytest.mark.luigid
 @pytest.mark.mlflow
 def test_two_workers_on_one_luigid_promote_one_registered_model_one_task_at_a_time(mlflow_server, luigid, tmp_path):
-    from vectorai.registry import register_foreign_model
-
     name = unique_name("colours")
-    good = optimum_folder(tmp_path / "good")
-    champion = register_foreign_model(good, tracking_uri=mlflow_server, experiment="two-workers", name=name)
-    client(mlflow_server).set_registered_model_alias(name, "champion", champion.version)
+    champion, _ = register_elsewhere(optimum_folder(tmp_path / "good"), mlflow_server, name)
+    client(mlflow_server).set_registered_model_alias(name, "champion", champion)
     evaluation = eval_file(tmp_path)
     # Another file of the champion's graph (as good: promoted), and a worse model (refused).
     models = {"equal": optimum_folder(tmp_path / "equal"), "worse": optimum_folder(tmp_path / "worse", weights=MUDDLED)}
@@ -113,12 +125,12 @@ def test_two_workers_on_one_luigid_promote_one_registered_model_one_task_at_a_ti
     # The champion replaced is the one there was; the worse one was judged against whichever
     # champion luigid let it see.
     equal_version = equal["candidate"]["version"]
-    assert equal["champion"]["version"] == champion.version
-    assert equal["aliases"] == {"champion": equal_version, "previous": champion.version}
+    assert equal["champion"]["version"] == champion
+    assert equal["aliases"] == {"champion": equal_version, "previous": champion}
     promote_order = [task["params"]["model_path"] for task in done if task["name"] == "PromoteRegisteredModel"]
-    seen = champion.version if promote_order[0] == str(models["worse"]) else equal_version
+    seen = champion if promote_order[0] == str(models["worse"]) else equal_version
     assert worse["champion"]["version"] == seen and "judged again" not in worse["reason"] + equal["reason"]
-    assert aliases(mlflow_server, name) == {"champion": equal_version, "previous": champion.version}
+    assert aliases(mlflow_server, name) == {"champion": equal_version, "previous": champion}
 
 
 # --- a registration belongs to its store --------------------------------------------------------
@@ -127,7 +139,6 @@ def test_two_workers_on_one_luigid_promote_one_registered_model_one_task_at_a_ti
 @pytest.mark.mlflow
 def test_a_registration_in_one_store_does_not_stand_for_another_store_s_version(mlflow_server, tmp_path):
     from vectorai.modelcard import model_digest
-    from vectorai.registry import register_foreign_model
 
     name = unique_name("colours")
     good, worse = optimum_folder(tmp_path / "good"), optimum_folder(tmp_path / "worse", weights=MUDDLED)
@@ -136,8 +147,7 @@ def test_a_registration_in_one_store_does_not_stand_for_another_store_s_version(
     assert first.returncode == 0, first.stderr[-3000:]
 
     # The server's NAME/1 is another model altogether.
-    unrelated = register_foreign_model(worse, tracking_uri=mlflow_server, experiment="unrelated", name=name)
-    assert unrelated.version == "1"
+    assert register_elsewhere(worse, mlflow_server, name)[0] == "1"
     project.set("mlflow", tracking_uri=mlflow_server)
     second = register_cli(project, str(good), "--name", name, "--eval-file", str(eval_file(tmp_path)))
     assert second.returncode == 0, second.stderr[-3000:]
@@ -154,8 +164,6 @@ def test_a_registration_in_one_store_does_not_stand_for_another_store_s_version(
 
 
 def test_a_store_made_anew_whose_version_is_another_model_is_refused_in_one_line(tmp_path):
-    from vectorai.registry import register_foreign_model
-
     name = "colours"
     good, worse = optimum_folder(tmp_path / "good"), optimum_folder(tmp_path / "worse", weights=MUDDLED)
     project = new_project(tmp_path / "home")
@@ -167,15 +175,15 @@ def test_a_store_made_anew_whose_version_is_another_model_is_refused_in_one_line
     # The same store, its registered model deleted and made again for another model.
     store = f"sqlite:///{(project.data / 'mlflow' / 'mlflow.db').resolve()}"
     client(store).delete_registered_model(name)
-    other = register_foreign_model(worse, tracking_uri=store, experiment="other", name=name)
-    assert other.version == "1"
+    version, other_run = register_elsewhere(worse, store, name)
+    assert version == "1"
 
     proc = project.luigi("PromoteRegisteredModel", "--model-path", str(good), "--registered-model", name,
                          "--eval-file", str(eval_file(tmp_path)), check=False, extra_env=NO_TELEMETRY)
     assert proc.returncode == 30 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     [line] = [line for line in proc.stderr.splitlines() if line.startswith("vectorai error: ")]
     assert line.endswith(f"the registration {registration} (run {run_id}) is not version 1 of {name} in {store}: "
-                         f"that version comes from run {other.run_id}; remove that file to register the model in "
+                         f"that version comes from run {other_run}; remove that file to register the model in "
                          "this store")
     assert "champion" not in aliases(store, name)
 
