@@ -66,6 +66,20 @@ def inside(root: Path, path: Path, setting: str) -> Path:
     return path
 
 
+def registry_resources(name: str) -> dict[str, int]:
+    """A task's Luigi ``resources`` while it registers a version of ``name`` or moves its
+    aliases: one unit of a resource named after the registered model and its store. luigid lends
+    a resource that its ``[resources]`` section does not declare once at a time (its default
+    count is 1), so one such task runs at a time across every worker and host of that scheduler;
+    the lock file in the model cache (vectorai.registry.promotion) covers ``--local-scheduler``."""
+    from tasks.config import mlflow
+    from vectorai.tracking import store_identity
+
+    # The store as a short hash: the name is shown on luigid's resources page.
+    store = hashlib.sha256(store_identity(mlflow().resolved_uri()).encode()).hexdigest()[:8]
+    return {f"vectorai-registry-{name}-{store}": 1}
+
+
 def write_json(target: luigi.LocalTarget, data: object) -> None:
     """Atomically write ``data`` as the task's JSON target."""
     with target.open("w") as handle:

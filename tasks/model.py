@@ -11,16 +11,20 @@ from typing import TYPE_CHECKING
 import luigi
 from luigi.util import requires
 
-from tasks.common import VectoraiTaskMixin, name_part, params_hash, read_json, write_json
+from tasks.common import VectoraiTaskMixin, name_part, params_hash, read_json, registry_resources, write_json
 from tasks.config import mlflow, paths, registry
 from tasks.data import SplitData
 from tasks.live import LiveStatus
 from vectorai.training import RECIPE
 
 if TYPE_CHECKING:
-    from vectorai.registry import ModelVersionRef
+    from vectorai.datasets import LabelledImages
+    from vectorai.registry import ChooseImages, ModelVersionRef
 
 log = logging.getLogger("luigi-interface")
+
+#: How the images compared on are chosen from an --eval-file (the decision's compared_on.chosen).
+EVAL_FILE_CHOICE = "--eval-file, less the images either version trained on"
 
 
 @requires(SplitData)
@@ -194,6 +198,10 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
                                            default=0.0, significant=False, description="Accuracy (0-1) the new "
                                            "version must gain over the champion to replace it")
 
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        return registry_resources(self.requires().registered_name)
+
     def output(self) -> luigi.LocalTarget:
         from vectorai.tracking import store_identity
 
@@ -207,7 +215,7 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
 
     def run(self) -> None:
         from vectorai.prepare import load_splits, load_stream_sample
-        from vectorai.registry import check_export, log_decision, promote_version, unseen_by_either
+        from vectorai.registry import check_export, log_decision, promote_version
 
         onnx_dir = Path(self.input().path)
         exported = read_json(onnx_dir / "model.json")
@@ -221,7 +229,7 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
         check_export(name, version, exported["mlflow_run_id"], tracking_uri)
         if self.eval_file:
             data, eval_set = load_stream_sample(Path(self.eval_file)), self.eval_file
-            chosen = "--eval-file, less the images either version trained on"
+            chosen = EVAL_FILE_CHOICE
         else:
             split_dir = Path(self.clone(SplitData).output().path)
             data, eval_set = load_splits(split_dir).test, f"test split {split_dir}"
@@ -232,22 +240,31 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
 
             raise DatasetError(eval_set, "every image needs a label (y) to compare models")
         with LiveStatus(self) as live:
-            def choose(champion: str | None):
-                """The images neither the candidate nor this champion trained on (chosen again
-                for a champion that another promotion moved in meanwhile)."""
-                kept, compared = unseen_by_either(name, version, data, tracking_uri=tracking_uri,
-                                                  eval_set=eval_set, champion=champion)
-                for label in compared["training_set_unknown"]:
-                    log.warning("%s: %s has no record of what it trained on (registered by an older vectorai); it "
-                                "may have trained on some of the images compared on", self.task_id, label)
-                live.update(f"comparing {name}/{version} with {name}/{champion} on {len(kept.labels):,} images")
-                return kept.images, kept.labels, compared
-
-            record = promote_version(name, version, tracking_uri=tracking_uri, choose=choose,
-                                     cache_dir=registry().cache, min_improvement=self.min_improvement,
-                                     eval_set=eval_set)
+            record = promote_version(name, version, tracking_uri=tracking_uri, cache_dir=registry().cache,
+                                     choose=unseen_images(self, live, name, version, data, tracking_uri=tracking_uri,
+                                                          eval_set=eval_set),
+                                     min_improvement=self.min_improvement, eval_set=eval_set)
             record["compared_on"] = {"source": eval_set, "chosen": chosen, **record.pop("compared")}
             live.update(f"{record['outcome']}: {record['reason']}", 100)
         log_decision(record, tracking_uri=tracking_uri, run_id=exported["mlflow_run_id"],
                      artifact_file=f"promotion/{Path(self.output().path).name}")
         write_json(self.output(), record)
+
+
+def unseen_images(task: luigi.Task, live: LiveStatus, name: str, version: str, data: LabelledImages, *,
+                  tracking_uri: str, eval_set: str) -> ChooseImages:
+    """What promote_version compares version ``version`` of ``name`` with a champion on: ``data``
+    less the images either trained on (chosen again for a champion that another promotion moved
+    in meanwhile); a version that recorded no training set is named in a warning."""
+    from vectorai.registry import unseen_by_either
+
+    def choose(champion: str | None):
+        kept, compared = unseen_by_either(name, version, data, tracking_uri=tracking_uri, eval_set=eval_set,
+                                          champion=champion)
+        for label in compared["training_set_unknown"]:
+            log.warning("%s: %s has no record of what it trained on (a model trained elsewhere, or registered by an "
+                        "older vectorai); it may have trained on some of the images compared on", task.task_id, label)
+        live.update(f"comparing {name}/{version} with {name}/{champion} on {len(kept.labels):,} images")
+        return kept.images, kept.labels, compared
+
+    return choose

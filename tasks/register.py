@@ -12,9 +12,10 @@ from pathlib import Path
 import luigi
 from luigi.util import requires
 
-from tasks.common import VectoraiTaskMixin, check_name_part, name_part, write_json
+from tasks.common import VectoraiTaskMixin, check_name_part, name_part, registry_resources, write_json
 from tasks.config import mlflow, paths, registry
 from tasks.live import LiveStatus
+from tasks.model import EVAL_FILE_CHOICE, unseen_images
 
 #: The card keys RegisterModel takes as flags, over the card's own files.
 _CARD_FLAGS = {"layout": "layout", "channel_order": "channel_order", "output_kind": "output_kind",
@@ -40,16 +41,24 @@ class RegisterModel(VectoraiTaskMixin, luigi.Task):
     def overrides(self) -> dict[str, str]:
         return {key: getattr(self, flag) for flag, key in _CARD_FLAGS.items() if getattr(self, flag)}
 
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        return registry_resources(self.registered_model)
+
     def output(self) -> luigi.LocalTarget:
         from vectorai.modelcard import model_digest
+        from vectorai.tracking import store_identity
 
-        # Named after what is registered (file contents and flags), so the same model is
-        # registered once and a changed one again. output() must not raise: run() reports.
+        # Named after what is registered (file contents and flags) and where (the tracking
+        # store), so the same model is registered once in each store and a changed one again: a
+        # version registered in one store must not stand for another, whose NAME/1 may be
+        # anything. output() must not raise: run() reports.
         try:
             digest = model_digest(Path(self.model_path))
         except Exception:  # noqa: BLE001
             digest = "unreadable"
-        key = hashlib.sha256(json.dumps([digest, self.overrides], sort_keys=True).encode()).hexdigest()[:12]
+        key = hashlib.sha256(json.dumps([digest, self.overrides, store_identity(mlflow().resolved_uri())],
+                                        sort_keys=True).encode()).hexdigest()[:12]
         return luigi.LocalTarget(paths().models / "registered" / name_part(self.registered_model) / f"{key}.json")
 
     def run(self) -> None:
@@ -76,8 +85,16 @@ class PromoteRegisteredModel(VectoraiTaskMixin, luigi.Task):
                                            default=0.0, description="Accuracy (0-1) the new version must gain "
                                            "over the champion to replace it")
 
+    @property
+    def resources(self) -> dict[str, int]:  # type: ignore[override]
+        return registry_resources(self.registered_model)
+
     def output(self) -> luigi.LocalTarget:
-        key = json.dumps([self.eval_file, self.min_improvement])
+        from vectorai.tracking import store_identity
+
+        # Beside its registration, which is named for the store too; a decision made in one
+        # store must not stand for another.
+        key = json.dumps([self.eval_file, self.min_improvement, store_identity(mlflow().resolved_uri())])
         name = f"{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
         registered = Path(self.input().path)
         return luigi.LocalTarget(registered.parent / "promotion" / registered.stem / name)
@@ -85,7 +102,7 @@ class PromoteRegisteredModel(VectoraiTaskMixin, luigi.Task):
     def run(self) -> None:
         from vectorai.errors import ConfigError, DatasetError
         from vectorai.prepare import load_stream_sample
-        from vectorai.registry import log_decision, promote_version
+        from vectorai.registry import check_export, log_decision, promote_version
 
         if not self.eval_file:
             raise ConfigError("PromoteModel.eval_file", "a foreign model has no test split; give --eval-file x.npz")
@@ -95,11 +112,18 @@ class PromoteRegisteredModel(VectoraiTaskMixin, luigi.Task):
             raise DatasetError(self.eval_file, "every image needs a label (y) to compare models")
         tracking_uri = mlflow().resolved_uri()
         name, version = registered["registered_model"], registered["version"]
+        # The registration names a version, not a store: make sure this store's version is it
+        # (a store made anew at the same address may have another model as that version).
+        check_export(name, version, registered["run_id"], tracking_uri, what=f"the registration {self.input().path}",
+                     remedy="remove that file to register the model in this store")
         with LiveStatus(self) as live:
-            live.update(f"comparing {name}/{version} with @champion on {len(data.labels):,} images")
-            record = promote_version(name, version, tracking_uri=tracking_uri, images=data.images,
-                                     labels=data.labels, cache_dir=registry().cache,
+            # A champion that is one of our exports recorded what it trained on: those images
+            # are left out, as PromoteModel does (a foreign model's training set is unknown).
+            record = promote_version(name, version, tracking_uri=tracking_uri, cache_dir=registry().cache,
+                                     choose=unseen_images(self, live, name, version, data, tracking_uri=tracking_uri,
+                                                          eval_set=self.eval_file),
                                      min_improvement=self.min_improvement, eval_set=self.eval_file)
+            record["compared_on"] = {"source": self.eval_file, "chosen": EVAL_FILE_CHOICE, **record.pop("compared")}
             live.update(f"{record['outcome']}: {record['reason']}", 100)
         log_decision(record, tracking_uri=tracking_uri, run_id=registered["run_id"],
                      artifact_file=f"promotion/{Path(self.output().path).name}")

@@ -159,19 +159,20 @@ def run_version(name: str, run_id: str, tracking_uri: str) -> ModelVersionRef | 
     return _ref(versions[0]) if versions else None
 
 
-def check_export(name: str, version: str, run_id: str, tracking_uri: str) -> ModelVersionRef:
+def check_export(name: str, version: str, run_id: str, tracking_uri: str, *, what: str = "this export",
+                 remedy: str = "export against this store to promote there") -> ModelVersionRef:
     """Version ``version`` of ``name`` in this store, after checking that it was registered
-    from ``run_id``: an export records only name and version, which another store (or a store
-    made anew) may use for another model."""
+    from ``run_id``: an export (or a registration, ``what``) records only name and version,
+    which another store (or a store made anew) may use for another model. ``remedy`` ends the
+    error when the store's version comes from another run."""
     subject = f"models:/{name}/{version}"
-    mismatch = f"this export (run {run_id}) is not version {version} of {name} in {mask_url(tracking_uri)}"
+    mismatch = f"{what} (run {run_id}) is not version {version} of {name} in {mask_url(tracking_uri)}"
     try:
         ref = resolve(subject, tracking_uri)
     except RegistryError as err:
         raise RegistryError(subject, f"{mismatch}: {err.reason}") from None
     if ref.run_id != run_id:
-        raise RegistryError(subject, f"{mismatch}: that version comes from run {ref.run_id or '(none)'}; export "
-                            "against this store to promote there")
+        raise RegistryError(subject, f"{mismatch}: that version comes from run {ref.run_id or '(none)'}; {remedy}")
     return ref
 
 

@@ -209,8 +209,8 @@ class _Promotion:
 def _promotion_lock(cache_dir: Path, tracking_uri: str, name: str) -> Iterator[None]:
     """Held while @champion is read again and moved: an exclusive lock on a file in the cache
     folder, one per store and registered model. It covers the processes sharing the folder (the
-    workers of one machine); promotions from other machines still see each other's moves in
-    the re-read, with the two requests of the move as the only window."""
+    workers of one machine, ``--local-scheduler`` runs); across hosts the tasks hold a Luigi
+    resource of the model, so luigid runs one promotion of it at a time (tasks.common)."""
     import fcntl
 
     from vectorai.tracking import store_identity
