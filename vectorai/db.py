@@ -238,7 +238,8 @@ def _write(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[
     with db.atomic():
         new = _insert_new_rows(db, Prediction, predictions, copy)
         for chunk in _chunks(dead_letters, 500):
-            DeadLetter.insert_many(chunk).on_conflict(action="NOTHING", conflict_target=unique_key(DeadLetter)).execute()
+            (DeadLetter.insert_many(chunk)
+             .on_conflict(action="NOTHING", conflict_target=unique_key(DeadLetter)).execute())
         rejected = _insert_shadow_rows(db, shadow, copy) if shadow else None
     return Written(new, rejected)
 
