@@ -65,7 +65,8 @@ def fill(database, rows: int, batch: int = 20_000, log=print) -> None:
     reviewed = [{"source": "kafka", "message_id": f"bench-{i:08d}", "label": i % 10, "reviewed_at": start,
                  "reviewer": "bench"} for i in range(0, rows, 100)]
     for chunk in range(0, len(reviewed), 5000):
-        db.Review.insert_many(reviewed[chunk:chunk + 5000]).on_conflict_ignore().execute()
+        (db.Review.insert_many(reviewed[chunk:chunk + 5000])
+         .on_conflict(action="NOTHING", conflict_target=db.unique_key(db.Review)).execute())
     database.execute_sql("ANALYZE")
 
 

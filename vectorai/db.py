@@ -1,8 +1,10 @@
 """The results database: Peewee models over SQLite (embedded default) or PostgreSQL.
 
 All SQL goes through Peewee's parameterised queries. Every prediction row is unique on
-(source, message_id), and inserts ignore rows already there, so a redelivered message can never
-produce a second row.
+(source, message_id), and inserts skip rows already there, so a redelivered message can never
+produce a second row. They skip a conflict on that unique key only (``ON CONFLICT (key) DO
+NOTHING``, never SQLite's ``INSERT OR IGNORE``, which also drops a row that breaks NOT NULL, as
+a NaN confidence does there): any other refused row fails the batch.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from vectorai.transports.budget import take_within_budget
 
 database_proxy = pw.DatabaseProxy()
 
-#: The insert-or-ignore path (a redelivered batch) sends rows in statements of at most this
+#: The INSERT path (a redelivered batch, skipping stored rows) sends rows in statements of at most this
 #: many bytes of blob values (one larger row alone).
 INSERT_PAGE_BYTES = 4 * 1024 * 1024
 
@@ -117,6 +119,12 @@ MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter, ShadowPrediction, 
 _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 
 
+def unique_key(model: type[pw.Model]) -> list[pw.Field]:
+    """The columns of ``model``'s one unique index: the only conflict an insert may skip."""
+    [(names, _unique)] = model._meta.indexes
+    return [model._meta.fields[name] for name in names]
+
+
 def sqlite_url(path: Path) -> str:
     return f"sqlite:///{path.resolve()}"
 
@@ -197,7 +205,7 @@ def write_results(db: pw.Database, predictions: Sequence[dict], dead_letters: Se
 def write_batch(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[dict],
                 shadow: Sequence[dict] = ()) -> Written:
     """Insert one batch's rows (and its shadow model's) in one transaction; rows already present
-    are ignored.
+    (by their unique key) are skipped; any other row the database refuses fails the batch.
 
     The shadow rows go in a savepoint of their own: shadow scoring is best effort, so a shadow
     row the database refuses (a class name PostgreSQL cannot store: over 255 characters, or
@@ -230,7 +238,8 @@ def _write(db: pw.Database, predictions: Sequence[dict], dead_letters: Sequence[
     with db.atomic():
         new = _insert_new_rows(db, Prediction, predictions, copy)
         for chunk in _chunks(dead_letters, 500):
-            DeadLetter.insert_many(chunk).on_conflict_ignore().execute()
+            (DeadLetter.insert_many(chunk)
+             .on_conflict(action="NOTHING", conflict_target=unique_key(DeadLetter)).execute())
         rejected = _insert_shadow_rows(db, shadow, copy) if shadow else None
     return Written(new, rejected)
 
@@ -278,7 +287,8 @@ def _insert_new_rows(db: pw.Database, model: type[pw.Model], rows: Sequence[dict
         if isinstance(db, pw.PostgresqlDatabase):
             return _insert_postgres(db, model, fields, values, copy)
         cursor = db.cursor()
-        template = model.insert({f: None for f in fields}).on_conflict_ignore()
+        template = model.insert({f: None for f in fields}).on_conflict(action="NOTHING",
+                                                                        conflict_target=unique_key(model))
         statement, _ = db.get_sql_context().sql(template).query()
         cursor.executemany(statement, _render_stamps(fields, values))
         return cursor.rowcount
@@ -339,7 +349,8 @@ def _insert_postgres(db: pw.PostgresqlDatabase, model: type[pw.Model], fields: l
     # Identifiers composed by psycopg2, values sent as parameters. psycopg2 renders a page as
     # one statement, its bytea values escaped (2-4 times their size): pages of at most
     # INSERT_PAGE_BYTES of values, each INSERT's row count added up.
-    statement = sql.SQL("INSERT INTO {} ({}) VALUES %s ON CONFLICT DO NOTHING").format(table, columns)
+    key = sql.SQL(", ").join(sql.Identifier(f.column_name) for f in unique_key(model))
+    statement = sql.SQL("INSERT INTO {} ({}) VALUES %s ON CONFLICT ({}) DO NOTHING").format(table, columns, key)
     blobs = [i for i, f in enumerate(fields) if isinstance(f, pw.BlobField)]
     sizes = [sum(len(row[i] or b"") for i in blobs) for row in values] if blobs else [0] * len(values)
     new = start = 0

@@ -43,8 +43,9 @@ METRICS: dict[str, str] = {
                                  "agreed with the model (shadow scoring only).",
     "last_run_shadow_accuracy": "Share of the last successful run's labelled messages the shadow model "
                                 "classified right (shadow scoring only).",
-    "last_run_shadow_errors": "Batches of the last successful run the shadow model failed on, or whose shadow "
-                              "rows the database refused; their primary rows were stored (shadow scoring only).",
+    "last_run_shadow_errors": "Batches of the last successful run the shadow model failed on, gave a "
+                              "non-finite output for some images of, or whose shadow rows the database "
+                              "refused; their primary rows were stored (shadow scoring only).",
     "last_run_shadow_unavailable": "1 when the last successful run could not load its shadow model and scored "
                                    "with the primary model alone, else 0 (shadow scoring only).",
     "last_success_timestamp_seconds": "Unix time the job last finished successfully.",

@@ -43,3 +43,44 @@ def tiny_onnx_model(path: Path, height: int = 8, width: int = 8, channels: int =
 def expected_classes(weights: np.ndarray, images: np.ndarray) -> np.ndarray:
     """What the tiny model must predict for already-preprocessed images."""
     return (images.reshape(len(images), -1) @ weights).argmax(axis=1)
+
+
+#: ``non_finite_model``'s output by an image's first pixel (0-255): at least 240, NaN in every
+#: class; 220-239, +inf in class 0; 200-219, -inf in class 1 (the others finite); below 200, the
+#: tiny model's probabilities.
+NAN_FROM, INF_FROM, MINUS_INF_FROM = 240, 220, 200
+
+
+def non_finite_model(path: Path, seed: int = 0) -> np.ndarray:
+    """``tiny_onnx_model`` (3 classes, 8x8x1) whose output is NaN or an infinity for some images,
+    as a broken or foreign model's can be, chosen by the first pixel (``NAN_FROM``...); returns
+    the weights of the tiny model it gives for the other images."""
+    import onnx
+    from onnx import helper, numpy_helper
+
+    weights = tiny_onnx_model(path, seed=seed)
+    model = onnx.load(str(path))
+    graph = model.graph
+    graph.node[-1].output[0] = "softmax"
+    constants = {
+        "first_index": np.array([0], np.int64),
+        "nan_from": np.array((NAN_FROM - 0.5) / 255, np.float32),
+        "inf_from": np.array((INF_FROM - 0.5) / 255, np.float32),
+        "minus_inf_from": np.array((MINUS_INF_FROM - 0.5) / 255, np.float32),
+        "nan_row": np.full((1, 3), np.nan, np.float32),
+        "inf_row": np.array([[np.inf, 0.2, 0.3]], np.float32),
+        "minus_inf_row": np.array([[0.5, -np.inf, 0.5]], np.float32),
+    }
+    graph.initializer.extend(numpy_helper.from_array(value, name) for name, value in constants.items())
+    graph.node.extend([
+        helper.make_node("Gather", ["flat", "first_index"], ["first"], axis=1),
+        helper.make_node("Greater", ["first", "nan_from"], ["is_nan"]),
+        helper.make_node("Greater", ["first", "inf_from"], ["is_inf"]),
+        helper.make_node("Greater", ["first", "minus_inf_from"], ["is_minus_inf"]),
+        helper.make_node("Where", ["is_minus_inf", "minus_inf_row", "softmax"], ["with_minus_inf"]),
+        helper.make_node("Where", ["is_inf", "inf_row", "with_minus_inf"], ["with_inf"]),
+        helper.make_node("Where", ["is_nan", "nan_row", "with_inf"], ["probabilities"]),
+    ])
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+    return weights

@@ -231,7 +231,8 @@ def run_predictions(
     source, always in that order; a batch is acknowledged only after its rows are committed. The
     model runs on a background thread one batch ahead of the database (at most two batches are
     in memory, three with the decoding pool; see ``concurrency.Inference``). If anything fails,
-    every batch not yet acknowledged is released for redelivery and the error propagates.
+    every batch not yet acknowledged is released for redelivery and the error propagates. An
+    image the model gives NaN or an infinity for is a dead letter (``stages.label_batch``).
 
     ``progress``, when given, is called with the report so far (``seconds`` up to the last
     commit) after a committed batch, at most once per ``progress_interval_s``: the clock is
@@ -241,7 +242,8 @@ def run_predictions(
     ``shadow``, when given, also classifies every batch (on the loop's thread, after the primary
     model): its rows go to ``shadow_prediction`` in the same transaction, and the report gives
     the agreement between the two and the shadow's accuracy. Without it nothing here changes.
-    Shadow scoring is best effort (``predict.shadow``): a batch it fails on, or whose shadow rows
+    Shadow scoring is best effort (``predict.shadow``): a batch it fails on (or gives a
+    non-finite output for some images of: they get no shadow row), or whose shadow rows
     the database refuses (written in a savepoint of their own), is stored with the primary's
     rows and counted in ``shadow_errors``. ``shadow_unavailable``: why the shadow model asked for
     could not be loaded (``load_shadow``), for the report.

@@ -24,8 +24,9 @@ class SourceCounts:
     shadow_scored: int = 0
     shadow_agreed: int = 0
     shadow_correct: int = 0
-    #: Batches the shadow model failed on, or whose shadow rows the database refused (best effort:
-    #: their primary rows are stored anyway).
+    #: Batches the shadow model failed on, gave a non-finite output for some images of (those
+    #: have no shadow row), or whose shadow rows the database refused (best effort: their primary
+    #: rows are stored anyway). One per batch at most.
     shadow_errors: int = 0
 
     def to_dict(self) -> dict[str, object]:
@@ -81,8 +82,9 @@ class RunReport:
     shadow_scored = _total("shadow_scored", "Rows both models scored.")
     shadow_agreed = _total("shadow_agreed", "Rows on which the two agreed (the same class name).")
     shadow_correct = _total("shadow_correct", "Labelled rows the shadow model got right.")
-    shadow_errors = _total("shadow_errors", "Batches the shadow model failed on, or whose shadow rows the "
-                                            "database refused; their primary rows were stored and acknowledged.")
+    shadow_errors = _total("shadow_errors", "Batches the shadow model failed on, gave a non-finite output for "
+                                            "some images of, or whose shadow rows the database refused; their "
+                                            "primary rows were stored and acknowledged.")
 
     def source(self, name: str) -> SourceCounts:
         """The counts of source ``name``, created at zero."""

@@ -15,7 +15,8 @@ import numpy as np
 
 from vectorai.inference import OnnxClassifier
 from vectorai.predict.report import RunReport
-from vectorai.predict.stages import ClassifiedBatch, DecodedBatch, describe_batch, one_line, own_shadow_input
+from vectorai.predict.stages import (ClassifiedBatch, DecodedBatch, describe_batch, finite_rows, one_line,
+                                     own_shadow_input)
 
 log = logging.getLogger("vectorai.predict")  # as the loop's other lines
 
@@ -34,9 +35,13 @@ def load_shadow(load: Callable[[], OnnxClassifier], uri: str) -> tuple[OnnxClass
 
 
 def shadow_rows(batch: ClassifiedBatch, probabilities: np.ndarray, shadow: OnnxClassifier) -> list[dict[str, object]]:
-    """The shadow model's rows for the messages ``batch`` has rows for (the same order)."""
+    """The shadow model's rows for the messages ``batch`` has rows for (the same order), from its
+    output for every decoded message; a message whose shadow output is not finite has none."""
     if not batch.rows:
         return []
+    if batch.model_rows is not None:  # the primary's output left some messages out
+        probabilities = probabilities[batch.model_rows]
+    finite = finite_rows(probabilities).tolist()
     classes = probabilities.argmax(axis=1)
     confidences = probabilities[np.arange(len(classes)), classes]
     names, version = shadow.class_names, shadow.info.version
@@ -44,7 +49,7 @@ def shadow_rows(batch: ClassifiedBatch, probabilities: np.ndarray, shadow: OnnxC
         "source": row["source"], "message_id": row["message_id"], "model_version": version,
         "predicted_class": cls, "predicted_name": names[cls], "confidence": confidence,
         "true_label": row["true_label"], "predicted_at": row["predicted_at"],
-    } for row, cls, confidence in zip(batch.rows, classes.tolist(), confidences.tolist())]
+    } for row, cls, confidence, ok in zip(batch.rows, classes.tolist(), confidences.tolist(), finite) if ok]
 
 
 class ShadowScorer:
@@ -65,6 +70,11 @@ class ShadowScorer:
             self._report.source(batch.source.name).shadow_errors += 1
             return
         batch.shadow_rows = rows
+        batch.shadow_dropped = len(batch.rows) - len(rows)
+        if batch.shadow_dropped:
+            log.warning("shadow model %s gave a non-finite output for %d images of a %s; no shadow rows for them",
+                        self.shadow.info.version, batch.shadow_dropped, describe_batch(batch.source, batch.messages))
+            self._report.source(batch.source.name).shadow_errors += 1
 
     def written(self, batch: ClassifiedBatch, rejected: str | None) -> None:
         """Count ``batch``'s shadow rows once its transaction is committed; ``rejected``: why the
@@ -76,12 +86,17 @@ class ShadowScorer:
         if rejected is not None:
             log.warning("the database refused shadow model %s's rows for a %s; the batch is stored without "
                         "them: %s", self.shadow.info.version, describe_batch(batch.source, batch.messages), rejected)
-            counts.shadow_errors += 1
+            counts.shadow_errors += 0 if batch.shadow_dropped else 1  # one error per batch at most
             return
-        # By class name: the two models may list their classes in another order.
+        # By class name: the two models may list their classes in another order. By message id:
+        # the shadow may have left some of the primary's rows out.
+        primary = batch.rows
+        if batch.shadow_dropped:
+            scored = {theirs["message_id"] for theirs in rows}
+            primary = [row for row in batch.rows if row["message_id"] in scored]
         counts.shadow_scored += len(rows)
         counts.shadow_agreed += sum(row["predicted_name"] == theirs["predicted_name"]
-                                    for row, theirs in zip(batch.rows, rows))
+                                    for row, theirs in zip(primary, rows))
         counts.shadow_correct += sum(theirs["predicted_class"] == theirs["true_label"] for theirs in rows
                                      if theirs["true_label"] is not None)
 

@@ -14,7 +14,8 @@ import numpy as np
 from vectorai import db as results_db
 from vectorai.errors import BatchError, VectoraiError
 from vectorai.inference import OnnxClassifier
-from vectorai.messages import DecodedImages, DecodeLimits, Failures, decode_messages, stored_content_type
+from vectorai.messages import (DecodedImages, DecodeLimits, Failures, InvalidMessage, decode_messages,
+                               failure_reason, stored_content_type)
 from vectorai.predict.dead_letters import dead_letter
 from vectorai.preprocess import preprocess_images, stack_if_uniform
 from vectorai.transports.base import ReceivedMessage, Transport
@@ -60,6 +61,11 @@ class ClassifiedBatch:
     shadow_rows: list[dict[str, object]] = field(default_factory=list)
     #: As ``DecodedBatch.more_dead``.
     more_dead: int = 0
+    #: Which of the decoded messages ``rows`` are for, in order, when the model's output left
+    #: some out (``label_batch``); None: every one.
+    model_rows: list[int] | None = None
+    #: Shadow rows left out because the shadow model's output for their image was not finite.
+    shadow_dropped: int = 0
 
 
 def decode_batch(
@@ -179,35 +185,70 @@ def _naive_utc(value: dt.datetime | None) -> dt.datetime | None:
     return None if value is None else value.replace(tzinfo=None)
 
 
+def not_finite_reason(classifier: OnnxClassifier) -> str:
+    """The dead letter's reason for an image the model gave NaN or an infinity for (as every
+    reason: one storable line of at most MAX_REASON characters, whatever the version holds)."""
+    return failure_reason(InvalidMessage(f"the model's output for this image is not finite (NaN or infinity "
+                                         f"among model {classifier.info.version}'s class probabilities)"))
+
+
+def finite_rows(probabilities: np.ndarray) -> np.ndarray:
+    """Which rows of a model's output are finite throughout: a broken or foreign model can give
+    NaN or an infinity for one image, which no column can store faithfully (SQLite stores NaN as
+    NULL; PostgreSQL would keep a row no one can rank)."""
+    return np.isfinite(probabilities).all(axis=1)
+
+
 def label_batch(batch: DecodedBatch, probabilities: np.ndarray, classifier: OnnxClassifier) -> ClassifiedBatch:
-    """Turn the model's output for a decoded batch into prediction rows."""
+    """Turn the model's output for a decoded batch into prediction rows; a message whose output
+    is not finite becomes a dead letter instead (``not_finite_reason``)."""
     rows: list[dict[str, object]] = []
-    if batch.decoded:
-        classes = probabilities.argmax(axis=1)
-        confidences = probabilities[np.arange(len(classes)), classes]
-        names = classifier.class_names
-        version = classifier.info.version
-        produced: dict[dt.datetime | None, dt.datetime | None] = {}  # messages share stamps
-        for message, label, stamp, cls, confidence in zip(
-                batch.decoded, batch.labels, batch.produced_at, classes.tolist(), confidences.tolist()):
-            if stamp not in produced:
-                produced[stamp] = _naive_utc(stamp)
-            rows.append({
-                "source": message.source,
-                "message_id": message.attributes["id"],  # checked by messages.id_problem: never cut
-                "position": message.position[:255],
-                "image": message.payload,
-                "content_type": stored_content_type(message.attributes),
-                "predicted_class": cls,
-                "predicted_name": names[cls],
-                "confidence": confidence,
-                "true_label": label,
-                "model_version": version,
-                "produced_at": produced[stamp],
-                "predicted_at": batch.received_at,
-            })
-    return ClassifiedBatch(batch.source, batch.messages, rows, batch.dead, batch.duplicates,
-                           more_dead=batch.more_dead)
+    decoded, labels, stamps, dead, kept = batch.decoded, batch.labels, batch.produced_at, batch.dead, None
+    if decoded:
+        finite = finite_rows(probabilities)
+        if not finite.all():
+            kept = np.flatnonzero(finite).tolist()
+            reason = not_finite_reason(classifier)
+            lost = [dead_letter(decoded[i], reason, batch.received_at) for i in np.flatnonzero(~finite).tolist()]
+            log.warning("model %s gave a non-finite output for %d images of a %s; they are dead letters",
+                        classifier.info.version, len(lost), describe_batch(batch.source, batch.messages))
+            dead = dead + lost
+            decoded, labels, stamps = _select(kept, decoded, labels, stamps)
+            probabilities = probabilities[kept]
+        rows = _prediction_rows(batch, decoded, labels, stamps, probabilities, classifier)
+    return ClassifiedBatch(batch.source, batch.messages, rows, dead, batch.duplicates,
+                           more_dead=batch.more_dead, model_rows=kept)
+
+
+def _prediction_rows(batch: DecodedBatch, decoded: list[ReceivedMessage], labels: list[int | None],
+                     stamps: list[dt.datetime | None], probabilities: np.ndarray,
+                     classifier: OnnxClassifier) -> list[dict[str, object]]:
+    """The prediction row of each decoded message, from its row of the model's (finite) output."""
+    rows: list[dict[str, object]] = []
+    classes = probabilities.argmax(axis=1)
+    confidences = probabilities[np.arange(len(classes)), classes]
+    names = classifier.class_names
+    version = classifier.info.version
+    produced: dict[dt.datetime | None, dt.datetime | None] = {}  # messages share stamps
+    for message, label, stamp, cls, confidence in zip(
+            decoded, labels, stamps, classes.tolist(), confidences.tolist()):
+        if stamp not in produced:
+            produced[stamp] = _naive_utc(stamp)
+        rows.append({
+            "source": message.source,
+            "message_id": message.attributes["id"],  # checked by messages.id_problem: never cut
+            "position": message.position[:255],
+            "image": message.payload,
+            "content_type": stored_content_type(message.attributes),
+            "predicted_class": cls,
+            "predicted_name": names[cls],
+            "confidence": confidence,
+            "true_label": label,
+            "model_version": version,
+            "produced_at": produced[stamp],
+            "predicted_at": batch.received_at,
+        })
+    return rows
 
 
 @contextlib.contextmanager
