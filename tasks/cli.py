@@ -31,10 +31,12 @@ def _print_results(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
+    from tasks.params import DATABASE_URL_HOME, RefuseSecrets
+
     parser = argparse.ArgumentParser(prog="vectorai-results", description=__doc__)
-    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite "
-                        "file. Never with a password: put the whole URL in $DATABASE_URL, or the password in "
-                        "~/.pgpass")
+    parser.add_argument("--database-url", default="", action=RefuseSecrets, where=DATABASE_URL_HOME,
+                        help="default: [database] url, $DATABASE_URL, or the SQLite file. Never with a password: "
+                        "put the whole URL in $DATABASE_URL, or the password in ~/.pgpass")
     parser.add_argument("--limit", type=int, default=10, help="how many recent predictions to list")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
@@ -44,12 +46,6 @@ def _print_results(argv: list[str] | None) -> int:
     from vectorai.errors import VectoraiError
     from vectorai.redact import mask_error, mask_url
 
-    if args.database_url and mask_url(args.database_url) != args.database_url:
-        # A command line is visible to every user of the machine (ps, /proc) and kept in shell
-        # history: refuse before connecting, and without echoing the URL.
-        print("vectorai-results: --database-url must not contain a password; put the URL in $DATABASE_URL "
-              "instead, or leave the password out and put it in ~/.pgpass", file=sys.stderr)
-        return 2
     url = args.database_url or database().resolved_url()
     try:
         results_db.connect(url, database().connect_timeout_s)
@@ -74,15 +70,20 @@ def _print_results(argv: list[str] | None) -> int:
 
 def _serve(argv: list[str]) -> int:
     """``vectorai-results serve``: the results page (vectorai.review)."""
+    from tasks.params import DATABASE_URL_HOME, LINK_HOME, RefuseSecrets
+
     parser = argparse.ArgumentParser(prog="vectorai-results serve", description="Serve the results page: runs, "
                                      "predictions, confusion matrices, dead letters and corrections")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback: needs a token)")
     parser.add_argument("--port", type=int, default=8090, help="port (0: any free one)")
-    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite file")
+    parser.add_argument("--database-url", default="", action=RefuseSecrets, where=DATABASE_URL_HOME,
+                        help="default: [database] url, $DATABASE_URL, or the SQLite file")
     parser.add_argument("--token", default="", help="asked for once per browser; default $VECTORAI_REVIEW_TOKEN")
     parser.add_argument("--reviewer", default="", help="name stored with corrections; default: the OS user")
-    parser.add_argument("--luigid-url", default="", help="luigid's address, to link each run to it")
-    parser.add_argument("--mlflow-url", default="", help="the MLflow UI's address, to link each model version")
+    parser.add_argument("--luigid-url", default="", action=RefuseSecrets, where=LINK_HOME,
+                        help="luigid's address, to link each run to it")
+    parser.add_argument("--mlflow-url", default="", action=RefuseSecrets, where=LINK_HOME,
+                        help="the MLflow UI's address, to link each model version")
     args = parser.parse_args(argv)
 
     from tasks.config import database, paths
