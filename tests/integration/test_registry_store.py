@@ -338,3 +338,30 @@ def test_a_version_whose_files_are_on_another_host_gets_no_credentials(server, s
     own = register(server, "at-home", good_path).version
     home = resolve(f"models:/at-home/{own}", with_password)
     assert sha256(fetch_model(home, with_password, tmp_path / "cache")) == home.sha256
+
+
+def test_a_run_whose_files_are_on_another_host_gets_no_credentials(server, server_folder, tmp_path, recorder,
+                                                                   monkeypatch):
+    """The same for what a version trained on, read from its run's files when it is promoted."""
+    import sqlite3
+
+    from vectorai.registry import resolve, trained_on
+
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    _, _, good_path, _ = images_and_models(tmp_path, 10)
+    ref = register(server, "trained-elsewhere", good_path, trained_on_digest="0" * 64)
+    address, seen = recorder
+    with sqlite3.connect(server_folder / "mlflow-server.db") as db:
+        changed = db.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?",
+                             (f"http://{address}/api/2.0/mlflow-artifacts/artifacts/run", ref.run_id)).rowcount
+    assert changed == 1
+    with_password = f"http://alice:s3cret-pw@{server.removeprefix('http://')}"
+
+    with pytest.raises(RegistryError) as err:
+        trained_on(resolve(ref.uri, with_password), with_password)
+
+    assert seen == [], "the foreign host was contacted (with the store's credentials)"
+    assert str(err.value).startswith(f"model {ref.uri}: its files are on http://{address}"), str(err.value)
+    assert "s3cret-pw" not in str(err.value)

@@ -73,13 +73,14 @@ def check_credentials_stay_home(subject: str, location: str, store: str) -> None
                         "(register it from files logged to the store)")
 
 
-def files_location(client: object, name: str, version: str, store: str) -> str:
-    """Where version ``version`` of ``name`` keeps its files: the registry's download URI, with
-    any ``runs:/`` or ``models:/`` in it resolved through the store, as MLflow would."""
+def checked_location(subject: str, location: str, store: str) -> str:
+    """``location`` (a download URI the store gave, or a ``runs:/`` URI) with any ``runs:/`` or
+    ``models:/`` in it resolved through the store, as MLflow would, after checking that reading
+    it sends the store's credentials nowhere else (see :func:`check_credentials_stay_home`).
+    Read that location itself afterwards, so that what was checked is what is contacted."""
     from mlflow.store.artifact.models_artifact_repo import ModelsArtifactRepository
     from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
 
-    location = str(client.get_model_version_download_uri(name, version))  # type: ignore[attr-defined]
     for _ in range(_MAX_INDIRECTIONS):
         scheme = location.partition(":")[0].lower()
         if scheme == "runs":
@@ -87,6 +88,7 @@ def files_location(client: object, name: str, version: str, store: str) -> str:
         elif scheme == "models":
             location = ModelsArtifactRepository.get_underlying_uri(location)
         else:
+            check_credentials_stay_home(subject, location, store)
             return location
-    raise RegistryError(f"models:/{name}/{version}", f"its files are behind more than {_MAX_INDIRECTIONS} "
-                        "runs:/ or models:/ indirections")
+    raise RegistryError(subject, f"its files are behind more than {_MAX_INDIRECTIONS} runs:/ or models:/ "
+                        "indirections")
