@@ -183,3 +183,22 @@ def test_the_same_url_in_a_config_file_or_the_environment_is_used(tmp_path, list
         assert shown in output and "must not contain a password" not in output, output[-2000:]
         assert PASSWORD not in output
         assert connected(sock)  # it went as far as the database (which never answered)
+
+
+#: Every console script (setup.py) and subcommand, as ``vectorai-results serve --help`` is run.
+SCRIPTS = [("vectorai-results",), ("vectorai-results", "serve"), ("vectorai-register",), ("vectorai-download",)]
+
+
+def test_every_url_option_of_every_console_script_refuses_a_password(tmp_path, listener):
+    """Whatever option a script grows that takes a URL (named --...-url or --...-uri) is checked."""
+    address, sock = listener
+    checked = []
+    for script in SCRIPTS:
+        usage = run(tmp_path, BIN / script[0], *script[1:], "--help").stdout
+        for option in sorted(set(re.findall(r"--[a-z-]*(?:url|uri)\b", usage))):
+            proc = run(tmp_path, BIN / script[0], *script[1:], option, f"http://admin:{PASSWORD}@{address}/x")
+            assert proc.returncode == 2 and "must not contain a password" in proc.stderr, (script, option, proc)
+            assert PASSWORD not in proc.stdout + proc.stderr
+            checked.append(f"{' '.join(script)} {option}")
+    assert not connected(sock)
+    assert {"vectorai-results --database-url", "vectorai-results serve --luigid-url"} <= set(checked), checked

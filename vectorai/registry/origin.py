@@ -69,8 +69,8 @@ def check_credentials_stay_home(subject: str, location: str, store: str) -> None
     if found is None or (found == http_origin(store) and found.host is not None):
         return
     raise RegistryError(subject, f"its files are on {found}, another host than the MLflow store {mask_url(store)}; "
-                        "the store's credentials go to the store alone, so this version is not downloaded "
-                        "(register it from files logged to the store)")
+                        "the store's credentials go to the store alone, so nothing is read from there (log the "
+                        "model to the store itself)")
 
 
 def checked_location(subject: str, location: str, store: str) -> str:
