@@ -67,7 +67,8 @@ def test_a_store_that_is_no_http_server_lends_credentials_to_no_host():
 
 def test_the_refusal_names_the_version_and_the_foreign_origin_and_masks_the_store_s_password():
     with pytest.raises(RegistryError) as err:
-        check_credentials_stay_home("models:/m/3", "http://bob:pw@attacker.example/m", "http://alice:s3cret@mlflow:5000")
+        check_credentials_stay_home("models:/m/3", "http://bob:pw@attacker.example/m",
+                                    "http://alice:s3cret@mlflow:5000")
     message = str(err.value)
     assert message.startswith("model models:/m/3: its files are on http://attacker.example:80, another host than "
                               "the MLflow store http://alice:***@mlflow:5000"), message
