@@ -32,10 +32,12 @@ def _print_results(argv: list[str] | None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["serve"]:
         return _serve(argv[1:])
+    from tasks.params import DATABASE_URL_HOME, RefuseSecrets
+
     parser = argparse.ArgumentParser(prog="vectorai-results", description=__doc__)
-    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite "
-                        "file. Never with a password: put the whole URL in $DATABASE_URL, or the password in "
-                        "~/.pgpass")
+    parser.add_argument("--database-url", default="", action=RefuseSecrets, where=DATABASE_URL_HOME,
+                        help="default: [database] url, $DATABASE_URL, or the SQLite file. Never with a password: "
+                        "put the whole URL in $DATABASE_URL, or the password in ~/.pgpass")
     parser.add_argument("--limit", type=int, default=10, help="how many recent predictions to list")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = parser.parse_args(argv)
@@ -46,12 +48,6 @@ def _print_results(argv: list[str] | None) -> int:
     from vectorai.printable import printable
     from vectorai.redact import mask_error, mask_url
 
-    if args.database_url and mask_url(args.database_url) != args.database_url:
-        # A command line is visible to every user of the machine (ps, /proc) and kept in shell
-        # history: refuse before connecting, and without echoing the URL.
-        print("vectorai-results: --database-url must not contain a password; put the URL in $DATABASE_URL "
-              "instead, or leave the password out and put it in ~/.pgpass", file=sys.stderr)
-        return 2
     url = args.database_url or database().resolved_url()
     try:
         results_db.connect(url, database().connect_timeout_s)
@@ -79,12 +75,15 @@ def _print_results(argv: list[str] | None) -> int:
 
 def _serve(argv: list[str]) -> int:
     """``vectorai-results serve``: the results page (vectorai.review)."""
+    from tasks.params import DATABASE_URL_HOME, LINK_HOME, RefuseSecrets
+
     parser = argparse.ArgumentParser(prog="vectorai-results serve", allow_abbrev=False, description="Serve the "
                                      "results page: runs, predictions, confusion matrices, dead letters and corrections")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (beyond loopback: needs a token, "
                         "and TLS or --insecure-http)")
     parser.add_argument("--port", type=int, default=8090, help="port (0: any free one)")
-    parser.add_argument("--database-url", default="", help="default: [database] url, $DATABASE_URL, or the SQLite file")
+    parser.add_argument("--database-url", default="", action=RefuseSecrets, where=DATABASE_URL_HOME,
+                        help="default: [database] url, $DATABASE_URL, or the SQLite file")
     parser.add_argument("--token", nargs="?", const="", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--token-file", type=Path, help="file holding the token the page asks for once per browser "
                         "(readable by you only); default $VECTORAI_REVIEW_TOKEN")
@@ -95,8 +94,10 @@ def _serve(argv: list[str]) -> int:
     parser.add_argument("--allowed-host", action="append", default=[], metavar="NAME", help="a name the page is "
                         "reached by, besides loopback and --host (repeatable); other Host headers get 400")
     parser.add_argument("--reviewer", default="", help="name stored with corrections; default: the OS user")
-    parser.add_argument("--luigid-url", default="", help="luigid's address, to link each run to it")
-    parser.add_argument("--mlflow-url", default="", help="the MLflow UI's address, to link each model version")
+    parser.add_argument("--luigid-url", default="", action=RefuseSecrets, where=LINK_HOME,
+                        help="luigid's address, to link each run to it")
+    parser.add_argument("--mlflow-url", default="", action=RefuseSecrets, where=LINK_HOME,
+                        help="the MLflow UI's address, to link each model version")
     args = parser.parse_args(argv)
     if args.token is not None:
         # A command line is visible to every user of the machine (ps, /proc) and kept in shell history.

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import luigi
 
+from tasks.params import DATABASE_URL_HOME, KAFKA_HOME, MLFLOW_URI_HOME, UrlParameter
+
 
 def _env_or(value: str, env: str, default: str = "") -> str:
     return value or os.environ.get(env, "") or default
@@ -42,8 +44,8 @@ class paths(luigi.Config):  # noqa: N801 - luigi maps the class name to the [pat
 
 
 class mlflow(luigi.Config):  # noqa: N801
-    tracking_uri = luigi.Parameter(default="", description="MLflow tracking URI; empty: $MLFLOW_TRACKING_URI, "
-                                   "else a SQLite store in <data_dir>/mlflow")
+    tracking_uri = UrlParameter(default="", secret_home=MLFLOW_URI_HOME, description="MLflow tracking URI; empty: "
+                                "$MLFLOW_TRACKING_URI, else a SQLite store in <data_dir>/mlflow")
     experiment = luigi.Parameter(default="vectorai", description="MLflow experiment name")
 
     def resolved_uri(self) -> str:
@@ -71,8 +73,9 @@ class registry(luigi.Config):  # noqa: N801
 
 
 class database(luigi.Config):  # noqa: N801
-    url = luigi.Parameter(default="", description="Results database URL; empty: $DATABASE_URL, else "
-                          "sqlite:///<data_dir>/predictions.sqlite. Put passwords in $DATABASE_URL, not here")
+    url = UrlParameter(default="", secret_home=DATABASE_URL_HOME, description="Results database URL; empty: "
+                       "$DATABASE_URL, else sqlite:///<data_dir>/predictions.sqlite. Put passwords in $DATABASE_URL, "
+                       "not here")
     connect_timeout_s = luigi.IntParameter(default=10, description="Give up connecting after this long")
 
     def resolved_url(self) -> str:
@@ -98,8 +101,8 @@ class stream(luigi.Config):  # noqa: N801
 
 
 class kafka(luigi.Config):  # noqa: N801
-    bootstrap_servers = luigi.Parameter(default="", description="host:port list; empty: $KAFKA_BOOTSTRAP_SERVERS, "
-                                        "else localhost:9092")
+    bootstrap_servers = UrlParameter(default="", secret_home=KAFKA_HOME, description="host:port list; empty: "
+                                     "$KAFKA_BOOTSTRAP_SERVERS, else localhost:9092")
     partitions = luigi.IntParameter(default=1, description="Partitions when the topic is created")
     create_topic = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                        description="Create the topic when missing")
@@ -131,7 +134,7 @@ class pubsub(luigi.Config):  # noqa: N801
     subscription = luigi.Parameter(default="vectorai-predict", description="Subscription PredictTask pulls from")
     create_missing = luigi.BoolParameter(default=True, parsing=luigi.BoolParameter.EXPLICIT_PARSING,
                                          description="Create topic and subscription when missing")
-    emulator_host = luigi.Parameter(default="", description="host:port of the emulator; empty: $PUBSUB_EMULATOR_HOST")
+    emulator_host = UrlParameter(default="", description="host:port of the emulator; empty: $PUBSUB_EMULATOR_HOST")
     connect_timeout_s = luigi.FloatParameter(default=10.0, description="Fail when Pub/Sub does not answer within "
                                              "this time")
     ack_deadline_s = luigi.IntParameter(default=60, description="Seconds a pulled message stays leased before "

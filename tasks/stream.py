@@ -15,6 +15,7 @@ from tasks.config import database, mlflow, paths, registry, stream, transport_se
 from tasks.data import SplitData
 from tasks.live import LiveStatus, count, predict_status
 from tasks.model import ExportOnnx, PromoteModel
+from tasks.params import UrlParameter, config_home
 
 if TYPE_CHECKING:
     from vectorai.predict import RunReport
@@ -99,18 +100,20 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                         "(photos) while the model runs; 0: start on the cores onnxruntime does "
                                         "not use (at least one), doubled each time the model would wait for "
                                         "decoding, up to one per core")
-    model_uri = luigi.Parameter(default="", description="The registered model to score with: models:/NAME@ALIAS "
-                                "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
-                                "starts; empty: models:/<[registry] model_name>@champion after the chain's "
-                                "PromoteModel. Its own metadata or card says what images it takes")
+    model_uri = UrlParameter(default="", secret_home=config_home("PredictTask", "model_uri"),
+                             description="The registered model to score with: models:/NAME@ALIAS "
+                             "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
+                             "starts; empty: models:/<[registry] model_name>@champion after the chain's "
+                             "PromoteModel. Its own metadata or card says what images it takes")
     model_path = luigi.Parameter(default="", description="A model to use instead of a registered one: an "
                                  "exported model.onnx, or a foreign model with its card (a Hugging Face optimum "
                                  "folder, or a folder or .onnx with vectorai.json beside it)")
-    shadow_model_uri = luigi.Parameter(default="", description="Also score every batch with this registered model "
-                                       "(e.g. models:/NAME@challenger) into the shadow_prediction table; the "
-                                       "report gives the agreement and both accuracies. Best effort: a model that "
-                                       "cannot be loaded is reported, and the run scores with the primary alone. "
-                                       "Empty: no shadow")
+    shadow_model_uri = UrlParameter(default="", secret_home=config_home("PredictTask", "shadow_model_uri"),
+                                    description="Also score every batch with this registered model "
+                                    "(e.g. models:/NAME@challenger) into the shadow_prediction table; the "
+                                    "report gives the agreement and both accuracies. Best effort: a model that "
+                                    "cannot be loaded is reported, and the run scores with the primary alone. "
+                                    "Empty: no shadow")
 
     def requires(self):
         # A pinned model (--model-uri, --model-path) never pulls in the chain's own model.

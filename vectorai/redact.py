@@ -123,3 +123,18 @@ class SecretText(str):
 
     def __format__(self, spec: str) -> str:
         return format(MASK, spec)
+
+
+def holds_secret(value: str) -> bool:
+    """Whether ``value`` carries something :func:`mask_text` would hide: a URL's password, a
+    secret query parameter (``?password=``, ``?token=``) or a ``password=...`` keyword."""
+    text = str(value)
+    # The whole value as one URL too: in free text a URL ends at white space, on argv it does not.
+    return mask_url(text) != text or mask_text(text) != text
+
+
+def command_line_refusal(option: str, where: str) -> str:
+    """The one line refusing a secret given as ``option`` on a command line, saying ``where``
+    it belongs instead. It never quotes the value: the password would be printed with it."""
+    return (f"{option} must not contain a password (a command line is visible to every user of the "
+            f"machine in ps and stays in shell history); {where}")

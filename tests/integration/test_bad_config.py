@@ -54,7 +54,7 @@ def fail(project, *args, extra_env=None) -> str:
     (["--inference-threads", "-2"], None, r"setting PredictTask.inference_threads: -2 is not allowed"),
     (["--sources", "kafka", "--kafka-bootstrap-servers", "127.0.0.1:1", "--kafka-connect-timeout-ms", "2000"],
      None, r"transport kafka: .*127\.0\.0\.1:1"),
-    (["--database-url", "mysql://app:hunter2@db/predictions"], None,
+    ([], {"DATABASE_URL": "mysql://app:hunter2@db/predictions"},
      r"database mysql://app:\*\*\*@db/predictions: unsupported URL"),
     ([], {"DATABASE_URL": "postgresql://app:hunter2@127.0.0.1:1/predictions"},
      r"database postgresql://app:\*\*\*@127\.0\.0\.1:1/predictions: .*"),

@@ -299,3 +299,69 @@ def test_a_store_s_credentials_go_to_that_store_only_and_leave_no_trace_in_the_e
     assert seen and all(path.startswith("/api/2.0/mlflow/") for path, _ in seen)
     assert [auth for _, auth in seen] == [basic] * (len(seen) // 2) + [None] * (len(seen) // 2), seen
     assert "MLFLOW_TRACKING_PASSWORD" not in os.environ
+
+
+def test_a_version_whose_files_are_on_another_host_gets_no_credentials(server, server_folder, tmp_path, recorder,
+                                                                         monkeypatch):
+    """A version may name any http(s) host as the place of its files. MLflow 3's server refuses
+    such a source when it is registered unless its operator allows host-addressed schemes
+    (MLFLOW_ALLOWED_HOST_ADDRESSED_ARTIFACT_SCHEMES); an older server, an allowed scheme or anyone
+    who can write the store's database accept it, so the test writes it into the store as they
+    would. The stand-in host records every Authorization header it receives."""
+    import sqlite3
+
+    from vectorai.registry import fetch_model, resolve
+
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    _, _, good_path, _ = images_and_models(tmp_path, 10)
+    version = register(server, "elsewhere", good_path).version
+    address, seen = recorder
+    foreign = f"http://{address}/api/2.0/mlflow-artifacts/artifacts/elsewhere"
+    with sqlite3.connect(server_folder / "mlflow-server.db") as db:
+        changed = db.execute("UPDATE model_versions SET source = ?, storage_location = ? WHERE name = ? AND "
+                             "version = ?", (foreign, foreign, "elsewhere", int(version))).rowcount
+    assert changed == 1
+    with_password = f"http://alice:s3cret-pw@{server.removeprefix('http://')}"
+
+    ref = resolve(f"models:/elsewhere/{version}", with_password)
+    with pytest.raises(RegistryError) as err:
+        fetch_model(ref, with_password, tmp_path / "cache")
+
+    assert seen == [], "the foreign host was contacted (with the store's credentials)"
+    message = str(err.value)
+    assert message.startswith(f"model models:/elsewhere/{version}: its files are on http://{address}"), message
+    assert f"another host than the MLflow store {server}" in message and "\n" not in message
+    assert "s3cret-pw" not in message
+    # The server's own versions still download, with the same credentials.
+    own = register(server, "at-home", good_path).version
+    home = resolve(f"models:/at-home/{own}", with_password)
+    assert sha256(fetch_model(home, with_password, tmp_path / "cache")) == home.sha256
+
+
+def test_a_run_whose_files_are_on_another_host_gets_no_credentials(server, server_folder, tmp_path, recorder,
+                                                                   monkeypatch):
+    """The same for what a version trained on, read from its run's files when it is promoted."""
+    import sqlite3
+
+    from vectorai.registry import resolve, trained_on
+
+    for variable in ("MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    _, _, good_path, _ = images_and_models(tmp_path, 10)
+    ref = register(server, "trained-elsewhere", good_path, trained_on_digest="0" * 64)
+    address, seen = recorder
+    with sqlite3.connect(server_folder / "mlflow-server.db") as db:
+        changed = db.execute("UPDATE runs SET artifact_uri = ? WHERE run_uuid = ?",
+                             (f"http://{address}/api/2.0/mlflow-artifacts/artifacts/run", ref.run_id)).rowcount
+    assert changed == 1
+    with_password = f"http://alice:s3cret-pw@{server.removeprefix('http://')}"
+
+    with pytest.raises(RegistryError) as err:
+        trained_on(resolve(ref.uri, with_password), with_password)
+
+    assert seen == [], "the foreign host was contacted (with the store's credentials)"
+    assert str(err.value).startswith(f"model {ref.uri}: its files are on http://{address}"), str(err.value)
+    assert "s3cret-pw" not in str(err.value)

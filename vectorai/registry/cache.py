@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from vectorai.errors import ModelError, RegistryError
 from vectorai.registry.client import call_mlflow, mlflow_client, resolve
 from vectorai.registry.names import SHA256_TAG, ModelVersionRef, check_model_name, check_version
+from vectorai.registry.origin import checked_location
 
 if TYPE_CHECKING:
     from vectorai.inference import OnnxClassifier
@@ -67,9 +68,11 @@ def _download(ref: ModelVersionRef, tracking_uri: str, tmp: Path) -> Path:
     def download() -> str:
         import mlflow.artifacts
 
+        # Checked first, then read from that very location: the credentials reach no other host.
+        location = checked_location(ref.uri, client.get_model_version_download_uri(ref.name, ref.version), store)
         # One line in a task's log, not a progress bar per file.
         os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-        return mlflow.artifacts.download_artifacts(artifact_uri=ref.uri, dst_path=str(tmp), tracking_uri=store,
+        return mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=str(tmp), tracking_uri=store,
                                                    registry_uri=store)
 
     call_mlflow(ref.uri, tracking_uri, "cannot download the model", download)

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Iterable
 from vectorai.errors import RegistryError
 from vectorai.registry.client import call_mlflow, mlflow_client, resolve, version_tags
 from vectorai.registry.names import ModelVersionRef
+from vectorai.registry.origin import checked_location
 
 if TYPE_CHECKING:
     from vectorai.datasets import LabelledImages
@@ -52,8 +53,8 @@ def trained_on(ref: ModelVersionRef, tracking_uri: str) -> frozenset[str] | None
         def download() -> str:
             import mlflow.artifacts
 
-            return mlflow.artifacts.download_artifacts(artifact_uri=f"runs:/{ref.run_id}/{artifact}", dst_path=tmp,
-                                                       tracking_uri=store)
+            location = checked_location(ref.uri, f"runs:/{ref.run_id}/{artifact}", store)
+            return mlflow.artifacts.download_artifacts(artifact_uri=location, dst_path=tmp, tracking_uri=store)
 
         text = Path(call_mlflow(ref.uri, tracking_uri, "cannot download its training set's digests",
                                 download)).read_text()
