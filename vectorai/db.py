@@ -63,12 +63,16 @@ class Prediction(_Base):
     margin = pw.FloatField(null=True)
     #: The model's probability for the message's own label ("suspicious labels"); NULL unlabelled.
     label_probability = pw.FloatField(null=True)
+    #: 1 when the shadow model scored the message another class at predict time, 0 when it
+    #: agreed, NULL without a shadow: "review next" reads a class's disputed rows from an index
+    #: instead of probing ``shadow_prediction`` for every row of the class.
+    shadow_disagrees = pw.SmallIntegerField(null=True)
 
     class Meta:
-        # The other two let "review next" read each class's least sure rows, and "suspicious
-        # labels" the least likely labels, from the start of an index instead of sorting the table.
+        # The other three let "review next" read each class's least sure (and disputed) rows, and
+        # "suspicious labels" the least likely labels, from the start of an index, not a sort.
         indexes = ((("source", "message_id"), True), (("predicted_class", "margin"), False),
-                   (("label_probability",), False))
+                   (("shadow_disagrees", "predicted_class", "margin"), False), (("label_probability",), False))
 
 
 class DeadLetter(_Base):
@@ -169,7 +173,8 @@ def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
                 # time, under a transaction-scoped advisory lock.
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             _upgrade_dead_letters(db)
-            _add_missing_columns(db, Prediction, (Prediction.margin, Prediction.label_probability))
+            _add_missing_columns(db, Prediction, (Prediction.margin, Prediction.label_probability,
+                                                  Prediction.shadow_disagrees))
             db.create_tables(MODELS, safe=True)
     except (pw.PeeweeException, RuntimeError, ValueError, OSError) as err:
         # URL parsers and drivers may echo the URL or the password itself (peewee's "has no

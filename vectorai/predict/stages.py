@@ -250,6 +250,7 @@ def _prediction_rows(batch: DecodedBatch, decoded: list[ReceivedMessage], labels
             "predicted_at": batch.received_at,
             "margin": margin,
             "label_probability": label_probability,
+            "shadow_disagrees": None,  # set by the shadow scorer, when one runs
         })
     return rows
 
