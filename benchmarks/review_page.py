@@ -60,7 +60,7 @@ def fill(database, rows: int, batch: int = 20_000, log=print) -> None:
                    "label_probability": None if truth is None else
                    float((i * 6151 % 1000) / 1000) * (0.01 if truth != predicted else 1.0)}
             predictions.append(row)
-            row["shadow_disagrees"] = int(i % 3 == 0) if i % 10 == 0 else None
+            row["shadow_disagrees"] = 1 if i % 30 == 0 else None
             if i % 10 == 0:
                 shadow.append({"source": "kafka", "message_id": row["message_id"], "model_version": "vectorai-bench/9",
                                "predicted_class": (predicted + (i % 3 == 0)) % 10, "predicted_name": "s",

@@ -87,7 +87,7 @@ def fill(database, count: int = 60) -> list[dict]:
     rows = prediction_rows(count)
     rows[-1]["message_id"] = SCRIPT_ID
     for i, row in enumerate(rows):  # as the shadow scorer sets it: shadow_rows disagrees on every fifth
-        row["shadow_disagrees"] = int(i % 5 == 0)
+        row["shadow_disagrees"] = 1 if i % 5 == 0 else None
     assert db.write_results(database, rows, dead_letter_rows(), shadow_rows(rows)) == count
     return rows
 

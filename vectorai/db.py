@@ -63,16 +63,22 @@ class Prediction(_Base):
     margin = pw.FloatField(null=True)
     #: The model's probability for the message's own label ("suspicious labels"); NULL unlabelled.
     label_probability = pw.FloatField(null=True)
-    #: 1 when the shadow model scored the message another class at predict time, 0 when it
-    #: agreed, NULL without a shadow: "review next" reads a class's disputed rows from an index
-    #: instead of probing ``shadow_prediction`` for every row of the class.
+    #: 1 when the shadow model scored the message another class at predict time; NULL when it
+    #: agreed or none ran. "Review next" reads a class's disputed rows from an index instead of
+    #: probing ``shadow_prediction`` for every row of the class.
     shadow_disagrees = pw.SmallIntegerField(null=True)
 
     class Meta:
-        # The other three let "review next" read each class's least sure (and disputed) rows, and
-        # "suspicious labels" the least likely labels, from the start of an index, not a sort.
-        indexes = ((("source", "message_id"), True), (("predicted_class", "margin"), False),
-                   (("shadow_disagrees", "predicted_class", "margin"), False), (("label_probability",), False))
+        indexes = ((("source", "message_id"), True), (("predicted_class", "margin"), False))
+
+
+# "Review next" reads each class's least sure (and disputed) rows, and "suspicious labels" the
+# least likely labels, from the start of an index instead of sorting the table. Partial indexes:
+# a row that is not disputed or not labelled (most of a stream) costs its insert nothing here.
+Prediction.add_index(Prediction.predicted_class, Prediction.margin, where=Prediction.shadow_disagrees.is_null(False),
+                     name="prediction_disputed_class_margin")
+Prediction.add_index(Prediction.label_probability, where=Prediction.label_probability.is_null(False),
+                     name="prediction_label_probability")
 
 
 class DeadLetter(_Base):
@@ -133,7 +139,7 @@ _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 
 def unique_key(model: type[pw.Model]) -> list[pw.Field]:
     """The columns of ``model``'s one unique index: the only conflict an insert may skip."""
-    [names] = [names for names, unique in model._meta.indexes if unique]
+    [names] = [index[0] for index in model._meta.indexes if isinstance(index, tuple) and index[1]]
     return [model._meta.fields[name] for name in names]
 
 

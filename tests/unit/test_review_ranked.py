@@ -108,7 +108,7 @@ def test_predicting_stores_the_margin_and_the_labels_probability(tmp_path):
         assert row.margin == pytest.approx(top[-1] - top[-2], abs=1e-6)
         assert row.label_probability == (pytest.approx(probabilities[i][i % 3], abs=1e-6) if i % 2 else None)
     theirs = {row.message_id: row.predicted_class for row in db.ShadowPrediction.select()}
-    flags = {row.message_id: row.shadow_disagrees == int(theirs[row.message_id] != row.predicted_class)
+    flags = {row.message_id: row.shadow_disagrees == (1 if theirs[row.message_id] != row.predicted_class else None)
              for row in db.Prediction.select()}
     assert len(flags) == 12 and all(flags.values())
     assert any(row.shadow_disagrees for row in db.Prediction.select())
@@ -125,12 +125,13 @@ def test_a_table_from_an_earlier_version_gets_the_new_columns(tmp_path):
     with sqlite3.connect(path) as old:  # as an earlier version made it
         old.execute("DROP INDEX prediction_predicted_class_margin")
         old.execute("DROP INDEX prediction_label_probability")
-        old.execute("DROP INDEX prediction_shadow_disagrees_predicted_class_margin")
+        old.execute("DROP INDEX prediction_disputed_class_margin")
         old.execute("ALTER TABLE prediction DROP COLUMN shadow_disagrees")
         old.execute("ALTER TABLE prediction DROP COLUMN margin")
         old.execute("ALTER TABLE prediction DROP COLUMN label_probability")
     database = db.connect(db.sqlite_url(path))
     assert [(r.margin, r.label_probability, r.shadow_disagrees) for r in db.Prediction.select()] == [(None,) * 3] * 6
     indexes = {index.name for index in database.get_indexes("prediction")}
-    assert {"prediction_predicted_class_margin", "prediction_label_probability"} <= indexes
+    assert {"prediction_predicted_class_margin", "prediction_disputed_class_margin",
+            "prediction_label_probability"} <= indexes
     database.close()

@@ -76,7 +76,7 @@ def review_next_page(filters: queries.GridFilter, classes: Iterable[int], runs: 
     among its n smallest margins, the n smallest of its disputed rows, of its drifted rows and of
     its drifted disputed rows: four short index reads per class, ranked here."""
     wanted = (page + 1) * limit
-    drifted, disputed = _in_drifted_run(runs), Prediction.shadow_disagrees == 1
+    drifted, disputed = _in_drifted_run(runs), Prediction.shadow_disagrees.is_null(False)
     base = [*queries.conditions(filters), queries.unreviewed(), Prediction.margin.is_null(False)]
     tiers = [None, disputed] + ([drifted, drifted & disputed] if drifted is not None else [])
     reads = [Prediction.select(Prediction.id, Prediction.predicted_class, Prediction.margin,
