@@ -58,14 +58,11 @@ class Prediction(_Base):
     model_version = pw.CharField(max_length=255)
     produced_at = pw.DateTimeField(null=True)
     predicted_at = pw.DateTimeField(index=True)
-    #: Top-1 minus top-2 class probability ("review next" puts small ones first); NULL in rows
-    #: stored before the column came.
+    #: What the review page ranks by (NULL in rows stored before they came): top-1 minus top-2
+    #: class probability; the probability of the message's label (NULL unlabelled); 1 when the
+    #: shadow model gave another class at predict time, else NULL (an index then finds them).
     margin = pw.FloatField(null=True)
-    #: The model's probability for the message's own label ("suspicious labels"); NULL unlabelled.
     label_probability = pw.FloatField(null=True)
-    #: 1 when the shadow model scored the message another class at predict time; NULL when it
-    #: agreed or none ran. "Review next" reads a class's disputed rows from an index instead of
-    #: probing ``shadow_prediction`` for every row of the class.
     shadow_disagrees = pw.SmallIntegerField(null=True)
 
     class Meta:
@@ -206,10 +203,8 @@ def _upgrade_dead_letters(db: pw.Database) -> None:
 def _add_missing_columns(db: pw.Database, model: type[pw.Model], fields: Sequence[pw.Field]) -> None:
     """Add nullable ``fields`` to a table made by an earlier version (its rows keep NULL there)."""
     table = model._meta.table_name
-    if not db.table_exists(table):
-        return
-    present = {c.name for c in db.get_columns(table)}
-    missing = [f for f in fields if f.column_name not in present]
+    present = {c.name for c in db.get_columns(table)} if db.table_exists(table) else None
+    missing = [f for f in fields if present is not None and f.column_name not in present]
     if missing:
         from playhouse.migrate import SchemaMigrator, migrate
 
