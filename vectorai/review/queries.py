@@ -12,11 +12,14 @@ import re
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable, Generic, TypeVar
 
 import peewee as pw
 
 from vectorai.db import DeadLetter, Prediction, Review, ShadowPrediction
 from vectorai.errors import ReviewError
+
+T = TypeVar("T")
 
 #: Confidence histogram bins (equal width over [0, 1]).
 HISTOGRAM_BINS = 10
@@ -142,25 +145,28 @@ class Facets:
     versions: list[str] = field(default_factory=list)
 
 
-class FacetCache:
-    """Facets read at most once per ``ttl_s``: each is a scan of the whole table, which a page
-    of the grid must not pay for on every request."""
+class Cached(Generic[T]):
+    """A value read at most once per ``ttl_s``: the facets and the label thresholds are each a
+    scan of the whole table, which a page of the grid must not pay for on every request."""
 
-    def __init__(self, ttl_s: float = 60.0) -> None:
-        self.ttl_s = ttl_s
+    def __init__(self, read: Callable[[], T], ttl_s: float = 60.0) -> None:
+        self.read, self.ttl_s = read, ttl_s
         self._lock = threading.Lock()
-        self._value: Facets | None = None
+        self._value: T | None = None
         self._read_at = 0.0
 
-    def get(self) -> Facets:
+    def get(self) -> T:
         with self._lock:
             if self._value is None or time.monotonic() - self._read_at > self.ttl_s:
-                self._value, self._read_at = read_facets(), time.monotonic()
+                self._value, self._read_at = self.read(), time.monotonic()
             return self._value
 
-    def clear(self) -> None:
-        with self._lock:
-            self._value = None
+
+class FacetCache(Cached[Facets]):
+    """The facets, read at most once per ``ttl_s``."""
+
+    def __init__(self, ttl_s: float = 60.0) -> None:
+        super().__init__(read_facets, ttl_s)
 
 
 def read_facets() -> Facets:

@@ -11,18 +11,14 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import operator
-import threading
-import time
 from dataclasses import dataclass
-from typing import Callable, Generic, Iterable, TypeVar
+from typing import Iterable
 
 import peewee as pw
 
 from vectorai.db import Prediction
 from vectorai.review import queries
 from vectorai.review.priority import Candidate, review_order
-
-T = TypeVar("T")
 
 #: Index reads joined in one statement by "review next".
 UNION_READS = 200
@@ -126,20 +122,3 @@ def suspicious_page(filters: queries.GridFilter, thresholds: dict[int, float], p
              .order_by(Prediction.label_probability, Prediction.id).offset(page * limit).limit(limit + 1))
     rows = list(query.dicts())
     return queries.Page(rows[:limit], page + 1 if len(rows) > limit else None)
-
-
-class Cached(Generic[T]):
-    """A value read at most once per ``ttl_s`` (the thresholds are an average over every labelled
-    row, which a page must not pay for on each request)."""
-
-    def __init__(self, read: Callable[[], T], ttl_s: float = 60.0) -> None:
-        self.read, self.ttl_s = read, ttl_s
-        self._lock = threading.Lock()
-        self._value: T | None = None
-        self._read_at = 0.0
-
-    def get(self) -> T:
-        with self._lock:
-            if self._value is None or time.monotonic() - self._read_at > self.ttl_s:
-                self._value, self._read_at = self.read(), time.monotonic()
-            return self._value

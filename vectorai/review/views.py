@@ -30,7 +30,7 @@ class ReviewViews:
         self.settings = settings
         self.facets = facets
         self.throttle = LoginThrottle(settings.login_attempts, settings.login_window_s)
-        self.thresholds = ranked.Cached(ranked.label_thresholds, settings.facets_ttl_s)
+        self.thresholds = queries.Cached(ranked.label_thresholds, settings.facets_ttl_s)
 
     def register(self, app: Flask) -> None:
         """Add every route to ``app``; each endpoint is named after its method."""
