@@ -57,8 +57,8 @@ def _in_drifted_run(runs: list[DriftedRun]) -> pw.Expression | None:
     return functools.reduce(operator.or_, spans)
 
 
-def _flag(condition: pw.Expression | None) -> pw.Node:
-    return pw.Value(0) if condition is None else pw.Case(None, [(condition, 1)], 0)
+def _in_any(runs: list[DriftedRun], model_version: str, predicted_at: dt.datetime) -> bool:
+    return any(run.model_version == model_version and run.first <= predicted_at <= run.last for run in runs)
 
 
 def review_next_page(filters: queries.GridFilter, classes: Iterable[int], runs: list[DriftedRun],
@@ -75,8 +75,10 @@ def review_next_page(filters: queries.GridFilter, classes: Iterable[int], runs: 
     drifted, disputed = _in_drifted_run(runs), Prediction.shadow_disagrees.is_null(False)
     base = [*queries.conditions(filters), queries.unreviewed(), Prediction.margin.is_null(False)]
     tiers = [None, disputed] + ([drifted, drifted & disputed] if drifted is not None else [])
-    reads = [Prediction.select(Prediction.id, Prediction.predicted_class, Prediction.margin,
-                               _flag(disputed).alias("disputed"), _flag(drifted).alias("drifted"))
+    # The flags are worked out here from the row's columns: as CASE expressions in each of the
+    # reads, rendering the SQL cost more than running it.
+    reads = [Prediction.select(Prediction.id, Prediction.predicted_class, Prediction.margin, Prediction.shadow_disagrees,
+                               Prediction.model_version, Prediction.predicted_at)
              .where(*base, Prediction.predicted_class == cls, *([tier] if tier is not None else []))
              .order_by(Prediction.margin, Prediction.id).limit(wanted)
              for cls in ([filters.predicted_class] if filters.predicted_class is not None else classes)
@@ -86,8 +88,8 @@ def review_next_page(filters: queries.GridFilter, classes: Iterable[int], runs: 
     # and within SQLite's limit of 500 terms in one compound SELECT.
     for start in range(0, len(reads), UNION_READS):
         union = functools.reduce(operator.add, reads[start:start + UNION_READS])
-        for row_id, cls, margin, row_disputed, row_drifted in union.tuples():
-            pool[row_id] = Candidate(margin, cls, bool(row_disputed), bool(row_drifted))
+        for row_id, cls, margin, row_disputed, version, predicted_at in union.tuples():
+            pool[row_id] = Candidate(margin, cls, row_disputed is not None, _in_any(runs, version, predicted_at))
     ids = sorted(pool)  # ties in the order go to the lower id
     order = [ids[i] for i in review_order([pool[row_id] for row_id in ids])]
     return _page_of(order, page, limit)
