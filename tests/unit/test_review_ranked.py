@@ -3,6 +3,7 @@ the columns they rank by, stored at predict time."""
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 import sqlite3
 
@@ -19,6 +20,7 @@ from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
 from vectorai.predict import run_predictions
 from vectorai.review.app import ReviewSettings, create_app
+from vectorai.review.ranked import drifted_runs
 from vectorai.transports import open_transport
 
 
@@ -135,3 +137,30 @@ def test_a_table_from_an_earlier_version_gets_the_new_columns(tmp_path):
     assert {"prediction_predicted_class_margin", "prediction_disputed_class_margin",
             "prediction_label_probability"} <= indexes
     database.close()
+
+
+json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=30),
+                           lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=10), inner,
+                                                                                      max_size=3), max_leaves=10)
+stamps = st.datetimes(timezones=st.none() | st.timezones()).map(dt.datetime.isoformat) | st.text(max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(spans=st.lists(st.tuples(stamps, stamps), max_size=4),
+       other=st.lists(st.dictionaries(st.sampled_from(["drift", "predicted_between", "model_version"]), json_values),
+                      max_size=4))
+def test_any_run_report_is_read_as_drifted_or_not_without_failing(spans, other):
+    """Run reports come from files: whatever they hold, review next reads them, as naive UTC."""
+    reports = [{"drift": {"drifted": True}, "predicted_between": list(span), "model_version": "m"} for span in spans]
+    runs = drifted_runs(reports + other)
+    assert all(run.first.tzinfo is None and run.last.tzinfo is None for run in runs)
+    readable = [span for span in spans if all(map(_utc, span))]
+    assert [(run.first, run.last) for run in runs[:len(readable)]] == [tuple(map(_utc, span)) for span in readable]
+
+
+def _utc(text: str) -> dt.datetime | None:
+    try:
+        stamp = dt.datetime.fromisoformat(text)
+        return stamp.astimezone(dt.timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
+    except (ValueError, OverflowError):
+        return None

@@ -42,11 +42,16 @@ def drifted_runs(reports: Iterable[dict]) -> list[DriftedRun]:
         if not (isinstance(drift, dict) and drift.get("drifted") is True and isinstance(span, list) and len(span) == 2):
             continue
         try:
-            first, last = (dt.datetime.fromisoformat(str(stamp)) for stamp in span)
-        except ValueError:
+            first, last = (_naive_utc(dt.datetime.fromisoformat(str(stamp))) for stamp in span)
+        except (ValueError, OverflowError):
             continue
         found.append(DriftedRun(str(report.get("model_version", "")), first, last))
     return found
+
+
+def _naive_utc(stamp: dt.datetime) -> dt.datetime:
+    """As the tables store times: naive UTC."""
+    return stamp.astimezone(dt.timezone.utc).replace(tzinfo=None) if stamp.tzinfo else stamp
 
 
 def _in_drifted_run(runs: list[DriftedRun]) -> pw.Expression | None:
