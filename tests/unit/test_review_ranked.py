@@ -97,7 +97,8 @@ def test_predicting_stores_the_margin_and_the_labels_probability(tmp_path):
     model = OnnxClassifier(tmp_path / "tiny.onnx")
     images = np.random.default_rng(5).integers(0, 256, (12, 8, 8), dtype=np.uint8)
     with open_transport("local", root=tmp_path, topic="t") as producer:
-        producer.publish([encode_image(im, f"img-{i}", label=(i % 3) if i % 2 else None) for i, im in enumerate(images)])
+        producer.publish([encode_image(im, f"img-{i}", label=(i % 3) if i % 2 else None)
+                          for i, im in enumerate(images)])
         producer.flush(5)
     database = db.connect(db.sqlite_url(tmp_path / "r.sqlite"))
     with open_transport("local", root=tmp_path, topic="t") as source:

@@ -82,8 +82,8 @@ def review_next_page(filters: queries.GridFilter, classes: Iterable[int], runs: 
     tiers = [None, disputed] + ([drifted, drifted & disputed] if drifted is not None else [])
     # The flags are worked out here from the row's columns: as CASE expressions in each of the
     # reads, rendering the SQL cost more than running it.
-    reads = [Prediction.select(Prediction.id, Prediction.predicted_class, Prediction.margin, Prediction.shadow_disagrees,
-                               Prediction.model_version, Prediction.predicted_at)
+    reads = [Prediction.select(Prediction.id, Prediction.predicted_class, Prediction.margin,
+                               Prediction.shadow_disagrees, Prediction.model_version, Prediction.predicted_at)
              .where(*base, Prediction.predicted_class == cls, *([tier] if tier is not None else []))
              .order_by(Prediction.margin, Prediction.id).limit(wanted)
              for cls in ([filters.predicted_class] if filters.predicted_class is not None else classes)
