@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 
 from vectorai import db
 from vectorai.messages import encode_image
+from vectorai.review.priority import Candidate, review_order
 
 #: An id a hostile producer could send: the page must show it as text and never run it.
 SCRIPT_ID = '<script>window.__pwned = 1</script><img src=x onerror="window.__pwned = 2">'
@@ -31,18 +34,21 @@ def digit_image(index: int, size: int = 28) -> np.ndarray:
 def prediction_rows(count: int, *, model_version: str = "vectorai-test/1", source: str = "local",
                     id_prefix: str = "msg") -> list[dict]:
     """``count`` prediction rows: class i % 3, confidence spread over [0.3, 1), a true label on
-    every other row (wrong on every fourth), a minute apart, the three encodings in turn."""
+    every other row (wrong on every fourth), a minute apart, the three encodings in turn; margins
+    spread over [0, 1) in another order, and the label's probability: high where it is right."""
     rows = []
     for i in range(count):
         message = encode_image(digit_image(i), f"{id_prefix}-{i:04d}", encoding=ENCODINGS[i % 3])
         predicted = i % 3
+        label = None if i % 2 else ((predicted + 1) % 3 if i % 4 == 0 else predicted)
         rows.append({
             "source": source, "message_id": message.attributes["id"], "position": f"t@{i}",
             "image": message.payload, "content_type": message.attributes["content-type"],
             "predicted_class": predicted, "predicted_name": f"class{predicted}",
-            "confidence": 0.3 + 0.7 * (i % 10) / 10, "true_label": None if i % 2 else (
-                (predicted + 1) % 3 if i % 4 == 0 else predicted),
+            "confidence": 0.3 + 0.7 * (i % 10) / 10, "true_label": label,
             "model_version": model_version, "produced_at": None, "predicted_at": START + dt.timedelta(minutes=i),
+            "margin": (i * 37 % 100) / 100,
+            "label_probability": None if label is None else (0.9 if label == predicted else 0.01) + (i % 50) / 1000,
         })
     return rows
 
@@ -80,5 +86,43 @@ def fill(database, count: int = 60) -> list[dict]:
     letters through the pipeline's writer; returns the prediction rows."""
     rows = prediction_rows(count)
     rows[-1]["message_id"] = SCRIPT_ID
+    for i, row in enumerate(rows):  # as the shadow scorer sets it: shadow_rows disagrees on every fifth
+        row["shadow_disagrees"] = 1 if i % 5 == 0 else None
     assert db.write_results(database, rows, dead_letter_rows(), shadow_rows(rows)) == count
     return rows
+
+
+#: The rows the drifted run of ``write_drifted_report`` predicted (minutes 40-49 after START).
+DRIFTED_ROWS = range(40, 50)
+
+
+def write_drifted_report(folder: Path, model_version: str = "vectorai-test/1") -> None:
+    """Run reports in ``folder``: one whose drift check flagged the rows of DRIFTED_ROWS, and
+    one whose did not (its first row)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    span = [(START + dt.timedelta(minutes=m)).isoformat() for m in (DRIFTED_ROWS[0], DRIFTED_ROWS[-1])]
+    (folder / "predict-local-drifted.json").write_text(json.dumps({
+        "model_version": model_version, "drift": {"score": 0.9, "p_value": 0.001, "drifted": True},
+        "predicted_between": span}))
+    (folder / "predict-local-calm.json").write_text(json.dumps({
+        "model_version": model_version, "drift": {"drifted": False}, "predicted_between": [START.isoformat()] * 2}))
+
+
+def expected_review_next(rows: list[dict], reviewed: Iterable[int] = (), cls: int | None = None) -> list[str]:
+    """The message ids "review next" should show, in order: ``review_order`` over the unreviewed
+    rows of ``fill`` (its shadow model disagrees on every fifth row; DRIFTED_ROWS are drifted)."""
+    done = set(reviewed)
+    kept = [i for i in range(len(rows)) if i not in done and cls in (None, rows[i]["predicted_class"])]
+    candidates = [Candidate(rows[i]["margin"], rows[i]["predicted_class"], i % 5 == 0, i in DRIFTED_ROWS)
+                  for i in kept]
+    return [rows[kept[j]]["message_id"] for j in review_order(candidates)]
+
+
+def expected_suspicious(rows: list[dict]) -> list[str]:
+    """The message ids "suspicious labels" should show, in order: labelled rows below their
+    label's mean probability, the least likely first."""
+    labelled = [(i, r) for i, r in enumerate(rows) if r["true_label"] is not None]
+    mean = {label: float(np.mean([r["label_probability"] for _, r in labelled if r["true_label"] == label]))
+            for label in {r["true_label"] for _, r in labelled}}
+    below = [(r["label_probability"], i) for i, r in labelled if r["label_probability"] < mean[r["true_label"]]]
+    return [rows[i]["message_id"] for _, i in sorted(below)]

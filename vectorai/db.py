@@ -58,9 +58,24 @@ class Prediction(_Base):
     model_version = pw.CharField(max_length=255)
     produced_at = pw.DateTimeField(null=True)
     predicted_at = pw.DateTimeField(index=True)
+    #: What the review page ranks by (NULL in rows stored before they came): top-1 minus top-2
+    #: class probability; the probability of the message's label (NULL unlabelled); 1 when the
+    #: shadow model gave another class at predict time, else NULL (an index then finds them).
+    margin = pw.FloatField(null=True)
+    label_probability = pw.FloatField(null=True)
+    shadow_disagrees = pw.SmallIntegerField(null=True)
 
     class Meta:
-        indexes = ((("source", "message_id"), True),)
+        indexes = ((("source", "message_id"), True), (("predicted_class", "margin"), False))
+
+
+# "Review next" reads each class's least sure (and disputed) rows, and "suspicious labels" the
+# least likely labels, from the start of an index instead of sorting the table. Partial indexes:
+# a row that is not disputed or not labelled (most of a stream) costs its insert nothing here.
+Prediction.add_index(Prediction.predicted_class, Prediction.margin, where=Prediction.shadow_disagrees.is_null(False),
+                     name="prediction_disputed_class_margin")
+Prediction.add_index(Prediction.label_probability, where=Prediction.label_probability.is_null(False),
+                     name="prediction_label_probability")
 
 
 class DeadLetter(_Base):
@@ -121,7 +136,7 @@ _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 
 def unique_key(model: type[pw.Model]) -> list[pw.Field]:
     """The columns of ``model``'s one unique index: the only conflict an insert may skip."""
-    [(names, _unique)] = model._meta.indexes
+    [names] = [index[0] for index in model._meta.indexes if isinstance(index, tuple) and index[1]]
     return [model._meta.fields[name] for name in names]
 
 
@@ -161,6 +176,8 @@ def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
                 # time, under a transaction-scoped advisory lock.
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             _upgrade_dead_letters(db)
+            _add_missing_columns(db, Prediction, (Prediction.margin, Prediction.label_probability,
+                                                  Prediction.shadow_disagrees))
             db.create_tables(MODELS, safe=True)
     except (pw.PeeweeException, RuntimeError, ValueError, OSError) as err:
         # URL parsers and drivers may echo the URL or the password itself (peewee's "has no
@@ -181,6 +198,18 @@ def _upgrade_dead_letters(db: pw.Database) -> None:
     migrate(migrator.add_column(table, "fingerprint", DeadLetter.fingerprint),
             migrator.drop_index(table, f"{table}_source_position"))
     # create_tables(safe=True), right after, makes the new unique index.
+
+
+def _add_missing_columns(db: pw.Database, model: type[pw.Model], fields: Sequence[pw.Field]) -> None:
+    """Add nullable ``fields`` to a table made by an earlier version (its rows keep NULL there)."""
+    table = model._meta.table_name
+    present = {c.name for c in db.get_columns(table)} if db.table_exists(table) else None
+    missing = [f for f in fields if present is not None and f.column_name not in present]
+    if missing:
+        from playhouse.migrate import SchemaMigrator, migrate
+
+        migrator = SchemaMigrator.from_database(db)
+        migrate(*(migrator.add_column(table, f.column_name, f) for f in missing))
 
 
 def _first_line(err: BaseException) -> str:

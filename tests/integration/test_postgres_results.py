@@ -30,7 +30,8 @@ def _row(message_id: str, **over) -> dict:
 @pytest.mark.parametrize("table", ["created by connect", "created earlier with other column types"])
 def test_values_survive_the_copy_format_exactly(pg_database, table):
     """Binary COPY for the table connect creates; text COPY for a table whose column types the
-    binary format is not written for (here confidence as numeric, stamps with a time zone)."""
+    binary format is not written for (here confidence as numeric, stamps with a time zone), made
+    by an earlier version: connect adds the review page's columns to it."""
     if table != "created by connect":
         with psycopg2.connect(pg_database) as conn, conn.cursor() as cur:
             cur.execute("CREATE TABLE prediction (id serial PRIMARY KEY, source varchar(32) NOT NULL, "
@@ -42,7 +43,8 @@ def test_values_survive_the_copy_format_exactly(pg_database, table):
         conn.close()
     database = db.connect(pg_database)
     try:
-        rows = [_row("plain"), _row("tab\there"), _row("new\nline\r"), _row("back\\slash\\N"),
+        rows = [_row("plain", margin=0.25, label_probability=0.125, shadow_disagrees=1), _row("tab\there"),
+                _row("new\nline\r"), _row("back\\slash\\N"),
                 _row("unicode-ünï-😀", true_label=3, produced_at=dt.datetime(2026, 1, 2, 3, 4, 5),
                      confidence=float("nan")),
                 _row("\\N")]  # the COPY null marker as a real id

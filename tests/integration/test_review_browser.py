@@ -9,7 +9,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.fixtures_browser import serve_in_thread
-from tests.review_rows import SCRIPT_ID, fill
+from tests.review_rows import SCRIPT_ID, expected_review_next, expected_suspicious, fill, write_drifted_report
 from vectorai import db
 from vectorai.review.app import ReviewSettings
 
@@ -31,6 +31,17 @@ def database(request, tmp_path):
 def site(database, tmp_path):
     fill(database)
     yield from serve_in_thread(database, ReviewSettings(reviewer="browser-test", facets_ttl_s=0))
+
+
+@pytest.fixture
+def filled(database, tmp_path):
+    """The rows, and the page serving them, with run reports (only the fields the review order
+    reads) that flag some rows' run as drifted."""
+    rows = fill(database)
+    write_drifted_report(tmp_path / "reports")
+    settings = ReviewSettings(reviewer="browser-test", facets_ttl_s=0, reports_dir=tmp_path / "reports")
+    for url in serve_in_thread(database, settings):
+        yield rows, url
 
 
 def _cards(page) -> list[str]:
@@ -64,6 +75,37 @@ def test_the_grid_shows_images_and_filters_change_it(page, site):
     page.click("form#filters button[type=submit]")
     page.wait_for_load_state("networkidle")
     assert 0 < page.locator(".card.wrong").count() == page.locator(".card").count() < len(everything)
+
+
+def test_review_next_and_suspicious_labels_show_the_expected_cards(page, filled):
+    rows, site = filled
+    page.goto(f"{site}/predictions?limit=30")
+    page.select_option("select#order", "next")
+    page.click("form#filters button[type=submit]")
+    page.wait_for_load_state("networkidle")
+    assert _cards(page) == expected_review_next(rows)[:30]
+    assert page.locator(".card .margin").count() == 30
+    page.screenshot(path=str(page.screenshots / "review-next.png"), full_page=True)
+    page.click("#next-page")
+    page.wait_for_load_state("networkidle")
+    assert _cards(page) == expected_review_next(rows)[30:60]
+
+    page.click("#suspicious-labels")
+    page.wait_for_load_state("networkidle")
+    assert _cards(page) == expected_suspicious(rows)
+    assert page.locator(".card.wrong").count() == page.locator(".card").count() > 0
+    odds = [float(t.split()[-1]) for t in page.locator(".card .label-probability").all_inner_texts()]
+    assert odds == sorted(odds) and max(odds) < 0.5
+
+    # A correction made in "review next" takes the image out of it: the next page load starts after it.
+    page.click("#review-next")
+    page.wait_for_load_state("networkidle")
+    with page.expect_response(lambda r: r.url.endswith("/review") and r.status == 200):
+        page.keyboard.press("1")
+    first = rows.index(next(r for r in rows if r["message_id"] == expected_review_next(rows)[0]))
+    page.reload()
+    page.wait_for_load_state("networkidle")
+    assert _cards(page) == expected_review_next(rows, {first})[:60]
 
 
 def test_a_correction_made_with_the_keyboard_is_stored(page, site, database):

@@ -71,6 +71,10 @@ class ShadowScorer:
             return
         batch.shadow_rows = rows
         batch.shadow_dropped = len(batch.rows) - len(rows)
+        theirs = {row["message_id"]: row["predicted_class"] for row in rows}
+        for row in batch.rows:  # by class index, as the page's "shadow disagrees" filter compares
+            if theirs.get(row["message_id"], row["predicted_class"]) != row["predicted_class"]:
+                row["shadow_disagrees"] = 1
         if batch.shadow_dropped:
             log.warning("shadow model %s gave a non-finite output for %d images of a %s; no shadow rows for them",
                         self.shadow.info.version, batch.shadow_dropped, describe_batch(batch.source, batch.messages))
