@@ -16,6 +16,7 @@ from typing import Any, Callable
 import numpy as np
 
 from vectorai.datasets import LabelledImages
+from vectorai.errors import ConfigError
 from vectorai.preprocess import PreprocessSpec, preprocess_images
 
 
@@ -48,6 +49,11 @@ class TrainConfig:
     max_zoom: float = 0.1
     max_shear: float = 0.2
     dropout: float = 0.1
+    #: How many training images each extra one (a reviewed correction, ``--extra-train``) counts
+    #: as: it is repeated that many times in every epoch, each time augmented afresh. A few
+    #: hundred corrections among thousands of images are otherwise too few to teach a new kind
+    #: of image (benchmarks/README.md, "Learning from corrections").
+    reviewed_weight: int = 10
     recipe: int = RECIPE
 
     @property
@@ -168,6 +174,19 @@ def training_batches(images: np.ndarray, labels: np.ndarray, config: TrainConfig
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
+def oversample(count: int, extra: np.ndarray | None, weight: int) -> np.ndarray:
+    """Indices into ``count`` training images holding each once and each image that ``extra``
+    (a boolean mask, or None for none) marks ``weight`` times in all."""
+    if weight < 1:
+        raise ConfigError("TrainModel.reviewed_weight", f"must be at least 1, got {weight}")
+    everyone = np.arange(count, dtype=np.int64)
+    if extra is None or weight == 1:
+        return everyone
+    if len(extra) != count:
+        raise ConfigError("extra training images", f"a mask of {len(extra)} for {count} training images")
+    return np.concatenate([everyone, np.repeat(np.flatnonzero(extra), weight - 1)])
+
+
 def steps_per_epoch(count: int, batch_size: int) -> int:
     return max(1, math.ceil(count / batch_size))
 
@@ -185,11 +204,14 @@ def train_model(
     run_name: str,
     extra_params: dict[str, Any] | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
+    extra: np.ndarray | None = None,
 ) -> TrainResult:
     """Train on ``train``, validate on ``val`` each epoch, evaluate on ``test``; write
     ``model.keras``, ``metrics.json``, plots into ``out_dir`` and log all of it to MLflow.
 
-    ``progress`` is called when the MLflow run has started and after each epoch."""
+    ``extra`` marks the training images added to the split (``--extra-train``): each counts
+    ``config.reviewed_weight`` times. ``progress`` is called when the MLflow run has started and
+    after each epoch."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import mlflow
@@ -199,6 +221,8 @@ def train_model(
     keras.utils.set_random_seed(config.seed)
     spec = config.spec
     x_train, x_val, x_test = (preprocess_images(part.images, spec) for part in (train, val, test))
+    epoch = oversample(len(x_train), extra, config.reviewed_weight)
+    x_train, y_train = x_train[epoch], train.labels[epoch]
     num_classes = len(train.class_names)
     steps = steps_per_epoch(len(x_train), config.batch_size)
     schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps)
@@ -214,7 +238,7 @@ def train_model(
                            "val_size": len(val), "test_size": len(test)})
         # Augmented training batches; validation (and test, below) are the images as they are.
         fit = model.fit(
-            training_batches(x_train, train.labels, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
+            training_batches(x_train, y_train, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
             validation_data=(x_val, val.labels), epochs=config.epochs, verbose=2,
             callbacks=[_epoch_callback(config.epochs, progress, run_id, experiment_id)],
         )
