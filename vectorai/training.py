@@ -11,7 +11,7 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -191,6 +191,30 @@ def steps_per_epoch(count: int, batch_size: int) -> int:
     return max(1, math.ceil(count / batch_size))
 
 
+def fit_model(x_train: np.ndarray, y_train: np.ndarray, config: TrainConfig, num_classes: int, *,
+              extra: np.ndarray | None = None, validation: tuple[np.ndarray, np.ndarray] | None = None,
+              callbacks: Sequence[Any] = (), initial_weights: list[np.ndarray] | None = None,
+              verbose: int = 2) -> tuple[Any, dict[str, list[float]]]:
+    """Build the CNN and train it on preprocessed images (augmented batches, cosine schedule),
+    each one that ``extra`` marks counting ``config.reviewed_weight`` times; from
+    ``initial_weights`` (another model's, to fine-tune it) when given. Returns the model and
+    Keras' history."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    epoch = oversample(len(x_train), extra, config.reviewed_weight)
+    x_train, y_train = x_train[epoch], np.asarray(y_train)[epoch]
+    steps = steps_per_epoch(len(x_train), config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps)
+    model = build_model(config.spec, num_classes, schedule, config.dropout)
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    fit = model.fit(training_batches(x_train, y_train, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
+                    validation_data=validation, epochs=config.epochs, verbose=verbose, callbacks=list(callbacks))
+    return model, fit.history
+
+
 def train_model(
     train: LabelledImages,
     val: LabelledImages,
@@ -213,20 +237,13 @@ def train_model(
     ``config.reviewed_weight`` times. ``progress`` is called when the MLflow run has started and
     after each epoch."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import mlflow
 
     from vectorai.tracking import mlflow_run
 
-    keras.utils.set_random_seed(config.seed)
     spec = config.spec
     x_train, x_val, x_test = (preprocess_images(part.images, spec) for part in (train, val, test))
-    epoch = oversample(len(x_train), extra, config.reviewed_weight)
-    x_train, y_train = x_train[epoch], train.labels[epoch]
     num_classes = len(train.class_names)
-    steps = steps_per_epoch(len(x_train), config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps)
-    model = build_model(spec, num_classes, schedule, config.dropout)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with mlflow_run(tracking_uri, experiment, artifact_dir, run_name) as run:
@@ -235,14 +252,12 @@ def train_model(
             progress(TrainProgress(0, config.epochs, {}, run_id, experiment_id))
         mlflow.log_params({**asdict(config), **(extra_params or {}),
                            "num_classes": num_classes, "train_size": len(train),
+                           "extra_train_images": int(np.sum(extra)) if extra is not None else 0,
                            "val_size": len(val), "test_size": len(test)})
-        # Augmented training batches; validation (and test, below) are the images as they are.
-        fit = model.fit(
-            training_batches(x_train, y_train, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
-            validation_data=(x_val, val.labels), epochs=config.epochs, verbose=2,
-            callbacks=[_epoch_callback(config.epochs, progress, run_id, experiment_id)],
-        )
-        result = _test_result(model, fit.history, x_test, test.labels, num_classes)
+        model, history = fit_model(x_train, train.labels, config, num_classes, extra=extra,
+                                   validation=(x_val, val.labels),
+                                   callbacks=[_epoch_callback(config.epochs, progress, run_id, experiment_id)])
+        result = _test_result(model, history, x_test, test.labels, num_classes)
         mlflow.log_metrics({"test_loss": result.metrics["test_loss"],
                             "test_accuracy": result.metrics["test_accuracy"]})
         summary = {"metrics": result.metrics, "history": result.history, "confusion_matrix": result.confusion,
