@@ -6,8 +6,9 @@
 It fills a fresh database with ``--rows`` predictions (the pipeline's own writer, COPY in batches;
 each row a real 28x28 PNG, a tenth of them with a shadow prediction, one in a hundred reviewed),
 serves the page on a loopback port and times, over HTTP, each request a person makes: the grid's
-first page, a later page (keyset: ``after`` half-way down the table), filtered first pages, a
-thumbnail and a correction. Each figure is the median of ``--repeat`` requests after one that
+first page, a later page (keyset: ``after`` half-way down the table), filtered first pages, the
+"review next" and "suspicious labels" orders (a run report flags the last tenth of the rows as
+drifted), a thumbnail and a correction. Each figure is the median of ``--repeat`` requests after one that
 warms the cache of the filters' options (its time is reported as ``cold``). PostgreSQL comes from
 DATABASE_URL (postgresql://...) or is started here in a temp dir and removed at the end. A
 measurement, not a test: nothing here asserts a speed.
@@ -22,6 +23,7 @@ import os
 import re
 import statistics
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -48,12 +50,15 @@ def fill(database, rows: int, batch: int = 20_000, log=print) -> None:
         predictions, shadow = [], []
         for i in range(first, min(rows, first + batch)):
             predicted = i % 10
+            truth = (predicted if i % 7 else (predicted + 1) % 10) if i % 2 == 0 else None
             row = {"source": "kafka", "message_id": f"bench-{i:08d}", "position": f"vectorai-images/0@{i}",
                    "image": images[i % 64], "content_type": "image/png", "predicted_class": predicted,
                    "predicted_name": str(predicted), "confidence": float((i * 7919 % 1000) / 1000),
-                   "true_label": (predicted if i % 7 else (predicted + 1) % 10) if i % 2 == 0 else None,
+                   "true_label": truth,
                    "model_version": f"vectorai-bench/{1 + i * 3 // rows}", "produced_at": None,
-                   "predicted_at": start + dt.timedelta(seconds=i)}
+                   "predicted_at": start + dt.timedelta(seconds=i), "margin": float((i * 104729 % 100_000) / 100_000),
+                   "label_probability": None if truth is None else
+                   float((i * 6151 % 1000) / 1000) * (0.01 if truth != predicted else 1.0)}
             predictions.append(row)
             if i % 10 == 0:
                 shadow.append({"source": "kafka", "message_id": row["message_id"], "model_version": "vectorai-bench/9",
@@ -68,6 +73,17 @@ def fill(database, rows: int, batch: int = 20_000, log=print) -> None:
         (db.Review.insert_many(reviewed[chunk:chunk + 5000])
          .on_conflict(action="NOTHING", conflict_target=db.unique_key(db.Review)).execute())
     database.execute_sql("ANALYZE")
+
+
+def drifted_report(folder: Path, rows: int) -> None:
+    """A run report flagging drift over the last tenth of the rows, as the drift check writes it."""
+    start = dt.datetime(2026, 1, 1)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "predict-kafka-drifted.json").write_text(json.dumps({
+        "model_version": f"vectorai-bench/{1 + (rows - 1) * 3 // rows}",
+        "drift": {"score": 0.9, "p_value": 1e-6, "drifted": True},
+        "predicted_between": [(start + dt.timedelta(seconds=rows * 9 // 10)).isoformat(),
+                              (start + dt.timedelta(seconds=rows - 1)).isoformat()]}))
 
 
 def measure(base: str, rows: int, repeat: int) -> list[dict]:
@@ -100,6 +116,11 @@ def measure(base: str, rows: int, repeat: int) -> list[dict]:
         timed("grid, labelled and wrong", "GET", "/predictions?wrong=1"),
         timed("grid, shadow disagrees", "GET", "/predictions?shadow=1"),
         timed("grid, one model version, later page", "GET", f"/predictions?version=vectorai-bench/2&after={rows // 2}"),
+        timed("review next, first page", "GET", "/predictions?order=next"),
+        timed("review next, page 5", "GET", "/predictions?order=next&page=4"),
+        timed("review next, one class", "GET", "/predictions?order=next&cls=3"),
+        timed("suspicious labels, first page", "GET", "/predictions?order=suspicious"),
+        timed("suspicious labels, page 5", "GET", "/predictions?order=suspicious&page=4"),
         timed("thumbnail", "GET", f"/image/prediction/{rows // 3}.png"),
         timed("correction (POST)", "POST", "/review", data={"source": "kafka", "message_id": "bench-00000042",
                                                              "label": "4", "csrf": csrf},
@@ -131,12 +152,14 @@ def main(argv: list[str] | None = None) -> int:
         began = time.perf_counter()
         fill(database, args.rows)
         filled_s = time.perf_counter() - began
-        server = ReviewServer(database, ReviewSettings(reviewer="bench"), "127.0.0.1", 0)  # as `serve` runs it
-        threading.Thread(target=server.serve, daemon=True).start()
-        try:
-            results = measure(server.url, args.rows, args.repeat)
-        finally:
-            server.stop()
+        with tempfile.TemporaryDirectory(prefix="vectorai-bench-reports-") as reports:
+            drifted_report(Path(reports), args.rows)
+            server = ReviewServer(database, ReviewSettings(reviewer="bench", reports_dir=Path(reports)), "127.0.0.1", 0)
+            threading.Thread(target=server.serve, daemon=True).start()
+            try:
+                results = measure(server.url, args.rows, args.repeat)
+            finally:
+                server.stop()
         database.close()
     finally:
         if cluster is not None:

@@ -31,18 +31,21 @@ def digit_image(index: int, size: int = 28) -> np.ndarray:
 def prediction_rows(count: int, *, model_version: str = "vectorai-test/1", source: str = "local",
                     id_prefix: str = "msg") -> list[dict]:
     """``count`` prediction rows: class i % 3, confidence spread over [0.3, 1), a true label on
-    every other row (wrong on every fourth), a minute apart, the three encodings in turn."""
+    every other row (wrong on every fourth), a minute apart, the three encodings in turn; margins
+    spread over [0, 1) in another order, and the label's probability: high where it is right."""
     rows = []
     for i in range(count):
         message = encode_image(digit_image(i), f"{id_prefix}-{i:04d}", encoding=ENCODINGS[i % 3])
         predicted = i % 3
+        label = None if i % 2 else ((predicted + 1) % 3 if i % 4 == 0 else predicted)
         rows.append({
             "source": source, "message_id": message.attributes["id"], "position": f"t@{i}",
             "image": message.payload, "content_type": message.attributes["content-type"],
             "predicted_class": predicted, "predicted_name": f"class{predicted}",
-            "confidence": 0.3 + 0.7 * (i % 10) / 10, "true_label": None if i % 2 else (
-                (predicted + 1) % 3 if i % 4 == 0 else predicted),
+            "confidence": 0.3 + 0.7 * (i % 10) / 10, "true_label": label,
             "model_version": model_version, "produced_at": None, "predicted_at": START + dt.timedelta(minutes=i),
+            "margin": (i * 37 % 100) / 100,
+            "label_probability": None if label is None else (0.9 if label == predicted else 0.01) + (i % 50) / 1000,
         })
     return rows
 

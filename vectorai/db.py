@@ -58,9 +58,17 @@ class Prediction(_Base):
     model_version = pw.CharField(max_length=255)
     produced_at = pw.DateTimeField(null=True)
     predicted_at = pw.DateTimeField(index=True)
+    #: Top-1 minus top-2 class probability ("review next" puts small ones first); NULL in rows
+    #: stored before the column came.
+    margin = pw.FloatField(null=True)
+    #: The model's probability for the message's own label ("suspicious labels"); NULL unlabelled.
+    label_probability = pw.FloatField(null=True)
 
     class Meta:
-        indexes = ((("source", "message_id"), True),)
+        # The other two let "review next" read each class's least sure rows, and "suspicious
+        # labels" the least likely labels, from the start of an index instead of sorting the table.
+        indexes = ((("source", "message_id"), True), (("predicted_class", "margin"), False),
+                   (("label_probability",), False))
 
 
 class DeadLetter(_Base):
@@ -121,7 +129,7 @@ _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 
 def unique_key(model: type[pw.Model]) -> list[pw.Field]:
     """The columns of ``model``'s one unique index: the only conflict an insert may skip."""
-    [(names, _unique)] = model._meta.indexes
+    [names] = [names for names, unique in model._meta.indexes if unique]
     return [model._meta.fields[name] for name in names]
 
 
@@ -161,6 +169,7 @@ def connect(url: str, connect_timeout_s: int = 10) -> pw.Database:
                 # time, under a transaction-scoped advisory lock.
                 db.execute_sql("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK,))
             _upgrade_dead_letters(db)
+            _add_missing_columns(db, Prediction, (Prediction.margin, Prediction.label_probability))
             db.create_tables(MODELS, safe=True)
     except (pw.PeeweeException, RuntimeError, ValueError, OSError) as err:
         # URL parsers and drivers may echo the URL or the password itself (peewee's "has no
@@ -181,6 +190,20 @@ def _upgrade_dead_letters(db: pw.Database) -> None:
     migrate(migrator.add_column(table, "fingerprint", DeadLetter.fingerprint),
             migrator.drop_index(table, f"{table}_source_position"))
     # create_tables(safe=True), right after, makes the new unique index.
+
+
+def _add_missing_columns(db: pw.Database, model: type[pw.Model], fields: Sequence[pw.Field]) -> None:
+    """Add nullable ``fields`` to a table made by an earlier version (its rows keep NULL there)."""
+    table = model._meta.table_name
+    if not db.table_exists(table):
+        return
+    present = {c.name for c in db.get_columns(table)}
+    missing = [f for f in fields if f.column_name not in present]
+    if missing:
+        from playhouse.migrate import SchemaMigrator, migrate
+
+        migrator = SchemaMigrator.from_database(db)
+        migrate(*(migrator.add_column(table, f.column_name, f) for f in missing))
 
 
 def _first_line(err: BaseException) -> str:

@@ -70,6 +70,9 @@ class RunReport:
     shadow_unavailable: str = ""
     #: Threads that decoded batches of photos by the end of the run (0: none was decoded so).
     decode_threads: int = 0
+    #: The ``predicted_at`` of the run's first and last rows (UTC): the review page finds a
+    #: drifted run's rows by them.
+    predicted_between: list = field(default_factory=list)
 
     consumed = _total("consumed", "Messages consumed.")
     predicted = _total("predicted", "Rows stored for the first time.")
@@ -100,6 +103,10 @@ class RunReport:
         batch that could not be read: one dead letter for every offset of it), counted as
         consumed and dead-lettered, so that every offset is counted once."""
         self.batches += 1
+        if rows:  # a batch's rows share one stamp
+            stamp = rows[0]["predicted_at"]
+            known = self.predicted_between or [stamp, stamp]
+            self.predicted_between = [min(known[0], stamp), max(known[1], stamp)]
         counts = self.source(source)
         counts.consumed += more_dead
         counts.predicted += new
@@ -130,6 +137,7 @@ class RunReport:
             "seconds": round(self.seconds, 3),
             "images_per_second": round(consumed / self.seconds, 1) if self.seconds > 0 else None,
             "model_version": self.model_version,
+            "predicted_between": [stamp.isoformat() for stamp in self.predicted_between],
             "by_source": {name: counts.to_dict() for name, counts in sorted(self.by_source.items())},
             **({"shadow": self._shadow_dict(labelled)} if self.shadow_model_version or self.shadow_unavailable
                else {}),

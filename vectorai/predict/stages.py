@@ -227,11 +227,12 @@ def _prediction_rows(batch: DecodedBatch, decoded: list[ReceivedMessage], labels
     rows: list[dict[str, object]] = []
     classes = probabilities.argmax(axis=1)
     confidences = probabilities[np.arange(len(classes)), classes]
+    margins, given = review_figures(probabilities, confidences, labels)
     names = classifier.class_names
     version = classifier.info.version
     produced: dict[dt.datetime | None, dt.datetime | None] = {}  # messages share stamps
-    for message, label, stamp, cls, confidence in zip(
-            decoded, labels, stamps, classes.tolist(), confidences.tolist()):
+    for message, label, stamp, cls, confidence, margin, label_probability in zip(
+            decoded, labels, stamps, classes.tolist(), confidences.tolist(), margins, given):
         if stamp not in produced:
             produced[stamp] = _naive_utc(stamp)
         rows.append({
@@ -247,8 +248,28 @@ def _prediction_rows(batch: DecodedBatch, decoded: list[ReceivedMessage], labels
             "model_version": version,
             "produced_at": produced[stamp],
             "predicted_at": batch.received_at,
+            "margin": margin,
+            "label_probability": label_probability,
         })
     return rows
+
+
+def review_figures(probabilities: np.ndarray, confidences: np.ndarray,
+                   labels: Sequence[int | None]) -> tuple[list[float], list[float | None]]:
+    """Per row: the margin between the two most probable classes (the top one's probability
+    alone for a one-class model), and the probability of the row's label (None unlabelled):
+    what "review next" and "suspicious labels" rank by."""
+    if probabilities.shape[1] > 1:
+        margins = confidences - np.partition(probabilities, -2, axis=1)[:, -2]
+    else:
+        margins = confidences
+    given: list[float | None] = [None] * len(labels)
+    labelled = [i for i, label in enumerate(labels) if label is not None]
+    if labelled:
+        values = probabilities[labelled, [labels[i] for i in labelled]].tolist()
+        for i, value in zip(labelled, values):
+            given[i] = value
+    return margins.tolist(), given
 
 
 @contextlib.contextmanager

@@ -72,6 +72,18 @@ def below_arg() -> float | None:
     return None if below >= 1.0 else below  # the slider at its top means "any confidence"
 
 
+#: The grid's orders besides newest first ("").
+ORDERS = ("next", "suspicious")
+
+
+def order_arg() -> str:
+    """The grid's order: "" (newest first), "next" (review next) or "suspicious" (suspicious labels)."""
+    order = request.args.get("order", "")
+    if order and order not in ORDERS:
+        raise ReviewError(f"order {order[:40]!r}", f"is not one of {', '.join(ORDERS)}")
+    return order
+
+
 def grid_request() -> tuple[queries.GridFilter, int | None, int]:
     """The predictions grid's filters, ``after`` and page size."""
     args = request.args

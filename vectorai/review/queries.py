@@ -51,22 +51,27 @@ def _same_message(model: type[pw.Model]) -> pw.Expression:
 
 def prediction_page(filters: GridFilter, after: int | None = None, limit: int = 60) -> Page:
     """One page of predictions, newest first, with each row's review and shadow class."""
+    query = card_rows().order_by(Prediction.id.desc()).limit(limit + 1)
+    for condition in conditions(filters):
+        query = query.where(condition)
+    return _keyset_page(query, Prediction.id, after, limit)
+
+
+def card_rows() -> pw.ModelSelect:
+    """What a card shows of each prediction: its columns (not the image), its review and the
+    shadow model's class."""
     shadow_name = (ShadowPrediction.select(ShadowPrediction.predicted_name)
                    .where(_same_message(ShadowPrediction)).order_by(ShadowPrediction.id).limit(1))
     shadow_class = (ShadowPrediction.select(ShadowPrediction.predicted_class)
                     .where(_same_message(ShadowPrediction)).order_by(ShadowPrediction.id).limit(1))
-    query = (Prediction
-             .select(Prediction.id, Prediction.source, Prediction.message_id, Prediction.predicted_class,
-                     Prediction.predicted_name, Prediction.confidence, Prediction.true_label,
-                     Prediction.model_version, Prediction.predicted_at, Prediction.content_type,
-                     Review.label.alias("review_label"), Review.reviewer.alias("reviewer"),
-                     shadow_class.alias("shadow_class"), shadow_name.alias("shadow_name"))
-             .join(Review, pw.JOIN.LEFT_OUTER, on=_same_message(Review))
-             .order_by(Prediction.id.desc())
-             .limit(limit + 1))
-    for condition in _conditions(filters):
-        query = query.where(condition)
-    return _keyset_page(query, Prediction.id, after, limit)
+    return (Prediction
+            .select(Prediction.id, Prediction.source, Prediction.message_id, Prediction.predicted_class,
+                    Prediction.predicted_name, Prediction.confidence, Prediction.true_label,
+                    Prediction.model_version, Prediction.predicted_at, Prediction.content_type,
+                    Prediction.margin, Prediction.label_probability,
+                    Review.label.alias("review_label"), Review.reviewer.alias("reviewer"),
+                    shadow_class.alias("shadow_class"), shadow_name.alias("shadow_name"))
+            .join(Review, pw.JOIN.LEFT_OUTER, on=_same_message(Review)))
 
 
 def _keyset_page(query: pw.Query, key: pw.Field, after: int | None, limit: int) -> Page:
@@ -80,7 +85,8 @@ def _keyset_page(query: pw.Query, key: pw.Field, after: int | None, limit: int) 
     return Page(rows, rows[-1]["id"] if more and rows else None)
 
 
-def _conditions(filters: GridFilter) -> list[pw.Expression]:
+def conditions(filters: GridFilter) -> list[pw.Expression]:
+    """The WHERE conditions of ``filters``."""
     found: list[pw.Expression] = []
     if filters.predicted_class is not None:
         found.append(Prediction.predicted_class == filters.predicted_class)
@@ -91,15 +97,9 @@ def _conditions(filters: GridFilter) -> list[pw.Expression]:
     if filters.wrong:
         found.append(Prediction.true_label.is_null(False) & (Prediction.true_label != Prediction.predicted_class))
     if filters.shadow_disagrees:
-        found.append(pw.fn.EXISTS(
-            ShadowPrediction.select(ShadowPrediction.id)
-            .where(_same_message(ShadowPrediction)
-                   & (ShadowPrediction.predicted_class != Prediction.predicted_class))))
+        found.append(shadow_disagrees())
     if filters.unreviewed:
-        # NOT EXISTS, not "the LEFT JOIN's review.id IS NULL": PostgreSQL plans that one as a
-        # join of the whole table, estimated at one row, and sorts it (5 s at 1,000,000 rows);
-        # NOT EXISTS is an anti-join that walks the id index and stops at the page's end.
-        found.append(~pw.fn.EXISTS(Review.select(Review.id).where(_same_message(Review))))
+        found.append(unreviewed())
     if filters.source:
         found.append(Prediction.source == filters.source)
     if filters.model_version:
@@ -109,6 +109,21 @@ def _conditions(filters: GridFilter) -> list[pw.Expression]:
     if filters.until is not None:
         found.append(Prediction.predicted_at < filters.until)
     return found
+
+
+def shadow_disagrees() -> pw.Expression:
+    """A shadow model predicted another class for the row's message."""
+    return pw.fn.EXISTS(ShadowPrediction.select(ShadowPrediction.id)
+                        .where(_same_message(ShadowPrediction)
+                               & (ShadowPrediction.predicted_class != Prediction.predicted_class)))
+
+
+def unreviewed() -> pw.Expression:
+    """No one has reviewed the row's message yet."""
+    # NOT EXISTS, not "the LEFT JOIN's review.id IS NULL": PostgreSQL plans that one as a
+    # join of the whole table, estimated at one row, and sorts it (5 s at 1,000,000 rows);
+    # NOT EXISTS is an anti-join that walks the id index and stops at the page's end.
+    return ~pw.fn.EXISTS(Review.select(Review.id).where(_same_message(Review)))
 
 
 def prediction_image(row_id: int) -> tuple[bytes, str] | None:

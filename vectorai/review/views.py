@@ -14,10 +14,13 @@ from urllib.parse import quote
 
 from flask import Flask, Response, abort, jsonify, redirect, render_template, request, session
 
-from vectorai.review import charts, images, queries
+from vectorai.review import charts, images, queries, ranked
 from vectorai.review.guard import LoginThrottle, local_path
-from vectorai.review.params import MAX_CLASS, MAX_ROW_ID, grid_request, int_arg, parse_int, text_value
+from vectorai.review.params import MAX_CLASS, MAX_ROW_ID, grid_request, int_arg, order_arg, parse_int, text_value
 from vectorai.review.settings import PAGE_SIZES, ReviewSettings
+
+#: The last page a ranked order offers: each page reads every page before it again.
+MAX_RANKED_PAGE = 1000
 
 
 class ReviewViews:
@@ -27,6 +30,7 @@ class ReviewViews:
         self.settings = settings
         self.facets = facets
         self.throttle = LoginThrottle(settings.login_attempts, settings.login_window_s)
+        self.thresholds = ranked.Cached(ranked.label_thresholds, settings.facets_ttl_s)
 
     def register(self, app: Flask) -> None:
         """Add every route to ``app``; each endpoint is named after its method."""
@@ -70,13 +74,26 @@ class ReviewViews:
                                mlflow_link=_mlflow_link, luigid_link=_luigid_link)
 
     def predictions(self) -> str:
+        """The grid: newest first, or ranked (``order=next``: review next; ``order=suspicious``:
+        suspicious labels), which pages by ``page`` instead of ``after``."""
         filters, after, limit = grid_request()
-        page = queries.prediction_page(filters, after, limit)
-        known = self.facets.get()
-        return render_template("predictions.html", page=page, filters=filters, facets=known,
-                               args=request.args, limit=limit, page_sizes=PAGE_SIZES,
-                               next_url=_with_args(after=page.next_after) if page.next_after else None,
-                               first_url=_with_args(after=None) if after is not None else None)
+        order, known = order_arg(), self.facets.get()
+        if order:
+            number = int_arg("page", high=MAX_RANKED_PAGE) or 0
+            if order == "next":
+                runs = ranked.drifted_runs(_read_reports(self.settings.reports_dir))
+                page = ranked.review_next_page(filters, known.classes, runs, number, limit)
+            else:
+                page = ranked.suspicious_page(filters, self.thresholds.get(), number, limit)
+            next_url = _with_args(page=page.next_after) if page.next_after else None
+            first_url = _with_args(page=None) if number else None
+        else:
+            page = queries.prediction_page(filters, after, limit)
+            next_url = _with_args(after=page.next_after) if page.next_after else None
+            first_url = _with_args(after=None) if after is not None else None
+        return render_template("predictions.html", page=page, filters=filters, facets=known, order=order,
+                               args=request.args, limit=limit, page_sizes=PAGE_SIZES, next_url=next_url,
+                               first_url=first_url)
 
     def confusion(self) -> str:
         known = self.facets.get()
