@@ -250,10 +250,12 @@ def train_model(
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         if progress is not None:  # the run can be opened before the first epoch ends, minutes later
             progress(TrainProgress(0, config.epochs, {}, run_id, experiment_id))
-        mlflow.log_params({**asdict(config), **(extra_params or {}),
-                           "num_classes": num_classes, "train_size": len(train),
-                           "extra_train_images": int(np.sum(extra)) if extra is not None else 0,
-                           "val_size": len(val), "test_size": len(test)})
+        # What an epoch goes through: the time a retraining takes grows with it.
+        per_epoch = len(oversample(len(x_train), extra, config.reviewed_weight))
+        sizes = {"train_size": len(train), "extra_train_images": int(np.sum(extra)) if extra is not None else 0,
+                 "images_per_epoch": per_epoch}
+        mlflow.log_params({**asdict(config), **(extra_params or {}), **sizes,
+                           "num_classes": num_classes, "val_size": len(val), "test_size": len(test)})
         model, history = fit_model(x_train, train.labels, config, num_classes, extra=extra,
                                    validation=(x_val, val.labels),
                                    callbacks=[_epoch_callback(config.epochs, progress, run_id, experiment_id)])
@@ -262,7 +264,7 @@ def train_model(
                             "test_accuracy": result.metrics["test_accuracy"]})
         summary = {"metrics": result.metrics, "history": result.history, "confusion_matrix": result.confusion,
                    "class_names": list(train.class_names), "preprocess": spec.to_dict(),
-                   "config": asdict(config), "mlflow_run_id": run_id,
+                   "config": asdict(config), **sizes, "mlflow_run_id": run_id,
                    "mlflow_experiment_id": experiment_id}
         _write_outputs(model, result, summary, out_dir)
     return result
