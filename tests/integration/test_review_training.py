@@ -92,15 +92,18 @@ def test_extra_images_join_the_training_split_only_and_name_it(tmp_path):
 
 
 def test_default_names_do_not_change(tmp_path):
-    """Models named before --extra-train existed keep their names: nothing retrains."""
+    """Models named before --extra-train and reviewed_weight existed keep their names: nothing retrains."""
     import hashlib
 
     from tasks.common import params_hash
     from tasks.data import SplitData
 
-    task = SplitData(dataset="digits")
-    before = {k: v for k, v in task.to_str_params(only_significant=True, only_public=True).items() if k != "extra_train"}
-    assert params_hash(task) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
+    from tasks.model import TrainModel
+
+    for task, added in ((SplitData(dataset="digits"), "extra_train"), (TrainModel(dataset="digits"), "reviewed_weight")):
+        before = {k: v for k, v in task.to_str_params(only_significant=True, only_public=True).items()
+                  if k not in ("extra_train", added)}
+        assert params_hash(task) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def test_the_model_is_named_by_its_extra_images(tmp_path):
