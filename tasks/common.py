@@ -10,6 +10,8 @@ from pathlib import Path
 
 import luigi
 
+from vectorai.training import TrainConfig
+
 #: What a setting may hold when it becomes part of a file name: no separator, no leading dot
 #: (so never ``.`` or ``..``), short enough for any file system's name limit with the rest of
 #: the name around it.
@@ -18,7 +20,7 @@ _FILE_NAME_PART = re.compile(r"[A-Za-z0-9_:+-][A-Za-z0-9._:+-]{0,99}")
 
 #: Parameters added after outputs were first named, with their defaults: at the default they are
 #: left out of the hash, so every model named before keeps its name and is not retrained.
-_ADDED_LATER = {"extra_train": ""}
+_ADDED_LATER = {"extra_train": "", "reviewed_weight": str(TrainConfig.reviewed_weight)}
 
 
 def params_hash(task: luigi.Task) -> str:

@@ -105,7 +105,9 @@ class SplitData(VectoraiTaskMixin, luigi.Task):
                 allow_legacy_pickle=self.allow_legacy_pickle,
             )
             if self.extra_train_path is not None:
+                from vectorai.prepare import EXTRA_TRAIN
                 from vectorai.review.dataset import add_to_train
 
                 add_to_train(Path(tmp) / "train.npz", self.extra_train_path,
-                             held_out=[Path(tmp) / f"{name}.npz" for name in ("val", "test", "stream")])
+                             held_out=[Path(tmp) / f"{name}.npz" for name in ("val", "test", "stream")],
+                             kept_path=Path(tmp) / EXTRA_TRAIN)

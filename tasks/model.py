@@ -15,7 +15,10 @@ from tasks.common import VectoraiTaskMixin, name_part, params_hash, read_json, r
 from tasks.config import mlflow, paths, registry
 from tasks.data import SplitData
 from tasks.live import LiveStatus
-from vectorai.training import RECIPE
+from vectorai.training import RECIPE, TrainConfig
+
+#: TrainConfig's: the one default, documented there.
+DEFAULT_REVIEWED_WEIGHT = TrainConfig.reviewed_weight
 
 if TYPE_CHECKING:
     from vectorai.datasets import LabelledImages
@@ -41,20 +44,26 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
         default=1, description="1 (greyscale) or 3 (colour) model input")
     learning_rate = luigi.FloatParameter(config_path=dict(section="TrainModel", name="learning_rate"),
         default=2e-3, description="Adam's starting learning rate (cosine decay to zero)")
+    reviewed_weight = luigi.IntParameter(config_path=dict(section="TrainModel", name="reviewed_weight"),
+        default=DEFAULT_REVIEWED_WEIGHT, description="How many training images each --extra-train image (a reviewed "
+        "correction) counts as: it is repeated that many times per epoch, each time augmented afresh; 1: as any other")
     model_recipe = luigi.IntParameter(default=RECIPE, description="What vectorai.training trains: architecture, "
         "augmentation, schedule. Only the current one can be trained; it is a parameter so that it is part of "
         "the model's name and a new recipe never reuses a model trained by an older one")
 
     @property
     def model_name(self) -> str:
-        # The extra training images' count and hash: new reviews retrain, nothing else does.
-        return f"{self.requires().dataset_label}-{params_hash(self)}{self.requires().extra_train_name}"
+        # The extra training images' count and hash: new reviews retrain, nothing else does. Their
+        # weight too (models trained on them before it existed counted them once).
+        extra = self.requires().extra_train_name
+        weight = f"-w{self.reviewed_weight}" if extra else ""
+        return f"{self.requires().dataset_label}-{params_hash(self)}{extra}{weight}"
 
     def output(self) -> luigi.LocalTarget:
         return luigi.LocalTarget(paths().models / self.model_name / "keras")
 
     def run(self) -> None:
-        from vectorai.prepare import load_splits
+        from vectorai.prepare import extra_train_mask, load_splits
         from vectorai.tracking import describe_run, run_page_url
         from vectorai.training import TrainConfig, TrainProgress, train_model
 
@@ -65,7 +74,7 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
         splits = load_splits(Path(self.input().path))
         config = TrainConfig(epochs=self.epochs, batch_size=self.batch_size, learning_rate=self.learning_rate,
                              seed=self.seed, image_height=self.image_size, image_width=self.image_size,
-                             channels=self.channels)
+                             channels=self.channels, reviewed_weight=self.reviewed_weight)
         tracking_uri = mlflow().resolved_uri()
 
         with LiveStatus(self) as live, self.output().temporary_path() as tmp:
@@ -80,7 +89,7 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
                 artifact_dir=mlflow().artifact_dir, run_name=self.model_name,
                 extra_params={"dataset": self.dataset, "val_fraction": self.val_fraction,
                               "test_fraction": self.test_fraction, "model_name": self.model_name},
-                progress=show,
+                progress=show, extra=extra_train_mask(Path(self.input().path)),
             )
 
 

@@ -18,6 +18,8 @@ from vectorai.errors import DatasetError
 from vectorai.split import SPLIT_RULE, image_digests, load_images, save_images, set_digest, split_indices
 
 STREAM_SAMPLE = "stream_sample.npz"
+#: A split's copy of the images ``--extra-train`` added to its training split.
+EXTRA_TRAIN = "extra_train.npz"
 UNLABELLED = -1
 
 
@@ -77,6 +79,17 @@ def _supplied_stream_sample(dataset: str, external_root: Path) -> Path | None:
 
 def load_splits(split_dir: Path) -> Splits:
     return Splits(*(load_images(split_dir / f"{name}.npz") for name in ("train", "val", "test")))
+
+
+def extra_train_mask(split_dir: Path) -> np.ndarray | None:
+    """Which of the split's training images were added by ``--extra-train`` (matched by content
+    digest with its ``extra_train.npz``); None for a split without any."""
+    path = Path(split_dir) / EXTRA_TRAIN
+    if not path.is_file():
+        return None
+    extra = set(image_digests(load_images(path).images))
+    return np.array([digest in extra for digest in image_digests(load_images(Path(split_dir) / "train.npz").images)],
+                    dtype=bool)
 
 
 def trained_on_digests(split_dir: Path) -> list[str]:

@@ -11,11 +11,12 @@ import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
 from vectorai.datasets import LabelledImages
+from vectorai.errors import ConfigError
 from vectorai.preprocess import PreprocessSpec, preprocess_images
 
 
@@ -48,6 +49,11 @@ class TrainConfig:
     max_zoom: float = 0.1
     max_shear: float = 0.2
     dropout: float = 0.1
+    #: How many training images each extra one (a reviewed correction, ``--extra-train``) counts
+    #: as: it is repeated that many times in every epoch, each time augmented afresh. A few
+    #: hundred corrections among thousands of images are otherwise too few to teach a new kind
+    #: of image (benchmarks/README.md, "Learning from corrections").
+    reviewed_weight: int = 10
     recipe: int = RECIPE
 
     @property
@@ -168,8 +174,45 @@ def training_batches(images: np.ndarray, labels: np.ndarray, config: TrainConfig
     return batches.prefetch(tf.data.AUTOTUNE)
 
 
+def oversample(count: int, extra: np.ndarray | None, weight: int) -> np.ndarray:
+    """Indices into ``count`` training images holding each once and each image that ``extra``
+    (a boolean mask, or None for none) marks ``weight`` times in all."""
+    if weight < 1:
+        raise ConfigError("TrainModel.reviewed_weight", f"must be at least 1, got {weight}")
+    everyone = np.arange(count, dtype=np.int64)
+    if extra is None or weight == 1:
+        return everyone
+    if len(extra) != count:
+        raise ConfigError("extra training images", f"a mask of {len(extra)} for {count} training images")
+    return np.concatenate([everyone, np.repeat(np.flatnonzero(extra), weight - 1)])
+
+
 def steps_per_epoch(count: int, batch_size: int) -> int:
     return max(1, math.ceil(count / batch_size))
+
+
+def fit_model(x_train: np.ndarray, y_train: np.ndarray, config: TrainConfig, num_classes: int, *,
+              extra: np.ndarray | None = None, validation: tuple[np.ndarray, np.ndarray] | None = None,
+              callbacks: Sequence[Any] = (), initial_weights: list[np.ndarray] | None = None,
+              verbose: int = 2) -> tuple[Any, dict[str, list[float]]]:
+    """Build the CNN and train it on preprocessed images (augmented batches, cosine schedule),
+    each one that ``extra`` marks counting ``config.reviewed_weight`` times; from
+    ``initial_weights`` (another model's, to fine-tune it) when given. Returns the model and
+    Keras' history."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import keras
+
+    keras.utils.set_random_seed(config.seed)
+    epoch = oversample(len(x_train), extra, config.reviewed_weight)
+    x_train, y_train = x_train[epoch], np.asarray(y_train)[epoch]
+    steps = steps_per_epoch(len(x_train), config.batch_size)
+    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps)
+    model = build_model(config.spec, num_classes, schedule, config.dropout)
+    if initial_weights is not None:
+        model.set_weights(initial_weights)
+    fit = model.fit(training_batches(x_train, y_train, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
+                    validation_data=validation, epochs=config.epochs, verbose=verbose, callbacks=list(callbacks))
+    return model, fit.history
 
 
 def train_model(
@@ -185,45 +228,43 @@ def train_model(
     run_name: str,
     extra_params: dict[str, Any] | None = None,
     progress: Callable[[TrainProgress], None] | None = None,
+    extra: np.ndarray | None = None,
 ) -> TrainResult:
     """Train on ``train``, validate on ``val`` each epoch, evaluate on ``test``; write
     ``model.keras``, ``metrics.json``, plots into ``out_dir`` and log all of it to MLflow.
 
-    ``progress`` is called when the MLflow run has started and after each epoch."""
+    ``extra`` marks the training images added to the split (``--extra-train``): each counts
+    ``config.reviewed_weight`` times. ``progress`` is called when the MLflow run has started and
+    after each epoch."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import keras
     import mlflow
 
     from vectorai.tracking import mlflow_run
 
-    keras.utils.set_random_seed(config.seed)
     spec = config.spec
     x_train, x_val, x_test = (preprocess_images(part.images, spec) for part in (train, val, test))
     num_classes = len(train.class_names)
-    steps = steps_per_epoch(len(x_train), config.batch_size)
-    schedule = keras.optimizers.schedules.CosineDecay(config.learning_rate, decay_steps=config.epochs * steps)
-    model = build_model(spec, num_classes, schedule, config.dropout)
     out_dir.mkdir(parents=True, exist_ok=True)
 
     with mlflow_run(tracking_uri, experiment, artifact_dir, run_name) as run:
         run_id, experiment_id = run.info.run_id, run.info.experiment_id
         if progress is not None:  # the run can be opened before the first epoch ends, minutes later
             progress(TrainProgress(0, config.epochs, {}, run_id, experiment_id))
-        mlflow.log_params({**asdict(config), **(extra_params or {}),
-                           "num_classes": num_classes, "train_size": len(train),
-                           "val_size": len(val), "test_size": len(test)})
-        # Augmented training batches; validation (and test, below) are the images as they are.
-        fit = model.fit(
-            training_batches(x_train, train.labels, config), steps_per_epoch=steps, shuffle=False,  # it shuffles
-            validation_data=(x_val, val.labels), epochs=config.epochs, verbose=2,
-            callbacks=[_epoch_callback(config.epochs, progress, run_id, experiment_id)],
-        )
-        result = _test_result(model, fit.history, x_test, test.labels, num_classes)
+        # What an epoch goes through: the time a retraining takes grows with it.
+        per_epoch = len(oversample(len(x_train), extra, config.reviewed_weight))
+        sizes = {"train_size": len(train), "extra_train_images": int(np.sum(extra)) if extra is not None else 0,
+                 "images_per_epoch": per_epoch}
+        mlflow.log_params({**asdict(config), **(extra_params or {}), **sizes,
+                           "num_classes": num_classes, "val_size": len(val), "test_size": len(test)})
+        model, history = fit_model(x_train, train.labels, config, num_classes, extra=extra,
+                                   validation=(x_val, val.labels),
+                                   callbacks=[_epoch_callback(config.epochs, progress, run_id, experiment_id)])
+        result = _test_result(model, history, x_test, test.labels, num_classes)
         mlflow.log_metrics({"test_loss": result.metrics["test_loss"],
                             "test_accuracy": result.metrics["test_accuracy"]})
         summary = {"metrics": result.metrics, "history": result.history, "confusion_matrix": result.confusion,
                    "class_names": list(train.class_names), "preprocess": spec.to_dict(),
-                   "config": asdict(config), "mlflow_run_id": run_id,
+                   "config": asdict(config), **sizes, "mlflow_run_id": run_id,
                    "mlflow_experiment_id": experiment_id}
         _write_outputs(model, result, summary, out_dir)
     return result

@@ -19,6 +19,14 @@ from vectorai.split import load_images
 pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.system, pytest.mark.timeout(2400)]
 
 REVIEWED, HELD_APART, NEXT_RUN = 200, 100, 40
+#: What 200 corrections must achieve (issue 31): on the held-apart quarter-turned digits, on the
+#: upright test split (nothing forgotten), and the retraining's work against retraining on them
+#: unweighted, as before (benchmarks/README.md times both in one run).
+HELD_APART_TARGET, UPRIGHT_TARGET, WORK_TARGET = 0.90, 0.975, 2.0
+#: The seeded draw of the test split the digits are taken from (benchmarks/learning_curve.py's):
+#: the split is in class order, so its first 300 would be 0s, 1s and 2s corrected and 2s and 3s
+#: held apart, a class never corrected.
+DRAW_SEED = 0
 
 
 def _rotated(images: np.ndarray) -> np.ndarray:
@@ -47,13 +55,15 @@ def test_corrections_in_the_page_retrain_and_the_next_run_uses_them(project, pag
     test = load_images(split_dir / "test.npz")
     assert len(test) >= REVIEWED + HELD_APART + NEXT_RUN
     # Digits turned a quarter: a kind of image the model never saw. The split's test images, so
-    # none of them is in the training split either.
-    stream = _rotated(test.images[:REVIEWED + HELD_APART])
-    labels = test.labels[:REVIEWED + HELD_APART]
+    # none of them is in the training split either; every class among the corrected and the held apart.
+    draw = np.random.default_rng(DRAW_SEED).permutation(len(test))
+    stream = _rotated(test.images[draw[:REVIEWED + HELD_APART]])
+    labels = test.labels[draw[:REVIEWED + HELD_APART]]
+    assert len(set(labels[:REVIEWED].tolist())) == len(set(labels[REVIEWED:].tolist())) == 10
     sample, eval_file, next_sample = tmp_path / "rotated.npz", tmp_path / "rotated-eval.npz", tmp_path / "rotated-next.npz"
     np.savez(sample, x=stream, y=labels)
     np.savez(eval_file, x=stream[REVIEWED:], y=labels[REVIEWED:])  # held apart: never reviewed
-    np.savez(next_sample, x=_rotated(test.images[-NEXT_RUN:]), y=test.labels[-NEXT_RUN:])
+    np.savez(next_sample, x=_rotated(test.images[draw[-NEXT_RUN:]]), y=test.labels[draw[-NEXT_RUN:]])
     common = ["--eval-file", str(eval_file), "--stream-timeout-ms", "500"]
 
     # 1. Stream the 300; the trained model makes the first champion and scores them badly.
@@ -103,10 +113,18 @@ def test_corrections_in_the_page_retrain_and_the_next_run_uses_them(project, pag
     decision = json.loads(decision_file.read_text())
     assert decision["outcome"] == "promoted", decision
     assert decision["images"] == HELD_APART
-    assert decision["candidate"]["accuracy"] >= decision["champion"]["accuracy"] + 0.15, decision
+    assert decision["candidate"]["accuracy"] >= HELD_APART_TARGET, decision
+    trained = json.loads((decision_file.parent.parent / "keras" / "metrics.json").read_text())
+    assert trained["metrics"]["test_accuracy"] >= UPRIGHT_TARGET, trained["metrics"]  # the upright test split
+    # Training time grows with the images an epoch goes through; unweighted, it went through the
+    # split's training images and the 200 once.
+    assert trained["extra_train_images"] == REVIEWED
+    assert trained["images_per_epoch"] <= WORK_TARGET * trained["train_size"], trained
     after = _report(project, "after")
     new_version = f"{decision['registered_model']}/{decision['candidate']['version']}"
     assert after["model_version"] == new_version != before["model_version"]
     assert after["predicted"] == NEXT_RUN
     print(f"\nheld-apart accuracy: {decision['champion']['accuracy']:.3f} before, "
-          f"{decision['candidate']['accuracy']:.3f} after {REVIEWED} reviews")
+          f"{decision['candidate']['accuracy']:.3f} after {REVIEWED} reviews; upright test accuracy "
+          f"{trained['metrics']['test_accuracy']:.4f}; {trained['images_per_epoch']} images per epoch "
+          f"against {trained['train_size']} unweighted")

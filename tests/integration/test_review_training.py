@@ -75,6 +75,13 @@ def test_extra_images_join_the_training_split_only_and_name_it(tmp_path):
     stored = {(np.asarray(image).astype(np.uint8).tobytes(), int(label))
               for image, label in zip(extra["train"].images, extra["train"].labels)}
     assert all((image.tobytes(), i % 10) in stored for i, image in enumerate(extra_images))
+    # Training tells the extra images from the rest (to weight them): exactly the 12 are marked.
+    from vectorai.prepare import extra_train_mask
+
+    marked = extra_train_mask(extra_dir)
+    assert extra_train_mask(plain_dir) is None and marked.sum() == 12
+    assert {np.asarray(extra["train"].images[i]).astype(np.uint8).tobytes() for i in np.flatnonzero(marked)} == {
+        image.tobytes() for image in extra_images}
 
     # Other images, same count: another name, so another model.
     save_images(extra_path, LabelledImages(extra_images[::-1].copy(), np.arange(12) % 10, [str(i) for i in range(10)]))
@@ -85,15 +92,18 @@ def test_extra_images_join_the_training_split_only_and_name_it(tmp_path):
 
 
 def test_default_names_do_not_change(tmp_path):
-    """Models named before --extra-train existed keep their names: nothing retrains."""
+    """Models named before --extra-train and reviewed_weight existed keep their names: nothing retrains."""
     import hashlib
 
     from tasks.common import params_hash
     from tasks.data import SplitData
 
-    task = SplitData(dataset="digits")
-    before = {k: v for k, v in task.to_str_params(only_significant=True, only_public=True).items() if k != "extra_train"}
-    assert params_hash(task) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
+    from tasks.model import TrainModel
+
+    for task, added in ((SplitData(dataset="digits"), "extra_train"), (TrainModel(dataset="digits"), "reviewed_weight")):
+        before = {k: v for k, v in task.to_str_params(only_significant=True, only_public=True).items()
+                  if k not in ("extra_train", added)}
+        assert params_hash(task) == hashlib.sha256(json.dumps(before, sort_keys=True).encode()).hexdigest()[:10]
 
 
 def test_the_model_is_named_by_its_extra_images(tmp_path):
@@ -104,7 +114,10 @@ def test_the_model_is_named_by_its_extra_images(tmp_path):
     plain, extra = TrainModel(dataset="digits"), TrainModel(dataset="digits", extra_train=str(extra_path))
     assert "-extra-" not in plain.model_name
     first = extra.model_name
-    assert re.fullmatch(r"digits-[0-9a-f]{10}-extra-5-[0-9a-f]{10}", first), first
+    assert re.fullmatch(r"digits-[0-9a-f]{10}-extra-5-[0-9a-f]{10}-w10", first), first
+    # Another weight for the extra images is another model; without them the weight is not named.
+    assert TrainModel(dataset="digits", extra_train=str(extra_path), reviewed_weight=3).model_name.endswith("-w3")
+    assert TrainModel(dataset="digits", reviewed_weight=3).model_name.count("-") == 1
     np.savez(extra_path, x=np.ones((5, 8, 8), np.uint8), y=np.arange(5))  # other images, same count
     assert TrainModel(dataset="digits", extra_train=str(extra_path)).model_name != first
 

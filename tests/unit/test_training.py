@@ -8,10 +8,13 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from vectorai.datasets import LabelledImages
+from vectorai.errors import ConfigError
 from vectorai.tracking import default_tracking_uri
-from vectorai.training import TrainConfig, augment_images, train_model, training_batches
+from vectorai.training import TrainConfig, augment_images, oversample, train_model, training_batches
 
 pytestmark = pytest.mark.slow  # TensorFlow
 
@@ -85,3 +88,17 @@ def test_validation_and_test_images_are_not_augmented(tmp_path):
         assert loss == pytest.approx(recorded, rel=1e-4, abs=1e-6)
     summary = json.loads((tmp_path / "out" / "metrics.json").read_text())
     assert summary["config"]["max_rotation_degrees"] == 30.0 and summary["config"]["recipe"] == config.recipe
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.booleans(), max_size=40), st.integers(1, 12))
+def test_each_extra_image_counts_reviewed_weight_times_and_every_other_once(marks, weight):
+    extra = np.array(marks, dtype=bool)
+    counts = np.bincount(oversample(len(extra), extra, weight), minlength=len(extra))
+    assert counts.tolist() == [weight if marked else 1 for marked in marks]
+    assert oversample(len(extra), None, weight).tolist() == list(range(len(extra)))
+
+
+def test_a_weight_below_one_is_refused_in_one_line():
+    with pytest.raises(ConfigError, match="reviewed_weight.*at least 1, got 0"):
+        oversample(3, np.array([True, False, False]), 0)

@@ -71,11 +71,12 @@ def export_reviewed(path: Path, class_names: list[str]) -> int:
     return len(labels)
 
 
-def add_to_train(train_path: Path, extra_path: Path, held_out: Sequence[Path] = ()) -> int:
+def add_to_train(train_path: Path, extra_path: Path, held_out: Sequence[Path] = (), kept_path: Path | None = None) -> int:
     """Append the images of ``extra_path`` to the split's ``train_path`` (in place, atomically);
     returns how many were added. Their class names must be the dataset's. An extra image that is
     also in one of the ``held_out`` files (the split's validation, test and stream sample) is
-    left out: training on it would score the model on what it learnt."""
+    left out: training on it would score the model on what it learnt. ``kept_path``: where to
+    write the images added, so that training can tell them from the rest."""
     # load_stream_sample: save_images' format (a ReviewedData export) and a plain x/y .npz alike.
     train, extra = load_images(train_path), load_stream_sample(extra_path)
     if (extra.labels < 0).any():
@@ -104,5 +105,7 @@ def add_to_train(train_path: Path, extra_path: Path, held_out: Sequence[Path] = 
     order = np.random.default_rng(len(train) + len(extra)).permutation(len(train) + len(extra))
     labels = np.concatenate([train.labels, extra.labels])
     merged = LabelledImages(images, labels, list(train.class_names)).subset(order)
+    if kept_path is not None:
+        save_images(kept_path, LabelledImages(extra.images, extra.labels, list(train.class_names)))
     save_images(train_path, merged)
     return len(extra)
