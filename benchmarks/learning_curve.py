@@ -196,7 +196,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--corrections", default="25,50,100,200", help="counts of corrections on the curve")
     parser.add_argument("--seeds", type=int, default=3, help="seeds per order and count")
     parser.add_argument("--orders", default=",".join(ORDERS), help=f"comma-separated, of: {', '.join(ORDERS)}")
-    parser.add_argument("--epochs", type=int, default=12, help="retraining epochs (the loop test's 12)")
+    parser.add_argument("--epochs", type=int, default=12, help="retraining epochs (12, as in benchmarks/README.md's table)")
     parser.add_argument("--base-epochs", type=int, default=8, help="the champion's epochs (the test projects' 8)")
     parser.add_argument("--reviewed-weight", type=int, default=TrainConfig.reviewed_weight,
                         help="[TrainModel] reviewed_weight")
