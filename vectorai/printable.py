@@ -55,15 +55,18 @@ def _shown(arg: object) -> object:
 
 
 class PrintableLogRecord(logging.LogRecord):
-    """A log record whose arguments are escaped: the message's template is the program's own,
-    the values put into it may come from a message."""
+    """A log record whose arguments are escaped when its message is made: the message's template
+    is the program's own, the values put into it may come from a message. ``args`` itself is
+    left as it was logged, for handlers that read it (the Kafka transport keeps the exception a
+    failed bootstrap connection logged)."""
 
-    def __init__(self, *args: object, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        if isinstance(self.args, tuple):
-            self.args = tuple(_shown(arg) for arg in self.args)
-        elif isinstance(self.args, dict):
-            self.args = {key: _shown(value) for key, value in self.args.items()}
+    def getMessage(self) -> str:
+        message = str(self.msg)
+        if isinstance(self.args, tuple) and self.args:
+            return message % tuple(_shown(arg) for arg in self.args)
+        if isinstance(self.args, dict) and self.args:
+            return message % {key: _shown(value) for key, value in self.args.items()}
+        return message
 
 
 def escape_log_records() -> None:

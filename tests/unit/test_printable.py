@@ -53,3 +53,18 @@ def test_log_lines_of_a_pipeline_process_escape_what_they_quote():
                      "vectorai.predict: repr 'id\\x1b]0;pwned\\x07\\n\\u202e'",
                      "vectorai.predict: error: id\\x1b]0;pwned\\x07\\x0a\\u202e",
                      "kafka.conn: id\\x1b]0;pwned\\x07\\x0a\\u202e"]
+
+
+def test_handlers_still_read_the_arguments_as_logged():
+    """Escaping happens when the message is made: a handler that reads a record's arguments (the
+    Kafka transport keeps the exception of a refused bootstrap connection) gets the objects
+    themselves. Wrapping them at construction hid a wrong SASL password behind a timeout."""
+    import logging
+
+    from vectorai.printable import PrintableLogRecord
+
+    err = ConnectionError("SASL Authentication failed\x1b[2J")
+    record = PrintableLogRecord("kafka.conn", logging.WARNING, __file__, 1, "Connection failed: %s %r",
+                                (err, "bootstrap-0"), None)
+    assert record.args[0] is err
+    assert record.getMessage() == "Connection failed: SASL Authentication failed\\x1b[2J 'bootstrap-0'"
