@@ -70,6 +70,8 @@ class RunReport:
     shadow_unavailable: str = ""
     #: Threads that decoded batches of photos by the end of the run (0: none was decoded so).
     decode_threads: int = 0
+    #: The drift test's figures (``predict.drift.DriftMonitor.summary``), updated per window.
+    drift: dict[str, object] | None = None
 
     consumed = _total("consumed", "Messages consumed.")
     predicted = _total("predicted", "Rows stored for the first time.")
@@ -133,6 +135,7 @@ class RunReport:
             "by_source": {name: counts.to_dict() for name, counts in sorted(self.by_source.items())},
             **({"shadow": self._shadow_dict(labelled)} if self.shadow_model_version or self.shadow_unavailable
                else {}),
+            **({"drift": self.drift} if self.drift is not None else {}),
         }
 
     def _shadow_dict(self, labelled: int) -> dict[str, object]:
