@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Probabilities below this are treated as this before taking their log (a softmax output can
+#: Probabilities below this are treated as this before taking their log in the likelihood (a softmax output can
 #: underflow to 0 in float32; its log would be -inf).
 _FLOOR = 1e-30
 #: Temperatures outside this range are not fitted: they would mean the model's confidence says
@@ -21,14 +21,16 @@ ECE_BINS = 15
 
 
 def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarray:
-    """``probabilities`` (N, K) calibrated by ``temperature``; the same array when it is 1."""
+    """``probabilities`` (N, K) calibrated by ``temperature``; the same array when it is 1.
+
+    ``p ** (1/T)``, normalised, is ``softmax(log(p) / T)`` in three numpy calls instead of
+    seven: it runs on every chunk the model classifies. A probability of 0 stays 0, NaN stays
+    NaN and an infinity becomes NaN, so a non-finite output is still caught after it."""
     if temperature == 1.0 or len(probabilities) == 0:
         return probabilities
-    scaled = np.log(np.maximum(probabilities, _FLOOR)) / temperature
-    scaled -= scaled.max(axis=1, keepdims=True)
-    np.exp(scaled, out=scaled)
+    scaled = np.power(probabilities, probabilities.dtype.type(1.0 / temperature))
     scaled /= scaled.sum(axis=1, keepdims=True)
-    return scaled.astype(probabilities.dtype, copy=False)
+    return scaled
 
 
 def _nll(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> float:

@@ -122,3 +122,55 @@ def test_a_model_without_a_reference_still_gets_its_estimate_and_says_why_there_
     drift = monitor.finish()
     assert drift["drifted"] is False and drift["p_value"] is None and drift["measured_accuracy"] is None
     assert drift["estimated_accuracy"] is not None and "no reference" in drift["note"]
+
+
+def _with_metadata(path, values: dict[str, str]):
+    import onnx
+
+    from vectorai import onnx_metadata
+
+    model = onnx.load(str(path))
+    onnx_metadata.set_metadata(model, values)
+    onnx.save(model, str(path))
+    return path
+
+
+def test_a_stored_temperature_divides_the_model_s_logits_and_a_bad_one_is_refused(tmp_path):
+    from tests.unit.helpers import tiny_onnx_model
+    from vectorai import onnx_metadata
+    from vectorai.errors import ModelError
+    from vectorai.inference import OnnxClassifier
+
+    path = tmp_path / "tiny.onnx"
+    weights = tiny_onnx_model(path, classes=4)
+    images = np.random.default_rng(0).random((16, 8, 8, 1), dtype=np.float32)
+    logits = images.reshape(16, -1) @ weights
+    assert OnnxClassifier(path).temperature == 1.0 and OnnxClassifier(path).reference is None
+    _with_metadata(path, {onnx_metadata.TEMPERATURE: "2.5"})
+    model = OnnxClassifier(path)
+    assert model.predict_proba(images) == pytest.approx(softmax(logits / 2.5), abs=1e-5)
+    assert model.raw_proba(images) == pytest.approx(softmax(logits), abs=1e-5)
+    for bad in ("-1", "nan", "warm"):
+        _with_metadata(path, {onnx_metadata.TEMPERATURE: bad})
+        with pytest.raises(ModelError, match="temperature|calibration"):
+            OnnxClassifier(path)
+    _with_metadata(path, {onnx_metadata.TEMPERATURE: "1", onnx_metadata.REFERENCE: "[1, 2"})
+    with pytest.raises(ModelError, match="malformed calibration metadata"):
+        OnnxClassifier(path)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.integers(60, 5000), min_size=20, max_size=20), st.lists(st.integers(60, 5000), min_size=30,
+                                                                           max_size=30))
+def test_the_p_value_is_scipy_s_chi_square_test_of_homogeneity_bonferroni_corrected(classes, confidence):
+    """With every cell well filled (nothing to merge), the p-value is twice the smaller of
+    scipy.stats.chi2_contingency's two, at most 1."""
+    from scipy.stats import chi2_contingency
+
+    def summary(class_counts, confidence_counts):
+        return OutputSummary(sum(class_counts), list(class_counts), list(confidence_counts), [0.1] * 10)
+
+    stream, reference = summary(classes[:10], confidence[:15]), summary(classes[10:], confidence[15:])
+    expected = min(1.0, 2 * min(chi2_contingency([classes[:10], classes[10:]], correction=False).pvalue,
+                                chi2_contingency([confidence[:15], confidence[15:]], correction=False).pvalue))
+    assert drift_test(stream, reference).p_value == pytest.approx(expected, rel=1e-6, abs=1e-300)
