@@ -132,7 +132,8 @@ def predict_status(report: RunReport, max_messages: int | None = None) -> tuple[
 def drift_line(drift: dict) -> str:
     """The drift test's figures in one line: flag, score, p-value, estimated (and measured) accuracy."""
     if drift.get("p_value") is None:
-        flag = "no drift test (no reference)" if "reference" not in drift else "drift not tested (too few images so far)"
+        flag = ("no drift test (no reference)" if "reference" not in drift
+                else "drift not tested (too few images so far)")
     else:
         flag = (f"{'DRIFT' if drift['drifted'] else 'no drift'}: score {drift['score']:.2f}, "
                 f"p {drift['p_value']:.2g} ({drift['drifted_windows']} of {drift['tested_windows']} windows drifted)")

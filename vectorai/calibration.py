@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-#: Probabilities below this are treated as this before taking their log in the likelihood (a softmax output can
+#: Probabilities below this count as this in the likelihood's log (a softmax output can
 #: underflow to 0 in float32; its log would be -inf).
 _FLOOR = 1e-30
 #: Temperatures outside this range are not fitted: they would mean the model's confidence says

@@ -211,12 +211,14 @@ def test_the_runs_page_shows_each_run_s_drift_flag_score_and_estimated_against_m
     reports = tmp_path / "reports"
     reports.mkdir()
     (reports / "predict-local-turned-abc.json").write_text(
-        '{"consumed": 200, "predicted": 200, "accuracy": 0.14, "run_at": "turned", "sources": ["local"], "model_version": "m/1", '
+        '{"consumed": 200, "predicted": 200, "accuracy": 0.14, "run_at": "turned", "sources": ["local"], '
+        '"model_version": "m/1", '
         '"drift": {"score": 0.66, "p_value": 8e-82, "drifted": true, "estimated_accuracy": 0.7965, '
         '"measured_accuracy": 0.14, "window": 1000, "tested_windows": 1, "drifted_windows": 1, '
         '"note": "drift flagged: unreliable"}}')
     (reports / "predict-local-upright-abc.json").write_text(
-        '{"consumed": 200, "predicted": 200, "accuracy": null, "run_at": "upright", "sources": ["local"], "model_version": "m/1", '
+        '{"consumed": 200, "predicted": 200, "accuracy": null, "run_at": "upright", "sources": ["local"], '
+        '"model_version": "m/1", '
         '"drift": {"score": 0.09, "p_value": 0.98, "drifted": false, "estimated_accuracy": 0.9816, '
         '"measured_accuracy": null, "window": 1000, "tested_windows": 1, "drifted_windows": 0}}')
     runs = _client(database, reports_dir=reports).get("/").get_data(as_text=True)
