@@ -13,9 +13,9 @@ import peewee as pw
 
 from vectorai import db as results_db
 from vectorai.batching import DEFAULT_MAX_BATCH_BYTES, BudgetedSource
+from vectorai.drift import DEFAULT_THRESHOLD
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import DecodeLimits
-from vectorai.drift import DEFAULT_THRESHOLD
 from vectorai.predict.concurrency import DecodePool, Decoding, Inference, Job, worth_a_pool
 from vectorai.predict.drift import DriftMonitor
 from vectorai.predict.memory import YOUNG_OBJECTS_PER_MESSAGE, CollectEveryBudget, fewer_young_collections
