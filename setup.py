@@ -40,7 +40,9 @@ setup(
     # The prediction path needs only these: no TensorFlow.
     # simplejpeg: libjpeg-turbo without Pillow's per-file overhead for photos (preprocess.fit_jpeg).
     install_requires=["numpy>=1.24", "pillow>=10", "luigi>=3.5,<4", "peewee>=3.17", "onnxruntime>=1.17",
-                      "requests>=2.31", "tqdm>=4.66", "simplejpeg>=1.7"],
+                      "requests>=2.31", "tqdm>=4.66", "simplejpeg>=1.7",
+                      # The drift test's chi-square p-values (vectorai.drift) and the temperature fit.
+                      "scipy>=1.10"],
     extras_require={
         "train": TRAIN,
         "kafka": KAFKA,

@@ -131,7 +131,7 @@ def _train_quick_model(out: Path) -> dict[str, Any]:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
-    from vectorai.export import export_onnx
+    from vectorai.export import HeldOut, export_onnx
     from vectorai.preprocess import PreprocessSpec, preprocess_images
     from vectorai.training import build_model
 
@@ -144,7 +144,8 @@ def _train_quick_model(out: Path) -> dict[str, Any]:
     (out / "keras").mkdir(parents=True, exist_ok=True)
     model.save(out / "keras" / "model.keras")
     export_onnx(out / "keras" / "model.keras", out / "onnx" / "model.onnx", class_names=[str(d) for d in range(10)],
-                spec=spec, model_version="benchmark-quick", check_images=x[:500], tolerance=1e-4)
+                spec=spec, model_version="benchmark-quick", check=HeldOut(x[:500], labels[:500]),
+                validation=HeldOut(x[500:1000], labels[500:1000]), tolerance=1e-4)
     return {"model": str(out / "onnx")}
 
 

@@ -123,5 +123,25 @@ def predict_status(report: RunReport, max_messages: int | None = None) -> tuple[
         rate = counts.consumed / seconds if seconds > 0 else 0.0
         lines.append(f"{name}: consumed {count(counts.consumed)}, predicted {count(counts.predicted)}, "
                      f"dead letters {count(counts.dead_letters)}, {count(rate)} images/s")
+    if report.drift is not None:
+        lines.append(drift_line(report.drift))
     percentage = 100.0 * report.consumed / max_messages if max_messages else None
     return "\n".join(lines) or "waiting for messages", percentage
+
+
+def drift_line(drift: dict) -> str:
+    """The drift test's figures in one line: flag, score, p-value, estimated (and measured) accuracy."""
+    if drift.get("p_value") is None:
+        flag = ("no drift test (no reference)" if "reference" not in drift
+                else "drift not tested (too few images so far)")
+    else:
+        flag = (f"{'DRIFT' if drift['drifted'] else 'no drift'}: score {drift['score']:.2f}, "
+                f"p {drift['p_value']:.2g} ({drift['drifted_windows']} of {drift['tested_windows']} windows drifted)")
+    line = f"{flag}; estimated accuracy {_percent(drift.get('estimated_accuracy'))}"
+    if drift.get("measured_accuracy") is not None:
+        line += f", measured {_percent(drift['measured_accuracy'])}"
+    return line + (" (unreliable under drift)" if drift.get("drifted") else "")
+
+
+def _percent(value: float | None) -> str:
+    return "n/a" if value is None else f"{100 * value:.1f} %"

@@ -130,35 +130,41 @@ class ExportOnnx(VectoraiTaskMixin, luigi.Task):
             self._export(train_dir, summary, tracking_uri)
 
     def _export(self, train_dir: Path, summary: dict, tracking_uri: str) -> None:
-        from vectorai.export import export_onnx, log_onnx_to_mlflow
+        from vectorai.export import HeldOut, export_onnx, log_onnx_to_mlflow
         from vectorai.preprocess import PreprocessSpec, preprocess_images
         from vectorai.prepare import load_splits
         from vectorai.tracking import mlflow_credentials
 
         spec = PreprocessSpec.from_dict(summary["preprocess"])
-        test = load_splits(Path(self.requires().input().path)).test
+        splits = load_splits(Path(self.requires().input().path))
         model_name = train_dir.parent.name
         with self.output().temporary_path() as tmp:
             out = Path(tmp)
+            # Calibrated and summarised on the validation split (never trained on); the ECE and
+            # parity on the test split.
             parity = export_onnx(
                 train_dir / "model.keras", out / "model.onnx", class_names=summary["class_names"], spec=spec,
-                model_version=model_name, check_images=preprocess_images(test.images, spec),
-                tolerance=self.parity_tolerance,
+                model_version=model_name, tolerance=self.parity_tolerance,
+                check=HeldOut(preprocess_images(splits.test.images, spec), splits.test.labels),
+                validation=HeldOut(preprocess_images(splits.val.images, spec), splits.val.labels),
             )
             parity_figures = {"images": parity.images, "max_abs_diff": parity.max_abs_diff,
                               "argmax_mismatches": parity.argmax_mismatches}
+            calibration = {"temperature": parity.temperature, "test_ece": parity.ece,
+                           "test_ece_uncalibrated": parity.ece_uncalibrated}
             version = self.register(out / "model.onnx", parity_figures)
             write_json(luigi.LocalTarget(out / "model.json"), {
                 "model_version": model_name, "class_names": summary["class_names"],
                 "preprocess": spec.to_dict(), "input": "image", "output": "probabilities",
-                "parity": parity_figures,
+                "parity": parity_figures, "calibration": calibration,
                 "test_accuracy": summary["metrics"]["test_accuracy"], "mlflow_run_id": summary["mlflow_run_id"],
                 "registered_model": {"name": version.name, "version": version.version},
             })
             # MLflow gets the URI without its password (lent to MLflow's own variables for the
             # call only), so nothing MLflow prints or raises here can show it.
             with mlflow_credentials(tracking_uri) as uri:
-                log_onnx_to_mlflow(uri, summary["mlflow_run_id"], [out / "model.onnx", out / "model.json"])
+                log_onnx_to_mlflow(uri, summary["mlflow_run_id"], [out / "model.onnx", out / "model.json"],
+                                   metrics=calibration)
 
     def register(self, onnx_path: Path, parity: dict[str, float]) -> ModelVersionRef:
         """Log ``onnx_path`` to the training run as an MLflow model and register it as a new

@@ -36,6 +36,9 @@ class RegisterModel(VectoraiTaskMixin, luigi.Task):
     output_name = luigi.Parameter(default="", description="Card key: the graph output to read; empty: the card's")
     class_names_file = luigi.Parameter(default="", description="Card key: a text file of class names, one per "
                                        "line; empty: the card's")
+    reference_file = luigi.Parameter(default="", description="An .npz (x[, y]) of images the model did not train "
+                                     "on (vectorai-register's --eval-file): its outputs there are stored with the "
+                                     "version as the drift test's reference; empty: no reference, no drift test")
 
     @property
     def overrides(self) -> dict[str, str]:
@@ -57,19 +60,24 @@ class RegisterModel(VectoraiTaskMixin, luigi.Task):
             digest = model_digest(Path(self.model_path))
         except Exception:  # noqa: BLE001
             digest = "unreadable"
-        key = hashlib.sha256(json.dumps([digest, self.overrides, store_identity(mlflow().resolved_uri())],
+        what = [digest, self.overrides, store_identity(mlflow().resolved_uri())]
+        key = hashlib.sha256(json.dumps(what + ([self.reference_file] if self.reference_file else []),
                                         sort_keys=True).encode()).hexdigest()[:12]
         return luigi.LocalTarget(paths().models / "registered" / name_part(self.registered_model) / f"{key}.json")
 
     def run(self) -> None:
+        from vectorai.prepare import load_stream_sample
         from vectorai.registry import register_foreign_model
 
         check_name_part("RegisterModel.registered_model", self.registered_model)
+        reference = load_stream_sample(Path(self.reference_file)) if self.reference_file else None
         with LiveStatus(self) as live:
             live.update(f"registering {self.model_path} as {self.registered_model}")
             ref = register_foreign_model(Path(self.model_path), tracking_uri=mlflow().resolved_uri(),
                                          experiment=mlflow().experiment, name=self.registered_model,
-                                         artifact_dir=mlflow().artifact_dir, overrides=self.overrides)
+                                         artifact_dir=mlflow().artifact_dir, overrides=self.overrides,
+                                         reference_images=reference,
+                                         reference_source=f"eval file {Path(self.reference_file).name}")
         write_json(self.output(), {"registered_model": ref.name, "version": ref.version, "run_id": ref.run_id,
                                    "uri": ref.uri, "model_path": self.model_path})
 
@@ -143,10 +151,11 @@ def main(argv: list[str] | None = None) -> int:
 
     import tasks  # noqa: F401 - installs the one-line error reporting
 
-    register = RegisterModel(model_path=args.path, registered_model=args.name,
+    # The eval file is also the version's drift reference: images the model did not train on.
+    register = RegisterModel(model_path=args.path, registered_model=args.name, reference_file=args.eval_file,
                              **{flag: getattr(args, flag) for flag in _CARD_FLAGS})
     task = register if not args.eval_file else PromoteRegisteredModel(
-        model_path=args.path, registered_model=args.name, eval_file=args.eval_file,
+        model_path=args.path, registered_model=args.name, eval_file=args.eval_file, reference_file=args.eval_file,
         min_improvement=args.min_improvement, **{flag: getattr(args, flag) for flag in _CARD_FLAGS})
     ok = luigi.build([task], local_scheduler=True, log_level="WARNING")
     if not ok:

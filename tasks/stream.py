@@ -100,6 +100,12 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                         "(photos) while the model runs; 0: start on the cores onnxruntime does "
                                         "not use (at least one), doubled each time the model would wait for "
                                         "decoding, up to one per core")
+    drift_window = luigi.IntParameter(default=1000, significant=False,
+                                      description="Test the model's outputs against its reference per window of "
+                                      "this many images (a shorter run: once, on all of them; see the report's drift)")
+    drift_threshold = luigi.FloatParameter(default=0.01, significant=False,
+                                           description="A window whose drift test's p-value (Bonferroni-corrected) "
+                                           "is below this is flagged as drifted")
     model_uri = UrlParameter(default="", secret_home=config_home("PredictTask", "model_uri"),
                              description="The registered model to score with: models:/NAME@ALIAS "
                              "or models:/NAME/VERSION, resolved through [mlflow] tracking_uri when the run "
@@ -213,6 +219,7 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                 progress=lambda so_far: live.update(*predict_status(so_far, self.max_messages or None)),
                 shadow=shadow, decode_threads=self.decode_threads or None, jpeg_draft=cfg.jpeg_draft,
                 max_batch_bytes=self.max_batch_bytes, shadow_unavailable=shadow_unavailable,
+                drift_window=self.drift_window, drift_threshold=self.drift_threshold,
             )
         finally:
             for transport in transports:
@@ -231,9 +238,12 @@ class PredictTask(VectoraiTaskMixin, luigi.Task):
                                       ("stream_timeout_ms", self.stream_timeout_ms, 0),
                                       ("max_messages", self.max_messages, 0),
                                       ("inference_threads", self.inference_threads, 0),
-                                      ("decode_threads", self.decode_threads, 0)):
+                                      ("decode_threads", self.decode_threads, 0),
+                                      ("drift_window", self.drift_window, 1)):
             if value < least:
                 raise ConfigError(f"PredictTask.{setting}", f"{value} is not allowed; it must be at least {least}")
+        if not 0.0 < self.drift_threshold < 1.0:
+            raise ConfigError("PredictTask.drift_threshold", f"{self.drift_threshold} must be between 0 and 1")
 
     def _record_success(self, report: RunReport) -> None:
         from vectorai.metrics import record_success

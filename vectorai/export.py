@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from vectorai import onnx_metadata
+from vectorai.calibration import apply_temperature, expected_calibration_error, fit_temperature
+from vectorai.drift import summarise
 from vectorai.errors import ExportParityError, ModelError
 from vectorai.inference import OnnxClassifier
 from vectorai.preprocess import PreprocessSpec
@@ -23,6 +25,19 @@ class ParityReport:
     images: int
     max_abs_diff: float
     argmax_mismatches: int
+    #: Calibration (``vectorai.calibration``): the temperature fitted on the validation split, and
+    #: the expected calibration error on the check (test) images before and after it.
+    temperature: float = 1.0
+    ece_uncalibrated: float = 0.0
+    ece: float = 0.0
+
+
+@dataclass(frozen=True)
+class HeldOut:
+    """Preprocessed images the model did not train on, and their labels."""
+
+    images: np.ndarray
+    labels: np.ndarray
 
 
 def export_onnx(
@@ -32,12 +47,18 @@ def export_onnx(
     class_names: list[str],
     spec: PreprocessSpec,
     model_version: str,
-    check_images: np.ndarray,
+    check: HeldOut,
+    validation: HeldOut,
     tolerance: float = 1e-4,
 ) -> ParityReport:
     """Write ``onnx_path`` from ``keras_path`` with vectorai metadata, then check parity on
-    ``check_images`` (preprocessed): same argmax everywhere and probabilities within
-    ``tolerance``. Raises ExportParityError (and removes the file) when they disagree."""
+    ``check``'s images: same argmax everywhere and calibrated probabilities within ``tolerance``.
+    Raises ExportParityError (and removes the file) when they disagree.
+
+    The metadata holds a temperature fitted on ``validation`` and the model's reference outputs
+    there (``vectorai.drift``); the ONNX file's own graph is Keras' unchanged, and inference
+    applies the temperature, so parity compares Keras' output calibrated here with what
+    ``OnnxClassifier`` gives from the file."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
     import tensorflow as tf
@@ -54,18 +75,24 @@ def export_onnx(
         return {"probabilities": model(image, training=False)}
 
     proto, _ = tf2onnx.convert.from_function(serve, input_signature=signature, opset=OPSET)
+    temperature, reference = calibrate(model.predict(validation.images, batch_size=256, verbose=0), validation)
     onnx_metadata.set_metadata(proto, {onnx_metadata.CLASS_NAMES: json.dumps(class_names),
                                        onnx_metadata.PREPROCESS: json.dumps(spec.to_dict()),
-                                       onnx_metadata.MODEL_VERSION: model_version})
+                                       onnx_metadata.MODEL_VERSION: model_version,
+                                       onnx_metadata.TEMPERATURE: repr(temperature),
+                                       onnx_metadata.REFERENCE: reference})
     onnx_path.parent.mkdir(parents=True, exist_ok=True)
     onnx_path.write_bytes(proto.SerializeToString())
 
-    expected = model.predict(check_images, batch_size=256, verbose=0)
-    actual = OnnxClassifier(onnx_path).predict_proba(check_images)
+    raw = model.predict(check.images, batch_size=256, verbose=0)
+    expected = apply_temperature(raw, temperature)
+    actual = OnnxClassifier(onnx_path).predict_proba(check.images)
     report = ParityReport(
-        images=len(check_images),
-        max_abs_diff=float(np.max(np.abs(expected - actual))) if len(check_images) else 0.0,
+        images=len(check.images),
+        max_abs_diff=float(np.max(np.abs(expected - actual))) if len(check.images) else 0.0,
         argmax_mismatches=int(np.sum(expected.argmax(axis=1) != actual.argmax(axis=1))),
+        temperature=temperature, ece_uncalibrated=expected_calibration_error(raw, check.labels),
+        ece=expected_calibration_error(expected, check.labels),
     )
     if report.argmax_mismatches or report.max_abs_diff > tolerance:
         onnx_path.unlink(missing_ok=True)
@@ -75,11 +102,22 @@ def export_onnx(
     return report
 
 
-def log_onnx_to_mlflow(tracking_uri: str, run_id: str, paths: list[Path]) -> None:
-    """Attach the exported files to the training run, so the run holds every artifact."""
+def calibrate(probabilities: np.ndarray, validation: HeldOut) -> tuple[float, str]:
+    """The temperature fitted on the model's ``probabilities`` for ``validation``, and its
+    calibrated outputs there summarised as the drift reference (JSON)."""
+    temperature = fit_temperature(probabilities, validation.labels)
+    return temperature, summarise(apply_temperature(probabilities, temperature), "validation split").to_json()
+
+
+def log_onnx_to_mlflow(tracking_uri: str, run_id: str, paths: list[Path],
+                       metrics: dict[str, float] | None = None) -> None:
+    """Attach the exported files (and the export's ``metrics``: calibration) to the training
+    run, so the run holds every artifact."""
     import mlflow
 
     mlflow.set_tracking_uri(tracking_uri)
     with mlflow.start_run(run_id=run_id):
         for path in paths:
             mlflow.log_artifact(str(path), artifact_path="onnx")
+        if metrics:
+            mlflow.log_metrics(metrics)

@@ -12,6 +12,8 @@ from typing import Sequence
 import numpy as np
 
 from vectorai import onnx_metadata
+from vectorai.calibration import apply_temperature
+from vectorai.drift import OutputSummary
 from vectorai.errors import ModelError
 from vectorai.preprocess import PreprocessSpec, as_model_input, preprocess_images
 
@@ -113,6 +115,9 @@ class OnnxClassifier:
             self._input_name, self._output_name = self.card.input_name, self.card.output_name
         if version is not None:
             self.info = replace(self.info, version=version)
+        #: Divides the model's log-probabilities (``vectorai.calibration``); 1: none stored, as
+        #: for a foreign model unless its file was given one.
+        self.temperature, self.reference = _read_calibration(self.path, meta)
         #: Each thread's float input buffer (``_float_input``).
         self._scratch = threading.local()
 
@@ -156,6 +161,10 @@ class OnnxClassifier:
         """Class probabilities for a preprocessed batch (``preprocess``); one session call. For our
         own models, (N, H, W, C) float32 in [0, 1] or uint8 pixels (scaled here, so a batch waiting
         for the model holds a quarter of the bytes)."""
+        return apply_temperature(self.raw_proba(batch), self.temperature)
+
+    def raw_proba(self, batch: np.ndarray) -> np.ndarray:
+        """``predict_proba`` before calibration: the model's own probabilities."""
         if len(batch) == 0:
             return np.zeros((0, len(self.class_names)), dtype=np.float32)
         if self.card is None:
@@ -181,6 +190,19 @@ class OnnxClassifier:
 #: The largest float input ``OnnxClassifier`` keeps a buffer for, per thread: several of the
 #: prediction loop's chunks (``predict.CHUNK_INPUT_BYTES``, 4.8 MB), not a whole evaluation set.
 SCRATCH_MAX_BYTES = 32 * 1024 * 1024
+
+
+def _read_calibration(path: Path, meta: dict[str, str]) -> tuple[float, OutputSummary | None]:
+    """The stored temperature (1.0 when none) and reference outputs (None when none)."""
+    try:
+        temperature = float(meta.get(onnx_metadata.TEMPERATURE, "1"))
+        reference = (OutputSummary.from_json(meta[onnx_metadata.REFERENCE]) if onnx_metadata.REFERENCE in meta
+                     else None)
+    except (ValueError, TypeError, KeyError) as err:
+        raise ModelError(path, f"malformed calibration metadata ({err}); re-export or re-register it") from None
+    if not np.isfinite(temperature) or temperature <= 0:
+        raise ModelError(path, f"stored temperature {temperature} is not a positive number")
+    return temperature, reference
 
 
 def _read_info(path: Path, session) -> ModelInfo:

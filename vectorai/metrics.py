@@ -48,6 +48,14 @@ METRICS: dict[str, str] = {
                               "refused; their primary rows were stored (shadow scoring only).",
     "last_run_shadow_unavailable": "1 when the last successful run could not load its shadow model and scored "
                                    "with the primary model alone, else 0 (shadow scoring only).",
+    "drift_score": "How far the last successful run's model outputs were from the model's reference (the worst "
+                   "window's largest total-variation distance: 0 alike, 1 nothing in common); drift test only.",
+    "drift_p_value": "The last successful run's smallest drift-test p-value over its windows (Bonferroni-corrected "
+                     "within each); drift test only.",
+    "drift_detected": "1 when a window of the last successful run was flagged as drifted from the model's reference, "
+                      "else 0; drift test only.",
+    "estimated_accuracy": "The last successful run's mean calibrated confidence: its accuracy estimated without labels "
+                          "(unreliable when drift_detected is 1).",
     "last_success_timestamp_seconds": "Unix time the job last finished successfully.",
     "last_failure_timestamp_seconds": "Unix time the job last failed.",
 }
@@ -100,11 +108,25 @@ def record_success(directory: Path, job: str, report: RunReport, *, now: float |
         if report.shadow_model_version or report.shadow_unavailable:
             values["last_run_shadow_errors"] = counts.shadow_errors
             values["last_run_shadow_unavailable"] = 1 if report.shadow_unavailable else 0
+        values.update(_drift_values(report.drift))
         failed = previous.sources.get(name, {}).get("last_failure_timestamp_seconds") if previous else None
         if failed is not None:
             values["last_failure_timestamp_seconds"] = failed
         sources[name] = values
     return write_metrics(directory, JobMetrics(job, report.model_version, sources))
+
+
+def _drift_values(drift: dict | None) -> dict[str, float]:
+    """The run's drift figures (the same for each of its sources: the test is of the run)."""
+    if not drift:
+        return {}
+    values: dict[str, float] = {}
+    if drift.get("estimated_accuracy") is not None:
+        values["estimated_accuracy"] = float(drift["estimated_accuracy"])
+    if drift.get("p_value") is not None:
+        values.update(drift_score=float(drift["score"]), drift_p_value=float(drift["p_value"]),
+                      drift_detected=1.0 if drift.get("drifted") else 0.0)
+    return values
 
 
 def record_failure(directory: Path, job: str, sources: Iterable[str], model_version: str = "", *,

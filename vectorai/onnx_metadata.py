@@ -17,7 +17,13 @@ MODEL_VERSION = "vectorai.model_version"
 #: JSON of the model card bound at registration (models trained elsewhere).
 CARD = "vectorai.card"
 
-KEYS = (CLASS_NAMES, PREPROCESS, MODEL_VERSION, CARD)
+#: The temperature that calibrates the model's probabilities (``vectorai.calibration``), as text;
+#: absent: 1, the outputs as they are.
+TEMPERATURE = "vectorai.temperature"
+#: JSON of the model's reference outputs on images it did not train on (``vectorai.drift``).
+REFERENCE = "vectorai.reference"
+
+KEYS = (CLASS_NAMES, PREPROCESS, MODEL_VERSION, CARD, TEMPERATURE, REFERENCE)
 
 
 def set_metadata(model: Any, values: Mapping[str, str]) -> None:

@@ -269,3 +269,31 @@ def test_a_card_that_does_not_fit_fails_in_one_line_before_anything_is_consumed(
     with sqlite3.connect(home.data / "stream" / "vectorai-images.sqlite") as queue:
         assert queue.execute("SELECT COUNT(*) FROM cursors WHERE committed > 0").fetchone()[0] == 0
     assert not (home.data / "predictions.sqlite").exists()
+
+
+def test_a_foreign_model_registered_with_an_eval_file_gets_a_drift_reference_from_it(home, tmp_path):
+    """vectorai-register --eval-file stores the model's outputs on that file (90 noisy colour
+    images it never trained on: it trained on none) with the version; PredictTask tests a stream
+    against them, a window of 60 at a time: 60 images of the same mix pass, 60 all-red ones are
+    flagged."""
+    project = home
+    good = optimum_folder(tmp_path / "good", channel_order="BGR", card={"channel_order": "BGR"})
+    eval_images, eval_labels = colour_images(90, seed=7, sizes=((32, 32),))
+    np.savez(tmp_path / "eval.npz", x=np.stack(eval_images), y=eval_labels)
+    registered = subprocess.run([sys.executable, "-m", "tasks.register", str(good), "--name", "colours",
+                                 "--eval-file", str(tmp_path / "eval.npz")],
+                                cwd=project.root, env=project.command_env(), capture_output=True, text=True,
+                                timeout=300)
+    assert registered.returncode == 0, registered.stderr[-3000:]
+
+    alike, alike_labels = colour_images(60, seed=9)
+    reds, labels = colour_images(200, seed=11)
+    red_only = [image for image, label in zip(reds, labels) if label == 0][:60]
+    send_locally(project, alike + red_only, np.concatenate([alike_labels, np.zeros(len(red_only), np.int64)]))
+    project.luigi("PredictTask", "--require-stream", "false", "--model-uri", "models:/colours@champion",
+                  "--drift-window", "60")
+    [report] = [json.loads(p.read_text()) for p in (project.data / "reports").glob("*.json")]
+    drift = report["drift"]
+    assert drift["reference"] == {"images": 90, "source": "eval file eval.npz"}
+    assert drift["tested_windows"] == 2 and [w["drifted"] for w in drift["windows"]] == [False, True]
+    assert drift["drifted"] and drift["p_value"] < 0.01 and drift["distances"]["class_mix"] > 0.5

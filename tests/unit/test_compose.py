@@ -608,3 +608,9 @@ def test_the_two_batch_alerts_are_there(alert_rules):
     assert any("vectorai_predict_last_success_timestamp_seconds" in e and "7200" in e for e in exprs.values()), \
         "no alert for 'no successful run for two hours'"
     assert any("dead_letter" in e for e in exprs.values()), "no alert on dead letters"
+
+
+def test_an_alert_fires_on_a_drifted_stream(alert_rules):
+    exprs = {rule["alert"]: rule["expr"] for rule in alert_rules}
+    assert any("vectorai_predict_drift_detected" in e and "> 0" in e for e in exprs.values()), \
+        "no alert on a run whose drift test flagged its stream"

@@ -84,7 +84,9 @@ def test_per_source_counts_add_up_over_two_sources_and_a_redelivery(tmp_path, cl
     counts = report.by_source["local"]
     assert (counts.consumed, counts.predicted, counts.already_predicted) == (20, 0, 20)
     message, percentage = predict_status(report, max_messages=40)
-    assert message.startswith("local: consumed 20, predicted 0, dead letters 0, ") and message.endswith(" images/s")
+    first, drift = message.splitlines()
+    assert first.startswith("local: consumed 20, predicted 0, dead letters 0, ") and first.endswith(" images/s")
+    assert drift.startswith("no drift test (no reference); estimated accuracy ")
     assert percentage == 50.0
     assert predict_status(report)[1] is None  # no end known: no percentage
 
@@ -192,3 +194,14 @@ def test_outside_a_worker_nothing_is_sent():
     task.set_status_message = task.set_progress_percentage = task.set_tracking_url = None
     with LiveStatus(task, min_interval_s=0) as live:
         live.update("hello", 5, "http://x")  # no error, nothing to send it to
+
+
+def test_luigid_s_status_line_says_whether_the_stream_drifted_and_both_accuracies():
+    from tasks.live import drift_line
+
+    drifted = {"score": 0.66, "p_value": 8e-82, "drifted": True, "estimated_accuracy": 0.7965,
+               "measured_accuracy": 0.14, "reference": {}, "tested_windows": 4, "drifted_windows": 1}
+    assert drift_line(drifted) == ("DRIFT: score 0.66, p 8e-82 (1 of 4 windows drifted); estimated accuracy "
+                                   "79.7 %, measured 14.0 % (unreliable under drift)")
+    steady = {**drifted, "p_value": 0.5, "drifted": False, "drifted_windows": 0, "measured_accuracy": None}
+    assert drift_line(steady) == "no drift: score 0.66, p 0.5 (0 of 4 windows drifted); estimated accuracy 79.7 %"

@@ -122,3 +122,21 @@ def test_an_unparseable_value_is_dropped_not_fatal(tmp_path, bad):
                     f'model_version="v"}} {bad}\n')
     record_failure(tmp_path, "local", ["local"], now=5.0)
     assert set(samples(path)) == {("vectorai_predict_last_failure_timestamp_seconds", "local")}
+
+
+def test_a_run_s_drift_test_and_estimated_accuracy_are_written_for_each_source(tmp_path):
+    run = report(local=SourceCounts(consumed=400, predicted=400), kafka=SourceCounts(consumed=200, predicted=200))
+    run.drift = {"score": 0.62, "p_value": 1e-40, "drifted": True, "estimated_accuracy": 0.84,
+                 "measured_accuracy": None, "window": 200, "windows": []}
+    found = samples(record_success(tmp_path, "job", run, now=1.0))
+    for source in ("local", "kafka"):
+        assert found[("vectorai_predict_drift_score", source)][0] == 0.62
+        assert found[("vectorai_predict_drift_p_value", source)][0] == 1e-40
+        assert found[("vectorai_predict_drift_detected", source)][0] == 1
+        assert found[("vectorai_predict_estimated_accuracy", source)][0] == 0.84
+
+    # A model with no reference: the estimate, and no drift figures rather than a made-up 0.
+    run.drift = {"score": None, "p_value": None, "drifted": False, "estimated_accuracy": 0.97}
+    found = samples(record_success(tmp_path, "job", run, now=2.0))
+    assert found[("vectorai_predict_estimated_accuracy", "local")][0] == 0.97
+    assert not any(name.startswith("vectorai_predict_drift") for name, _ in found)

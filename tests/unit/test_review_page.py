@@ -206,6 +206,29 @@ def test_pages_show_runs_confusion_and_dead_letters(results, tmp_path):
     assert "unknown content-type" in only and "seven" not in only
 
 
+def test_the_runs_page_shows_each_run_s_drift_flag_score_and_estimated_against_measured_accuracy(results, tmp_path):
+    database, _ = results
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    (reports / "predict-local-turned-abc.json").write_text(
+        '{"consumed": 200, "predicted": 200, "accuracy": 0.14, "run_at": "turned", "sources": ["local"], '
+        '"model_version": "m/1", '
+        '"drift": {"score": 0.66, "p_value": 8e-82, "drifted": true, "estimated_accuracy": 0.7965, '
+        '"measured_accuracy": 0.14, "window": 1000, "tested_windows": 1, "drifted_windows": 1, '
+        '"note": "drift flagged: unreliable"}}')
+    (reports / "predict-local-upright-abc.json").write_text(
+        '{"consumed": 200, "predicted": 200, "accuracy": null, "run_at": "upright", "sources": ["local"], '
+        '"model_version": "m/1", '
+        '"drift": {"score": 0.09, "p_value": 0.98, "drifted": false, "estimated_accuracy": 0.9816, '
+        '"measured_accuracy": null, "window": 1000, "tested_windows": 1, "drifted_windows": 0}}')
+    runs = _client(database, reports_dir=reports).get("/").get_data(as_text=True)
+    turned = runs[runs.index(">turned<"):runs.index("</tr>", runs.index(">turned<"))]
+    upright = runs[runs.index(">upright<"):runs.index("</tr>", runs.index(">upright<"))]
+    assert 'class="drifted"' in turned and "(score 0.66)" in turned and "79.7 %" in turned and "14.0 %" in turned
+    assert 'class="unreliable"' in turned
+    assert "no drift" in upright and "(score 0.09)" in upright and "98.2 %" in upright and "n/a" in upright
+
+
 def test_responses_forbid_inline_script():
     database = db.connect("sqlite:///:memory:")
     try:

@@ -16,13 +16,17 @@ from vectorai import onnx_metadata
 from vectorai.modelcard.card import CARD_FILE, HF_CONFIG, HF_PREPROCESSOR, card_folder, model_file
 
 
-def embed_card(path: Path, card: Mapping[str, Any], out: Path) -> Path:
-    """A copy of ``path``'s ONNX graph at ``out`` with ``card`` in its metadata (any older card
-    replaced); the graph itself is unchanged."""
+def embed_card(path: Path, card: Mapping[str, Any] | None, out: Path, extra: Mapping[str, str] | None = None) -> Path:
+    """A copy of ``path``'s ONNX graph at ``out`` with ``card`` (None: none) and ``extra``
+    (other ``onnx_metadata`` keys) in its metadata, older entries of those keys replaced; the
+    graph itself is unchanged."""
     import onnx
 
     model = onnx.load(str(model_file(path)))
-    onnx_metadata.set_metadata(model, {onnx_metadata.CARD: json.dumps(card, sort_keys=True)})
+    values = dict(extra or {})
+    if card is not None:
+        values[onnx_metadata.CARD] = json.dumps(card, sort_keys=True)
+    onnx_metadata.set_metadata(model, values)
     onnx.save(model, str(out))
     return out
 

@@ -13,9 +13,11 @@ import peewee as pw
 
 from vectorai import db as results_db
 from vectorai.batching import DEFAULT_MAX_BATCH_BYTES, BudgetedSource
+from vectorai.drift import DEFAULT_THRESHOLD
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import DecodeLimits
 from vectorai.predict.concurrency import DecodePool, Decoding, Inference, Job, worth_a_pool
+from vectorai.predict.drift import DriftMonitor
 from vectorai.predict.memory import YOUNG_OBJECTS_PER_MESSAGE, CollectEveryBudget, fewer_young_collections
 from vectorai.predict.report import RunReport
 from vectorai.predict.shadow import ShadowScorer
@@ -48,7 +50,8 @@ class PredictionLoop:
                  max_messages: int | None = None, progress: Callable[[RunReport], None] | None = None,
                  progress_interval_s: float = 1.0, shadow: OnnxClassifier | None = None,
                  decode_threads: int | None = None, jpeg_draft: bool = True,
-                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, shadow_unavailable: str = "") -> None:
+                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES, shadow_unavailable: str = "",
+                 drift_window: int = 1000, drift_threshold: float = DEFAULT_THRESHOLD) -> None:
         self.report = RunReport(model_version=classifier.info.version,
                                 shadow_model_version=shadow.info.version if shadow is not None else "",
                                 shadow_unavailable=shadow_unavailable)
@@ -67,6 +70,8 @@ class PredictionLoop:
         self._inference = Inference(classifier)
         self._decoders = DecodePool(decode_threads, getattr(classifier, "threads", None),
                                     len(classifier.class_names), limits, decode_spec(classifier, shadow), jpeg_draft)
+        self._drift = DriftMonitor(getattr(classifier, "reference", None), len(classifier.class_names),
+                                   window=drift_window, threshold=drift_threshold)
         self._started = self._last_progress = self._next_report = 0.0
 
     def run(self) -> RunReport:
@@ -92,6 +97,7 @@ class PredictionLoop:
             finally:
                 self._decoders.close()
                 self._inference.close()
+        self.report.drift = self._drift.finish()
         # Throughput excludes the final wait that proved each source was drained.
         self.report.seconds = self._last_progress - self._started
         return self.report
@@ -167,7 +173,8 @@ class PredictionLoop:
         decoded, job = in_flight[0].decoded, in_flight[0].job
         following = in_flight[1].job if len(in_flight) > 1 else None
         with batch_context(decoded.source, decoded.messages):
-            batch = label_batch(decoded, job.result(spare=following), self._classifier)
+            probabilities = job.result(spare=following)
+            batch = label_batch(decoded, probabilities, self._classifier)
             if self._scorer is not None:
                 self._scorer.score(decoded, batch)
             written = results_db.write_batch(self._database, batch.rows, batch.dead, batch.shadow_rows)
@@ -176,6 +183,8 @@ class PredictionLoop:
             if self._scorer is not None:
                 self._scorer.written(batch, written.shadow_rejected)
             batch.source.acknowledge(batch.messages)
+        if self._drift.add(probabilities if batch.model_rows is None else probabilities[batch.model_rows], batch.rows):
+            self.report.drift = self._drift.summary()
         in_flight.popleft()
         self._last_progress = now = time.perf_counter()
         if self._progress is not None and now >= self._next_report:
@@ -224,6 +233,7 @@ def run_predictions(
     jpeg_draft: bool = True,
     max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
     shadow_unavailable: str = "",
+    drift_window: int = 1000, drift_threshold: float = DEFAULT_THRESHOLD,
 ) -> RunReport:
     """Drain every source until each has had nothing new for ``timeout_ms``.
 
@@ -252,16 +262,18 @@ def run_predictions(
     by a pool of ``decode_threads`` threads while the model classifies the batch before it; then
     at most three batches are in memory (one decoding, one in the model, one being written),
     else two. By default the pool starts on the cores onnxruntime does not use (at least one)
-    and doubles each time the model would wait for a batch still decoding, up to
-    one per core (``concurrency.DecodePool``).
+    and doubles each time the model would wait for decoding, up to one per core (``DecodePool``).
     ``jpeg_draft``: decode a JPEG at 1/2, 1/4 or 1/8 of its size when the model takes at most
     that (``preprocess.fit_uint8``).
 
     A batch holds at most ``batch_size`` messages and ``max_batch_bytes`` of payload, except
     that one message larger than that is a batch of its own (``vectorai.batching``).
+
+    The outputs of stored rows are tested against the model's reference per ``drift_window``
+    images: the report's ``drift``, flagged below the p-value ``drift_threshold`` (``predict.drift``).
     """
     return PredictionLoop(sources, classifier, database, batch_size=batch_size, timeout_ms=timeout_ms,
                           limits=limits, max_messages=max_messages, progress=progress,
                           progress_interval_s=progress_interval_s, shadow=shadow, decode_threads=decode_threads,
-                          jpeg_draft=jpeg_draft, max_batch_bytes=max_batch_bytes,
-                          shadow_unavailable=shadow_unavailable).run()
+                          jpeg_draft=jpeg_draft, max_batch_bytes=max_batch_bytes, shadow_unavailable=shadow_unavailable,
+                          drift_window=drift_window, drift_threshold=drift_threshold).run()

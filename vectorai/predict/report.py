@@ -73,6 +73,8 @@ class RunReport:
     #: The ``predicted_at`` of the run's first and last rows (UTC): the review page finds a
     #: drifted run's rows by them.
     predicted_between: list = field(default_factory=list)
+    #: The drift test's figures (``predict.drift.DriftMonitor.summary``), updated per window.
+    drift: dict[str, object] | None = None
 
     consumed = _total("consumed", "Messages consumed.")
     predicted = _total("predicted", "Rows stored for the first time.")
@@ -141,6 +143,7 @@ class RunReport:
             "by_source": {name: counts.to_dict() for name, counts in sorted(self.by_source.items())},
             **({"shadow": self._shadow_dict(labelled)} if self.shadow_model_version or self.shadow_unavailable
                else {}),
+            **({"drift": self.drift} if self.drift is not None else {}),
         }
 
     def _shadow_dict(self, labelled: int) -> dict[str, object]:
