@@ -75,10 +75,9 @@ def registry_resources(name: str) -> dict[str, int]:
     count is 1), so one such task runs at a time across every worker and host of that scheduler;
     the lock file in the model cache (vectorai.registry.promotion) covers ``--local-scheduler``."""
     from tasks.config import mlflow
-    from vectorai.tracking import store_identity
 
     # The store as a short hash: the name is shown on luigid's resources page.
-    store = hashlib.sha256(store_identity(mlflow().resolved_uri()).encode()).hexdigest()[:8]
+    store = hashlib.sha256(mlflow().store_identity().encode()).hexdigest()[:8]
     return {f"vectorai-registry-{name}-{store}": 1}
 
 

@@ -53,6 +53,13 @@ class mlflow(luigi.Config):  # noqa: N801
 
         return _env_or(self.tracking_uri, "MLFLOW_TRACKING_URI") or default_tracking_uri(paths().data / "mlflow")
 
+    def store_identity(self) -> str:
+        """The resolved store, credentials left out: what registrations, decisions and the
+        registry's luigid resource are tied to."""
+        from vectorai.tracking import store_identity
+
+        return store_identity(self.resolved_uri())
+
     @property
     def artifact_dir(self) -> Path:
         return paths().data / "mlflow" / "artifacts"

@@ -89,7 +89,7 @@ class TrainModel(VectoraiTaskMixin, luigi.Task):
                 artifact_dir=mlflow().artifact_dir, run_name=self.model_name,
                 extra_params={"dataset": self.dataset, "val_fraction": self.val_fraction,
                               "test_fraction": self.test_fraction, "model_name": self.model_name},
-                progress=show, extra=extra_train_mask(Path(self.input().path)),
+                progress=show, extra=extra_train_mask(Path(self.input().path), splits.train.images),
             )
 
 
@@ -218,13 +218,11 @@ class PromoteModel(VectoraiTaskMixin, luigi.Task):
         return registry_resources(self.requires().registered_name)
 
     def output(self) -> luigi.LocalTarget:
-        from vectorai.tracking import store_identity
-
         # Not part of the model's identity, but of the decision's: another registered model, eval
         # file, threshold or tracking store is another decision (a decision made in one store
         # must not stand for another).
         key = json.dumps([self.requires().registered_name, self.eval_file, self.min_improvement,
-                          store_identity(mlflow().resolved_uri())])
+                          mlflow().store_identity()])
         name = f"{name_part(self.requires().registered_name)}-{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
         return luigi.LocalTarget(Path(self.input().path).parent / "promotion" / name)
 

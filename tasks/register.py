@@ -50,7 +50,6 @@ class RegisterModel(VectoraiTaskMixin, luigi.Task):
 
     def output(self) -> luigi.LocalTarget:
         from vectorai.modelcard import model_digest
-        from vectorai.tracking import store_identity
 
         # Named after what is registered (file contents and flags) and where (the tracking
         # store), so the same model is registered once in each store and a changed one again: a
@@ -60,7 +59,7 @@ class RegisterModel(VectoraiTaskMixin, luigi.Task):
             digest = model_digest(Path(self.model_path))
         except Exception:  # noqa: BLE001
             digest = "unreadable"
-        what = [digest, self.overrides, store_identity(mlflow().resolved_uri())]
+        what = [digest, self.overrides, mlflow().store_identity()]
         key = hashlib.sha256(json.dumps(what + ([self.reference_file] if self.reference_file else []),
                                         sort_keys=True).encode()).hexdigest()[:12]
         return luigi.LocalTarget(paths().models / "registered" / name_part(self.registered_model) / f"{key}.json")
@@ -98,11 +97,9 @@ class PromoteRegisteredModel(VectoraiTaskMixin, luigi.Task):
         return registry_resources(self.registered_model)
 
     def output(self) -> luigi.LocalTarget:
-        from vectorai.tracking import store_identity
-
         # Beside its registration, which is named for the store too; a decision made in one
         # store must not stand for another.
-        key = json.dumps([self.eval_file, self.min_improvement, store_identity(mlflow().resolved_uri())])
+        key = json.dumps([self.eval_file, self.min_improvement, mlflow().store_identity()])
         name = f"{hashlib.sha256(key.encode()).hexdigest()[:10]}.json"
         registered = Path(self.input().path)
         return luigi.LocalTarget(registered.parent / "promotion" / registered.stem / name)

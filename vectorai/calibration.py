@@ -34,7 +34,7 @@ def apply_temperature(probabilities: np.ndarray, temperature: float) -> np.ndarr
 
 
 def _nll(probabilities: np.ndarray, labels: np.ndarray, temperature: float) -> float:
-    calibrated = apply_temperature(probabilities.astype(np.float64), temperature)
+    calibrated = apply_temperature(probabilities, temperature)
     return float(-np.mean(np.log(np.maximum(calibrated[np.arange(len(labels)), labels], _FLOOR))))
 
 
@@ -45,6 +45,7 @@ def fit_temperature(probabilities: np.ndarray, labels: np.ndarray) -> float:
 
     if len(labels) == 0:
         return 1.0
+    probabilities = probabilities.astype(np.float64)  # once, not on every step of the search
     low, high = np.log(TEMPERATURE_RANGE[0]), np.log(TEMPERATURE_RANGE[1])
     # The likelihood is smooth and unimodal in log T; a bounded scalar search needs no gradient.
     found = minimize_scalar(lambda log_t: _nll(probabilities, labels, float(np.exp(log_t))),

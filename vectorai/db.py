@@ -10,10 +10,11 @@ a NaN confidence does there): any other refused row fails the batch.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import weakref
 from operator import itemgetter
 from pathlib import Path
-from typing import Iterable, NamedTuple, Sequence
+from typing import Any, Callable, Iterable, NamedTuple, Sequence
 
 import peewee as pw
 
@@ -134,6 +135,7 @@ MODELS: tuple[type[pw.Model], ...] = (Prediction, DeadLetter, ShadowPrediction, 
 _SCHEMA_LOCK = int.from_bytes(b"vectorai", "big") & 0x7FFFFFFFFFFFFFFF
 
 
+@functools.cache  # per table, not per batch
 def unique_key(model: type[pw.Model]) -> list[pw.Field]:
     """The columns of ``model``'s one unique index: the only conflict an insert may skip."""
     [names] = [index[0] for index in model._meta.indexes if isinstance(index, tuple) and index[1]]
@@ -190,18 +192,15 @@ def _upgrade_dead_letters(db: pw.Database) -> None:
     """Give a dead-letter table made by an earlier version its ``fingerprint`` column, and its
     unique key the fingerprint, in place: its rows stay as they are (fingerprint '')."""
     table = DeadLetter._meta.table_name
-    if not db.table_exists(table) or "fingerprint" in {c.name for c in db.get_columns(table)}:
-        return
-    from playhouse.migrate import SchemaMigrator, migrate
-
-    migrator = SchemaMigrator.from_database(db)
-    migrate(migrator.add_column(table, "fingerprint", DeadLetter.fingerprint),
-            migrator.drop_index(table, f"{table}_source_position"))
     # create_tables(safe=True), right after, makes the new unique index.
+    _add_missing_columns(db, DeadLetter, (DeadLetter.fingerprint,),
+                         lambda migrator: [migrator.drop_index(table, f"{table}_source_position")])
 
 
-def _add_missing_columns(db: pw.Database, model: type[pw.Model], fields: Sequence[pw.Field]) -> None:
-    """Add nullable ``fields`` to a table made by an earlier version (its rows keep NULL there)."""
+def _add_missing_columns(db: pw.Database, model: type[pw.Model], fields: Sequence[pw.Field],
+                         also: Callable[[Any], list] = lambda migrator: []) -> None:
+    """Add ``fields`` to a table made by an earlier version (its rows keep the field's default,
+    or NULL), with the operations ``also(migrator)`` gives, when any of them is missing."""
     table = model._meta.table_name
     present = {c.name for c in db.get_columns(table)} if db.table_exists(table) else None
     missing = [f for f in fields if present is not None and f.column_name not in present]
@@ -209,7 +208,7 @@ def _add_missing_columns(db: pw.Database, model: type[pw.Model], fields: Sequenc
         from playhouse.migrate import SchemaMigrator, migrate
 
         migrator = SchemaMigrator.from_database(db)
-        migrate(*(migrator.add_column(table, f.column_name, f) for f in missing))
+        migrate(*(migrator.add_column(table, f.column_name, f) for f in missing), *also(migrator))
 
 
 def _first_line(err: BaseException) -> str:

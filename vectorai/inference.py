@@ -118,6 +118,11 @@ class OnnxClassifier:
         #: Divides the model's log-probabilities (``vectorai.calibration``); 1: none stored, as
         #: for a foreign model unless its file was given one.
         self.temperature, self.reference = _read_calibration(self.path, meta)
+        if self.reference is not None and not (len(self.reference.class_counts) == len(self.reference.mean_probabilities)
+                                               == len(self.class_names)):
+            # Checked here, not at the first drift window, which comes after batches were acknowledged.
+            raise ModelError(self.path, f"its stored drift reference has {len(self.reference.class_counts)} classes, "
+                                        f"the model {len(self.class_names)}; re-export or re-register it")
         #: Each thread's float input buffer (``_float_input``).
         self._scratch = threading.local()
 

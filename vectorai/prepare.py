@@ -81,15 +81,17 @@ def load_splits(split_dir: Path) -> Splits:
     return Splits(*(load_images(split_dir / f"{name}.npz") for name in ("train", "val", "test")))
 
 
-def extra_train_mask(split_dir: Path) -> np.ndarray | None:
+def extra_train_mask(split_dir: Path, train_images: np.ndarray | None = None) -> np.ndarray | None:
     """Which of the split's training images were added by ``--extra-train`` (matched by content
-    digest with its ``extra_train.npz``); None for a split without any."""
+    digest with its ``extra_train.npz``); None for a split without any. ``train_images``: the
+    split's training images when the caller has them loaded already."""
     path = Path(split_dir) / EXTRA_TRAIN
     if not path.is_file():
         return None
     extra = set(image_digests(load_images(path).images))
-    return np.array([digest in extra for digest in image_digests(load_images(Path(split_dir) / "train.npz").images)],
-                    dtype=bool)
+    if train_images is None:
+        train_images = load_images(Path(split_dir) / "train.npz").images
+    return np.array([digest in extra for digest in image_digests(train_images)], dtype=bool)
 
 
 def trained_on_digests(split_dir: Path) -> list[str]:

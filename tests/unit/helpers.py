@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import atexit
 import json
+import shutil
+import tempfile
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -84,3 +88,15 @@ def non_finite_model(path: Path, seed: int = 0) -> np.ndarray:
     onnx.checker.check_model(model)
     onnx.save(model, str(path))
     return weights
+
+
+@lru_cache(maxsize=None)
+def cached_tiny_classifier(height: int = 8, width: int = 8, channels: int = 1, classes: int = 3):
+    """A ``tiny_onnx_model``'s classifier kept for the session (a hypothesis test cannot take
+    tmp_path); its folder is removed at exit."""
+    from vectorai.inference import OnnxClassifier
+
+    folder = Path(tempfile.mkdtemp(prefix="vectorai-tiny-"))
+    atexit.register(shutil.rmtree, folder, True)
+    tiny_onnx_model(folder / "tiny.onnx", height, width, channels, classes)
+    return OnnxClassifier(folder / "tiny.onnx", threads=1)

@@ -31,7 +31,7 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.helpers import tiny_onnx_model
+from tests.unit.helpers import cached_tiny_classifier
 from vectorai import db as results_db
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import JPEG, MAX_REASON, NDARRAY, PNG, encode_image
@@ -48,18 +48,8 @@ class _Source:
     name = "fuzz"
 
 
-@lru_cache(maxsize=1)
 def _classifier() -> OnnxClassifier:
-    import atexit
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    folder = tempfile.mkdtemp(prefix="vectorai-fuzz-")
-    atexit.register(shutil.rmtree, folder, True)  # cached for the session, so not a tmp_path
-    path = Path(folder) / "model.onnx"
-    tiny_onnx_model(path, height=28, width=28, channels=1, classes=10)
-    return OnnxClassifier(path, threads=1)
+    return cached_tiny_classifier(28, 28, 1, 10)
 
 
 @lru_cache(maxsize=1)

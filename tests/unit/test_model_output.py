@@ -5,7 +5,6 @@ the batch is written without an error; a shadow model's non-finite rows are left
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import pytest
@@ -13,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
-from tests.unit.helpers import tiny_onnx_model
+from tests.unit.helpers import cached_tiny_classifier
 from vectorai import db as results_db
 from vectorai.inference import OnnxClassifier
 from vectorai.messages import encode_image
@@ -27,17 +26,8 @@ class _Source:
     name = "prop"
 
 
-@lru_cache(maxsize=1)
 def _classifier() -> OnnxClassifier:
-    import atexit
-    import shutil
-    import tempfile
-    from pathlib import Path
-
-    folder = tempfile.mkdtemp(prefix="vectorai-output-")
-    atexit.register(shutil.rmtree, folder, True)  # cached for the module, so not a tmp_path
-    tiny_onnx_model(Path(folder) / "tiny.onnx", classes=CLASSES)
-    return OnnxClassifier(Path(folder) / "tiny.onnx", threads=1)
+    return cached_tiny_classifier(classes=CLASSES)
 
 
 def _messages(count: int) -> list[ReceivedMessage]:

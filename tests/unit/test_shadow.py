@@ -120,14 +120,7 @@ def test_a_failing_shadow_model_is_logged_and_counted_and_the_primary_rows_are_s
     _failing_model(tmp_path / "shadow.onnx", tmp_path / "primary.onnx")
     shadow = OnnxClassifier(tmp_path / "shadow.onnx")
     shadow.info = dataclasses.replace(shadow.info, version="broken-v9")
-    _stream(tmp_path, np.random.default_rng(4).integers(0, 256, (20, 8, 8), dtype=np.uint8), [0] * 20)
-    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
-    with open_transport("local", root=tmp_path, topic="t") as source:
-        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
-                                 timeout_ms=50, shadow=shadow)
-        assert source.lag() == 0  # every batch acknowledged
-    assert results_db.Prediction.select().count() == 20 and results_db.DeadLetter.select().count() == 1
-    assert results_db.ShadowPrediction.select().count() == 0
+    report = _twenty_with_a_failing_shadow(tmp_path, shadow)
     summary = report.to_dict()
     assert summary["predicted"] == 20 and summary["shadow"]["errors"] == 2  # batches of 16 and 5 (4 + junk)
     assert summary["shadow"]["scored"] == 0 and summary["by_source"]["local"]["shadow_errors"] == 2
@@ -186,14 +179,7 @@ def test_shadow_rows_sqlite_refuses_are_rolled_back_alone_and_the_primary_rows_a
     tiny_onnx_model(tmp_path / "primary.onnx")
     tiny_onnx_model(tmp_path / "shadow.onnx", seed=1)
     shadow = named_classes(tmp_path / "shadow.onnx", ["lone-\udc80", "\ud800", "x" * 300 + "\udfff"])
-    _stream(tmp_path, np.random.default_rng(4).integers(0, 256, (20, 8, 8), dtype=np.uint8), [0] * 20)
-    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
-    with open_transport("local", root=tmp_path, topic="t") as source:
-        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
-                                 timeout_ms=50, shadow=shadow)
-        assert source.lag() == 0  # every batch acknowledged
-    assert results_db.Prediction.select().count() == 20 and results_db.DeadLetter.select().count() == 1
-    assert results_db.ShadowPrediction.select().count() == 0
+    report = _twenty_with_a_failing_shadow(tmp_path, shadow)
     summary = report.to_dict()
     assert (summary["predicted"], summary["shadow"]["scored"], summary["shadow"]["errors"]) == (20, 0, 2)
     warnings = [r.getMessage() for r in caplog.records if "the database refused shadow model" in r.getMessage()]
@@ -221,3 +207,17 @@ def test_a_shadow_model_that_cannot_be_loaded_is_reported_and_the_run_scores_wit
     text = record_success(tmp_path / "metrics", "local", report).read_text()
     samples = {s.name: s.value for family in text_string_to_metric_families(text) for s in family.samples}
     assert samples["vectorai_predict_last_run_shadow_unavailable"] == 1
+
+
+def _twenty_with_a_failing_shadow(tmp_path, shadow):
+    """20 images and one junk message through ``primary.onnx`` with a ``shadow`` whose rows all
+    fail: every primary row stored and acknowledged, one dead letter, no shadow row; the run report."""
+    _stream(tmp_path, np.random.default_rng(4).integers(0, 256, (20, 8, 8), dtype=np.uint8), [0] * 20)
+    database = results_db.connect(results_db.sqlite_url(tmp_path / "r.sqlite"))
+    with open_transport("local", root=tmp_path, topic="t") as source:
+        report = run_predictions([source], OnnxClassifier(tmp_path / "primary.onnx"), database, batch_size=16,
+                                 timeout_ms=50, shadow=shadow)
+        assert source.lag() == 0  # every batch acknowledged
+    assert results_db.Prediction.select().count() == 20 and results_db.DeadLetter.select().count() == 1
+    assert results_db.ShadowPrediction.select().count() == 0
+    return report

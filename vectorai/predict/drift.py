@@ -27,7 +27,10 @@ class DriftMonitor:
                  threshold: float = DEFAULT_THRESHOLD) -> None:
         self.reference, self.window, self.threshold = reference, max(1, window), threshold
         self._classes = classes
-        self._run, self._current = Tally(classes), Tally(classes)
+        self._current = Tally(classes)
+        #: The closed windows' images, confidence sum, labelled and correct: with the current
+        #: window's, the run's (one tally per batch, not a second one for the whole run).
+        self._closed: tuple[int, float, int, int] = (0, 0.0, 0, 0)
         self._first = 0  # the run's image number the current window starts at
         self.windows: list[dict[str, object]] = []
         self.tested_windows = self.drifted_windows = 0
@@ -42,7 +45,6 @@ class DriftMonitor:
         ``true_label``). True when a window was tested."""
         labels = np.fromiter((-1 if row["true_label"] is None else row["true_label"] for row in rows),
                              np.int64, len(rows))
-        self._run.add(probabilities, labels)
         tested, start = False, 0
         while start < len(labels):
             take = min(len(labels) - start, self.window - self._current.images)
@@ -72,22 +74,28 @@ class DriftMonitor:
             if self._worst is None or _worse(result, self._worst):
                 self._worst = result
         self.windows = (self.windows + [entry])[-MAX_LISTED_WINDOWS:]
+        images, confidence, labelled, correct = self._closed
+        self._closed = (images + tally.images, confidence + tally.confidence_sum, labelled + tally.labelled,
+                        correct + tally.correct)
         self._first += tally.images
         self._current = Tally(self._classes)
 
     def summary(self) -> dict[str, object]:
         """The report's ``drift``: the worst window's score and p-value, flagged when any window
         drifted, the whole run's estimated and measured accuracy, and each window."""
-        worst = self._worst
+        worst, current = self._worst, self._current
+        images, confidence, labelled, correct = self._closed
+        images, confidence = images + current.images, confidence + current.confidence_sum
+        labelled, correct = labelled + current.labelled, correct + current.correct
         out: dict[str, object] = {
             "score": worst.score if worst else None,
             "p_value": worst.p_value if worst else None,
             "drifted": bool(self.drifted_windows),
-            "estimated_accuracy": _rounded(self._run.estimated_accuracy),
-            "measured_accuracy": _rounded(self._run.measured_accuracy),
+            "estimated_accuracy": _rounded(confidence / images if images else None),
+            "measured_accuracy": _rounded(correct / labelled if labelled else None),
             "window": self.window,
             "threshold": self.threshold,
-            "images": self._run.images,
+            "images": images,
             "tested_windows": self.tested_windows,
             "drifted_windows": self.drifted_windows,
         }

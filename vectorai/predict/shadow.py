@@ -30,7 +30,7 @@ def load_shadow(load: Callable[[], OnnxClassifier], uri: str) -> tuple[OnnxClass
         text = one_line(err)
         reason = text if uri in text else f"{uri}: {text}"  # the registry's errors name it already
         log.warning("the shadow model %s cannot be loaded; scoring with the primary model alone (%s: %s)",
-                    uri, type(err).__name__, one_line(err))
+                    uri, type(err).__name__, text)
         return None, reason
 
 

@@ -33,7 +33,7 @@ def create_app(db: pw.Database, settings: ReviewSettings) -> Flask:
                       SESSION_COOKIE_SECURE=settings.tls,
                       MAX_CONTENT_LENGTH=64 * 1024)
     _add_request_hooks(app, db, settings)
-    ReviewViews(settings, queries.FacetCache(settings.facets_ttl_s)).register(app)
+    ReviewViews(settings, queries.Cached(queries.read_facets, settings.facets_ttl_s)).register(app)
     return app
 
 

@@ -2,8 +2,8 @@
 
 A correction teaches the model most where it is least sure, where a second model disagrees and
 where the stream has changed; a page of one class teaches it little, so the order takes turns
-over the predicted classes. ``review_order`` is the reference; the page's SQL
-(``queries.review_next_page``) orders rows the same way.
+over the predicted classes. The page (``ranked.review_next_page``) reads each class's best
+candidates from its indexes and orders them with ``review_order`` itself.
 """
 
 from __future__ import annotations

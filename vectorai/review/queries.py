@@ -162,11 +162,6 @@ class Cached(Generic[T]):
             return self._value
 
 
-class FacetCache(Cached[Facets]):
-    """The facets, read at most once per ``ttl_s``."""
-
-    def __init__(self, ttl_s: float = 60.0) -> None:
-        super().__init__(read_facets, ttl_s)
 
 
 def read_facets() -> Facets:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Mapping
 
 from vectorai.errors import ConfigError
+from vectorai.printable import printable
 from vectorai.review.app import ReviewSettings, create_app
 from vectorai.review.guard import allowed_names
 
@@ -79,9 +80,9 @@ def default_reviewer() -> str:
 
 
 def _log_server_error(msg: str = "", level: int = logging.INFO, traceback: bool = False) -> None:
-    # cheroot's own messages (a client that vanished, a failed TLS handshake) through logging,
-    # where every value is escaped (vectorai.printable).
-    log.log(level, "%s", msg, exc_info=traceback)
+    # cheroot's own messages (a client that vanished, a failed TLS handshake), escaped here: the
+    # server may run in a process that never installed vectorai.printable's log records.
+    log.log(level, "%s", printable(msg), exc_info=traceback)
 
 
 class ReviewServer:

@@ -26,11 +26,14 @@ MAX_RANKED_PAGE = 1000
 class ReviewViews:
     """The pages, the thumbnails and the review form, over one database and its facets."""
 
-    def __init__(self, settings: ReviewSettings, facets: queries.FacetCache) -> None:
+    def __init__(self, settings: ReviewSettings, facets: queries.Cached[queries.Facets]) -> None:
         self.settings = settings
         self.facets = facets
         self.throttle = LoginThrottle(settings.login_attempts, settings.login_window_s)
         self.thresholds = queries.Cached(ranked.label_thresholds, settings.facets_ttl_s)
+        # The drifted runs come from up to 50 report files: read as often as the facets, not per page.
+        self.drifted = queries.Cached(lambda: ranked.drifted_runs(_read_reports(settings.reports_dir)),
+                                      settings.facets_ttl_s)
 
     def register(self, app: Flask) -> None:
         """Add every route to ``app``; each endpoint is named after its method."""
@@ -81,8 +84,7 @@ class ReviewViews:
         if order:
             number = int_arg("page", high=MAX_RANKED_PAGE) or 0
             if order == "next":
-                runs = ranked.drifted_runs(_read_reports(self.settings.reports_dir))
-                page = ranked.review_next_page(filters, known.classes, runs, number, limit)
+                page = ranked.review_next_page(filters, known.classes, self.drifted.get(), number, limit)
             else:
                 page = ranked.suspicious_page(filters, self.thresholds.get(), number, limit)
             next_url = _with_args(page=page.next_after) if page.next_after else None
